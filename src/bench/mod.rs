@@ -1,0 +1,31 @@
+//! Measurement drivers behind `recall bench`: they exercise the public paths exactly as users do and
+//! report rates and latency percentiles. Timing lives here, never in tests.
+
+mod append;
+
+pub use append::{run_append_bench, AppendBenchConfig, AppendBenchReport};
+
+use std::time::Duration;
+
+/// Latency percentiles of a set of samples.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Latency {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    pub fn from_samples(mut samples: Vec<Duration>) -> Self {
+        samples.sort();
+        let at = |q: f64| {
+            if samples.is_empty() {
+                return 0.0;
+            }
+            let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+            samples[i].as_secs_f64() * 1e3
+        };
+        Latency { count: samples.len(), p50_ms: at(0.50), p99_ms: at(0.99), max_ms: at(1.0) }
+    }
+}

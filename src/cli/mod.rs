@@ -1,0 +1,153 @@
+//! Command-line glue: argument types and the handlers that wire them to the library. `anyhow` lives
+//! here and in main.rs only.
+
+mod bench;
+mod documents;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use recall::commands::CommandHandler;
+use recall::domain::Limits;
+use recall::event_store::EventStore;
+use recall::postgres::{self, DatabaseTarget};
+
+#[derive(Parser)]
+#[command(name = "recall", version, about = "A searchable, auditable memory for AI agents", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Add .txt/.md files (directories recursively) or JSONL documents to the log.
+    Ingest(documents::IngestArgs),
+    /// Replace a document's text (and optionally title and metadata).
+    Update(documents::UpdateArgs),
+    /// Remove a document.
+    Remove(documents::RemoveArgs),
+    /// Show a document's events.
+    History(documents::HistoryArgs),
+    /// Show the global event log.
+    Log(documents::LogArgs),
+    /// Recompute the hash chain and name the first position that does not match.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the embedded PostgreSQL server.
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+    },
+    /// Measure throughput and latency.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbAction {
+    /// Say whether the embedded server is initialised and running.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Initialise (on first use) and start the embedded server.
+    Start,
+    /// Stop the embedded server.
+    Stop,
+    /// Print a connection string for psql.
+    Url,
+}
+
+/// Settings shared by the commands that write documents.
+#[derive(Args, Clone)]
+struct WriteSettings {
+    /// Largest accepted document text, in bytes.
+    #[arg(long, env = "RECALL_MAX_TEXT_BYTES", default_value_t = Limits::DEFAULT_MAX_TEXT_BYTES)]
+    max_text_bytes: usize,
+    /// Who is acting; stored with each event.
+    #[arg(long, env = "RECALL_ACTOR")]
+    actor: Option<String>,
+}
+
+impl WriteSettings {
+    fn limits(&self) -> Limits {
+        Limits { max_text_bytes: self.max_text_bytes }
+    }
+}
+
+async fn open_store() -> anyhow::Result<EventStore> {
+    let target = DatabaseTarget::from_env();
+    let pool = postgres::open(&target, 16).await.context("opening the event store")?;
+    Ok(EventStore::new(pool))
+}
+
+async fn open_handler() -> anyhow::Result<CommandHandler> {
+    Ok(CommandHandler::new(open_store().await?))
+}
+
+fn embedded_server() -> anyhow::Result<postgres::EmbeddedServer> {
+    if std::env::var("DATABASE_URL").is_ok_and(|u| !u.is_empty()) {
+        anyhow::bail!("DATABASE_URL is set, so recall uses that server and not its embedded one; unset it to manage the embedded server");
+    }
+    Ok(postgres::EmbeddedServer::locate(postgres::default_home())?)
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Ingest(args) => documents::ingest(args).await,
+        Command::Update(args) => documents::update(args).await,
+        Command::Remove(args) => documents::remove(args).await,
+        Command::History(args) => documents::history(args).await,
+        Command::Log(args) => documents::log(args).await,
+        Command::Verify { json } => documents::verify(json).await,
+        Command::Db { action } => db(action).await,
+        Command::Bench { what } => bench::run(what).await,
+    }
+}
+
+async fn db(action: DbAction) -> anyhow::Result<ExitCode> {
+    let server = embedded_server()?;
+    match action {
+        DbAction::Status { json } => {
+            let status = server.status();
+            if json {
+                println!("{}", serde_json::to_string(&status)?);
+            } else {
+                println!("home:        {}", status.home.display());
+                println!("binaries:    {}", status.bin_dir.display());
+                println!("initialised: {}", status.initialised);
+                println!("running:     {}{}", status.running, status.pid.map(|p| format!(" (pid {p})")).unwrap_or_default());
+            }
+        }
+        DbAction::Start => {
+            postgres::open(&DatabaseTarget::from_env(), 1).await.context("starting the embedded server")?;
+            println!("running: {}", server.url("recall"));
+        }
+        DbAction::Stop => {
+            let stopped = tokio::task::spawn_blocking(move || server.stop()).await??;
+            println!("{}", if stopped { "stopped" } else { "not running" });
+        }
+        DbAction::Url => println!("{}", server.url("recall")),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a path argument, or stdin for `-`.
+fn read_input(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf).context("reading stdin")?;
+        Ok(buf)
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    }
+}

@@ -1,0 +1,296 @@
+//! Appending. One transaction per call: take the `log_head` row lock (this is what makes positions
+//! gapless and commit-ordered), check every stream's expected version, insert all rows with one
+//! `UNNEST`, move the head and notify. A request whose expected version does not hold is rejected alone;
+//! the others in the same call still go in, each whole.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use uuid::Uuid;
+
+use super::chain::HashInput;
+use super::{EventStore, EventStoreError, ExpectedVersion, NewEvent, NOTIFY_CHANNEL};
+
+/// Events for one stream, with the version the writer expects the stream to be at.
+#[derive(Debug, Clone)]
+pub struct AppendRequest {
+    pub stream_id: String,
+    pub scope: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
+/// Where an accepted request's events landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Position of the request's last event.
+    pub position: i64,
+    /// Stream version after the request's last event.
+    pub version: u64,
+    /// True when these event ids were already in the log: a retried append is acknowledged, not duplicated.
+    pub already_appended: bool,
+}
+
+/// Why one request of a call was not appended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stream {stream_id} is at version {actual}, but the append expected {expected}")]
+pub struct AppendRejection {
+    pub stream_id: String,
+    pub expected: ExpectedVersion,
+    pub actual: u64,
+}
+
+#[derive(Default)]
+struct Columns {
+    position: Vec<i64>,
+    event_id: Vec<Uuid>,
+    stream_id: Vec<String>,
+    scope: Vec<String>,
+    version: Vec<i64>,
+    event_type: Vec<String>,
+    schema_version: Vec<i32>,
+    payload: Vec<String>,
+    metadata: Vec<String>,
+    causation_id: Vec<Option<Uuid>>,
+    correlation_id: Vec<Option<Uuid>>,
+    actor: Vec<Option<String>>,
+    recorded_at: Vec<DateTime<Utc>>,
+    hash: Vec<Vec<u8>>,
+}
+
+const INSERT_AND_MOVE_HEAD: &str = "
+WITH inserted AS (
+    INSERT INTO events (position, event_id, stream_id, scope, version, event_type, schema_version,
+                        payload, metadata, causation_id, correlation_id, actor, recorded_at, hash)
+    SELECT p, e, s, sc, v, t, sv, pl::json, md::json, c, co, a, r, h
+    FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::int[],
+                $8::text[], $9::text[], $10::uuid[], $11::uuid[], $12::text[], $13::timestamptz[], $14::bytea[])
+         AS x(p, e, s, sc, v, t, sv, pl, md, c, co, a, r, h)
+), head AS (
+    UPDATE log_head SET position = $15, last_hash = $16 RETURNING position
+)
+SELECT pg_notify($17, position::text) FROM head";
+
+impl EventStore {
+    /// Appends one stream's events; a version mismatch is `Ok(Err(rejection))`.
+    pub async fn append(&self, request: AppendRequest) -> Result<Result<Appended, AppendRejection>, EventStoreError> {
+        let mut results = self.append_batch(vec![request]).await?;
+        Ok(results.pop().expect("one result per request"))
+    }
+
+    /// Appends many streams' events in one transaction, in order; each request is accepted or rejected whole.
+    #[tracing::instrument(skip_all, fields(requests = requests.len()))]
+    pub async fn append_batch(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<Result<Appended, AppendRejection>>, EventStoreError> {
+        // The fast path trusts event ids to be fresh; a unique violation on `event_id` means a retry, and
+        // the slow path then looks the ids up under the lock and acknowledges what is already stored.
+        let attempt = |look_up_event_ids| {
+            let requests = &requests;
+            async move {
+                let mut tx = self.pool().begin().await.map_err(EventStoreError::classify)?;
+                let results = append_in(&mut tx, requests, look_up_event_ids).await?;
+                tx.commit().await.map_err(EventStoreError::classify)?;
+                Ok::<_, EventStoreError>(results)
+            }
+        };
+        match attempt(false).await {
+            Err(EventStoreError::Database(sqlx::Error::Database(db)))
+                if db.constraint() == Some("events_event_id_key") =>
+            {
+                attempt(true).await
+            }
+            other => other,
+        }
+    }
+
+    /// Appends inside the caller's transaction; nothing is visible until the caller commits, and a
+    /// rollback leaves no trace (not even a used-up position).
+    pub async fn append_batch_in(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        requests: &[AppendRequest],
+    ) -> Result<Vec<Result<Appended, AppendRejection>>, EventStoreError> {
+        append_in(tx, requests, true).await
+    }
+}
+
+async fn append_in(
+    tx: &mut sqlx::PgConnection,
+    requests: &[AppendRequest],
+    look_up_event_ids: bool,
+) -> Result<Vec<Result<Appended, AppendRejection>>, EventStoreError> {
+    {
+        let classify = EventStoreError::classify;
+        let (head, last_hash): (i64, Vec<u8>) =
+            sqlx::query_as("SELECT position, last_hash FROM log_head FOR UPDATE")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(classify)?;
+
+        // Read after the lock is held: this statement's snapshot sees every earlier append.
+        let stream_ids: Vec<String> = requests.iter().map(|r| r.stream_id.clone()).collect();
+        let mut versions: HashMap<String, u64> = sqlx::query_as::<_, (String, i64)>(
+            "SELECT stream_id, max(version) FROM events WHERE stream_id = ANY($1) GROUP BY stream_id",
+        )
+        .bind(&stream_ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(classify)?
+        .into_iter()
+        .map(|(s, v)| (s, v as u64))
+        .collect();
+
+        let stored = if look_up_event_ids {
+            let ids: Vec<Uuid> = requests.iter().flat_map(|r| r.events.iter().map(|e| e.event_id)).collect();
+            stored_event_ids(tx, &ids).await?
+        } else {
+            HashMap::new()
+        };
+
+        let recorded_at = Utc::now().trunc_subsecs(6);
+        let mut position = head;
+        let mut previous = last_hash;
+        let mut columns = Columns::default();
+        let mut results = Vec::with_capacity(requests.len());
+        for request in requests {
+            if let Some(ack) = acknowledge_retry(request, &stored)? {
+                results.push(Ok(ack));
+                continue;
+            }
+            let actual = versions.get(&request.stream_id).copied().unwrap_or(0);
+            if !request.expected.admits(actual) {
+                results.push(Err(AppendRejection {
+                    stream_id: request.stream_id.clone(),
+                    expected: request.expected,
+                    actual,
+                }));
+                continue;
+            }
+            let mut version = actual;
+            for event in &request.events {
+                position += 1;
+                version += 1;
+                let hash = HashInput {
+                    position,
+                    stream_id: &request.stream_id,
+                    scope: &request.scope,
+                    version: version as i64,
+                    event_type: &event.event_type,
+                    schema_version: event.schema_version,
+                    event_id: event.event_id,
+                    causation_id: event.causation_id,
+                    correlation_id: event.correlation_id,
+                    actor: event.actor.as_deref(),
+                    recorded_at_micros: recorded_at.timestamp_micros(),
+                    payload: &event.payload,
+                    metadata: &event.metadata,
+                }
+                .chain(&previous);
+                previous = hash.to_vec();
+                columns.push(position, version as i64, request, event, recorded_at, previous.clone());
+            }
+            versions.insert(request.stream_id.clone(), version);
+            results.push(Ok(Appended { position, version, already_appended: false }));
+        }
+
+        // A retry whose expected version no longer holds (it already moved the stream) is still a retry.
+        let rejected: Vec<usize> = (0..results.len()).filter(|&i| results[i].is_err()).collect();
+        if !look_up_event_ids && !rejected.is_empty() {
+            let ids: Vec<Uuid> = rejected.iter().flat_map(|&i| requests[i].events.iter().map(|e| e.event_id)).collect();
+            let stored = stored_event_ids(tx, &ids).await?;
+            for i in rejected {
+                if let Some(ack) = acknowledge_retry(&requests[i], &stored)? {
+                    results[i] = Ok(ack);
+                }
+            }
+        }
+
+        if position > head {
+            let c = columns;
+            sqlx::query(INSERT_AND_MOVE_HEAD)
+                .bind(c.position)
+                .bind(c.event_id)
+                .bind(c.stream_id)
+                .bind(c.scope)
+                .bind(c.version)
+                .bind(c.event_type)
+                .bind(c.schema_version)
+                .bind(c.payload)
+                .bind(c.metadata)
+                .bind(c.causation_id)
+                .bind(c.correlation_id)
+                .bind(c.actor)
+                .bind(c.recorded_at)
+                .bind(c.hash)
+                .bind(position)
+                .bind(&previous)
+                .bind(NOTIFY_CHANNEL)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+        }
+        Ok(results)
+    }
+}
+
+impl Columns {
+    fn push(
+        &mut self,
+        position: i64,
+        version: i64,
+        request: &AppendRequest,
+        event: &NewEvent,
+        recorded_at: DateTime<Utc>,
+        hash: Vec<u8>,
+    ) {
+        self.position.push(position);
+        self.event_id.push(event.event_id);
+        self.stream_id.push(request.stream_id.clone());
+        self.scope.push(request.scope.clone());
+        self.version.push(version);
+        self.event_type.push(event.event_type.clone());
+        self.schema_version.push(event.schema_version);
+        self.payload.push(event.payload.clone());
+        self.metadata.push(event.metadata.clone());
+        self.causation_id.push(event.causation_id);
+        self.correlation_id.push(event.correlation_id);
+        self.actor.push(event.actor.clone());
+        self.recorded_at.push(recorded_at);
+        self.hash.push(hash);
+    }
+}
+
+async fn stored_event_ids(tx: &mut sqlx::PgConnection, ids: &[Uuid]) -> Result<HashMap<Uuid, (String, i64, i64)>, EventStoreError> {
+    Ok(sqlx::query_as::<_, (Uuid, String, i64, i64)>(
+        "SELECT event_id, stream_id, position, version FROM events WHERE event_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(EventStoreError::classify)?
+    .into_iter()
+    .map(|(id, s, p, v)| (id, (s, p, v)))
+    .collect())
+}
+
+/// A request whose event ids are all stored already is a retry of an acknowledged append.
+fn acknowledge_retry(
+    request: &AppendRequest,
+    stored: &HashMap<Uuid, (String, i64, i64)>,
+) -> Result<Option<Appended>, EventStoreError> {
+    let found: Vec<_> = request.events.iter().filter_map(|e| stored.get(&e.event_id).map(|s| (e, s))).collect();
+    if found.is_empty() {
+        return Ok(None);
+    }
+    if let Some((event, (stream, _, _))) = found
+        .iter()
+        .find(|(_, (stream, _, _))| *stream != request.stream_id)
+        .or(if found.len() != request.events.len() { found.first() } else { None })
+    {
+        return Err(EventStoreError::EventIdReused { event_id: event.event_id, stream_id: stream.clone() });
+    }
+    let (_, (_, position, version)) = found.iter().max_by_key(|(_, (_, p, _))| *p).expect("non-empty");
+    Ok(Some(Appended { position: *position, version: *version as u64, already_appended: true }))
+}

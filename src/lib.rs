@@ -1,0 +1,19 @@
+//! recall: a searchable, auditable memory for AI agents.
+//!
+//! # Layout (in data-flow order)
+//! - [`domain`]: pure and synchronous: ids, commands, events, the document aggregate.
+//! - [`ingest`]: files and JSONL turned into document commands, one item at a time.
+//! - [`commands`]: the write path: load a stream, decide, append; no model, no vectors.
+//! - [`event_store`]: the append-only log: expected versions, gapless positions, hash chain, readers, NOTIFY.
+//! - [`postgres`]: the pool, migrations and the embedded server's lifecycle.
+//! - [`bench`]: the measurement drivers behind `recall bench`.
+//!
+//! Commands enter through [`commands::CommandHandler`], become events in [`event_store::EventStore`],
+//! and everything downstream reads the log by position.
+
+pub mod bench;
+pub mod commands;
+pub mod domain;
+pub mod event_store;
+pub mod ingest;
+pub mod postgres;

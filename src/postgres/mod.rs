@@ -1,0 +1,133 @@
+//! Where the data lives: a private, embedded PostgreSQL cluster under `RECALL_HOME` by default, or any
+//! PostgreSQL 14+ with pgvector named by `DATABASE_URL`. Either way the pool comes back migrated.
+
+mod embedded;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use thiserror::Error;
+
+pub use embedded::{EmbeddedError, EmbeddedServer, ServerStatus};
+
+/// The migrations under `migrations/`, compiled in.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Error)]
+pub enum PostgresError {
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+    #[error("invalid DATABASE_URL: {0}")]
+    InvalidUrl(#[source] sqlx::Error),
+    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot create database {name:?}: {source}")]
+    CreateDatabase {
+        name: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("applying migrations failed: {0}; the server needs PostgreSQL 14+ with the pgvector extension available")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Which PostgreSQL to use.
+#[derive(Debug, Clone)]
+pub enum DatabaseTarget {
+    /// A server someone else runs.
+    Url(String),
+    /// recall's own cluster under this home, and the database name inside it.
+    Embedded { home: PathBuf, database: String },
+}
+
+impl DatabaseTarget {
+    /// `DATABASE_URL` if set, else the embedded cluster under `RECALL_HOME` (or its default).
+    pub fn from_env() -> Self {
+        match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.is_empty() => DatabaseTarget::Url(url),
+            _ => DatabaseTarget::Embedded { home: default_home(), database: "recall".into() },
+        }
+    }
+}
+
+/// `RECALL_HOME`, else `/var/lib/recall` for root (a place the unprivileged server user can reach), else
+/// `$XDG_DATA_HOME/recall`, else `~/.local/share/recall`.
+pub fn default_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("RECALL_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(home);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/recall");
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(xdg).join("recall");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/recall")
+}
+
+/// Connection options for a target, starting the embedded server (and creating its database) if needed.
+pub async fn connect_options(target: &DatabaseTarget) -> Result<PgConnectOptions, PostgresError> {
+    match target {
+        DatabaseTarget::Url(url) => PgConnectOptions::from_str(url).map_err(PostgresError::InvalidUrl),
+        DatabaseTarget::Embedded { home, database } => {
+            let server = EmbeddedServer::locate(home.clone())?;
+            let started = server.clone();
+            tokio::task::spawn_blocking(move || started.ensure_running())
+                .await
+                .expect("the embedded server start does not panic")?;
+            create_database_if_missing(&server.connect_options("postgres"), database).await?;
+            Ok(server.connect_options(database))
+        }
+    }
+}
+
+/// Creates `name` on the server unless it exists; concurrent callers are fine.
+pub async fn create_database_if_missing(admin: &PgConnectOptions, name: &str) -> Result<(), PostgresError> {
+    use sqlx::Connection;
+    let fail = |source| PostgresError::CreateDatabase { name: name.to_owned(), source };
+    let mut conn = sqlx::PgConnection::connect_with(admin)
+        .await
+        .map_err(|source| PostgresError::Connect { target: "the embedded server".into(), source })?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(fail)?;
+    if !exists {
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(&sql).execute(&mut conn).await {
+            Ok(_) => {}
+            // Another process created it between our check and our CREATE.
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    Ok(())
+}
+
+/// A pool on the target with migrations applied.
+pub async fn open(target: &DatabaseTarget, max_connections: u32) -> Result<PgPool, PostgresError> {
+    let options = connect_options(target).await?;
+    open_with(options, max_connections).await
+}
+
+pub async fn open_with(options: PgConnectOptions, max_connections: u32) -> Result<PgPool, PostgresError> {
+    let target = format!("{}/{}", options.get_host(), options.get_database().unwrap_or(""));
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(|source| PostgresError::Connect { target, source })?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}

@@ -1,0 +1,191 @@
+//! The `recall` binary as users run it, against a fresh database per test.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+struct Cli {
+    url: String,
+}
+
+impl Cli {
+    async fn new() -> Self {
+        let (pool, options) = common::fresh_database().await;
+        pool.close().await;
+        Cli { url: common::url_of(&options) }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_with_stdin(args, None)
+    }
+
+    fn run_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_recall"))
+            .args(args)
+            .env("DATABASE_URL", &self.url)
+            .env_remove("RECALL_HOME")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        if let Some(input) = stdin {
+            pipe.write_all(input).unwrap();
+        }
+        drop(pipe);
+        child.wait_with_output().unwrap()
+    }
+
+    fn head(&self) -> usize {
+        let out = self.run(&["log", "--json", "--limit", "100000"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().count()
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn ingest_files_and_directories_reporting_what_it_rejects() {
+    let cli = Cli::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("notes")).unwrap();
+    std::fs::write(dir.path().join("notes/a.md"), "# Alpha\nThe first note.").unwrap();
+    std::fs::write(dir.path().join("notes/b.txt"), "The second note.").unwrap();
+    std::fs::write(dir.path().join("notes/empty.txt"), "   \n").unwrap();
+    std::fs::write(dir.path().join("notes/binary.txt"), [0xff, 0xd8, 0xff, 0xe0, 0, 1]).unwrap();
+    std::fs::write(dir.path().join("notes/ignored.bin"), "not taken from a directory").unwrap();
+    let notes = dir.path().join("notes");
+    let missing = dir.path().join("missing");
+
+    let out = cli.run(&["ingest", notes.to_str().unwrap(), missing.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("appended 2, unchanged 0, rejected 3"), "{stderr}");
+    assert!(stderr.contains("empty or only whitespace"), "{stderr}");
+    assert!(stderr.contains("not valid UTF-8"), "{stderr}");
+    assert!(stderr.contains("missing") && stderr.contains("cannot read"), "{stderr}");
+    assert_eq!(cli.head(), 2);
+
+    // Re-running is safe: identical documents are unchanged, nothing is appended.
+    let out = cli.run(&["ingest", notes.join("a.md").to_str().unwrap(), notes.join("b.txt").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("appended 0, unchanged 2, rejected 0"));
+    assert_eq!(cli.head(), 2);
+}
+
+#[tokio::test]
+async fn ingest_jsonl_rejects_bad_lines_alone_and_names_them() {
+    let cli = Cli::new().await;
+    let input = concat!(
+        r#"{"_id": "1", "title": "One", "text": "first"}"#, "\n",
+        "{not json\n",
+        r#"{"id": "2", "text": "second", "metadata": {"lang": "en"}}"#, "\n",
+        "\n",
+        r#"{"id": "3", "text": "third", "metadata": "nope"}"#, "\n",
+        r#"{"id": "bad id", "text": "x"}"#, "\n",
+        r#"{"id": "4", "text": "x", "extra": true}"#, "\n",
+    );
+    let out = cli.run_with_stdin(&["ingest", "--jsonl", "-", "--scope", "beir"], Some(input.as_bytes()));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("-:2: not valid JSON"), "{stderr}");
+    assert!(stderr.contains("-:5: metadata must be a JSON object"), "{stderr}");
+    assert!(stderr.contains("-:6: invalid document id"), "{stderr}");
+    assert!(stderr.contains("-:7: unknown field `extra`"), "{stderr}");
+    assert!(stderr.contains("appended 2, unchanged 0, rejected 4"), "{stderr}");
+    assert_eq!(cli.head(), 2);
+
+    let out = cli.run(&["history", "1", "--scope", "beir", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let event: serde_json::Value = serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(event["event_type"], "DocumentAdded");
+    assert_eq!(event["payload"]["title"], "One");
+    assert_eq!(event["scope"], "beir");
+}
+
+#[tokio::test]
+async fn update_remove_history_log_and_verify() {
+    let cli = Cli::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("doc.txt");
+    std::fs::write(&file, "version one").unwrap();
+    let out = cli.run(&["ingest", file.to_str().unwrap(), "--id", "doc"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    std::fs::write(&file, "version two").unwrap();
+    let out = cli.run(&["update", "doc", "--file", file.to_str().unwrap(), "--expected-version", "1", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let outcome: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(outcome["outcome"], serde_json::json!({"status": "appended", "version": 2, "position": 2}));
+
+    // A stale expected version is a clear error and appends nothing.
+    std::fs::write(&file, "version three").unwrap();
+    let out = cli.run(&["update", "doc", "--file", file.to_str().unwrap(), "--expected-version", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("expected version 1, but it is at version 2"), "{}", text(&out.stderr));
+
+    // The same text again changes nothing.
+    std::fs::write(&file, "version two").unwrap();
+    let out = cli.run(&["update", "doc", "--file", file.to_str().unwrap()]);
+    assert!(text(&out.stdout).contains("unchanged"), "{}", text(&out.stdout));
+
+    let out = cli.run(&["remove", "doc"]);
+    assert!(out.status.success());
+    let out = cli.run(&["remove", "doc"]);
+    assert!(text(&out.stderr).contains("was removed"), "{}", text(&out.stderr));
+
+    let out = cli.run(&["history", "doc"]);
+    let history = text(&out.stdout);
+    assert_eq!(history.lines().count(), 3, "{history}");
+    assert!(history.contains("DocumentRemoved"));
+
+    let out = cli.run(&["log", "--from", "1", "--json"]);
+    let positions: Vec<i64> = text(&out.stdout).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["position"].as_i64().unwrap()).collect();
+    assert_eq!(positions, vec![2, 3]);
+
+    let out = cli.run(&["verify"]);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).starts_with("ok: 3 events"), "{}", text(&out.stdout));
+}
+
+#[tokio::test]
+async fn verify_fails_at_the_tampered_position() {
+    let cli = Cli::new().await;
+    let input: String = (0..5).map(|i| format!("{{\"id\": \"d{i}\", \"text\": \"text {i}\"}}\n")).collect();
+    assert!(cli.run_with_stdin(&["ingest", "--jsonl", "-"], Some(input.as_bytes())).status.success());
+    let pool = sqlx::PgPool::connect(&cli.url).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only").execute(&mut *tx).await.unwrap();
+    sqlx::query("UPDATE events SET actor = 'mallory' WHERE position = 3").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    let out = cli.run(&["verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(report["first_bad_position"], 3);
+}
+
+#[tokio::test]
+async fn bad_arguments_get_clear_errors() {
+    let cli = Cli::new().await;
+    let out = cli.run(&["update", "doc", "--file", "/nonexistent/file.txt"]);
+    assert!(text(&out.stderr).contains("cannot read /nonexistent/file.txt"), "{}", text(&out.stderr));
+    let out = cli.run(&["remove", "no such id"]);
+    assert!(text(&out.stderr).contains("invalid document id"), "{}", text(&out.stderr));
+    let out = cli.run(&["ingest", "--jsonl", "-", "--scope", "a:b"]);
+    assert!(text(&out.stderr).contains("invalid scope"), "{}", text(&out.stderr));
+    let big = dir_with_file(&vec![b'a'; 2048]);
+    let out = cli.run(&["ingest", big.path().join("f.txt").to_str().unwrap(), "--max-text-bytes", "1024"]);
+    assert!(text(&out.stderr).contains("over the limit of 1024 bytes"), "{}", text(&out.stderr));
+    assert_eq!(cli.head(), 0);
+}
+
+fn dir_with_file(contents: &[u8]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f.txt"), contents).unwrap();
+    dir
+}

@@ -1,0 +1,51 @@
+//! Test support: every test gets a fresh, migrated database on a real PostgreSQL with pgvector.
+//! By default that is an embedded server under the system temp dir, shared by all test processes;
+//! `RECALL_TEST_DATABASE_URL` points the tests at another server instead.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use recall::postgres::{self, EmbeddedServer};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::PgPool;
+
+pub fn test_home() -> PathBuf {
+    std::env::var_os("RECALL_TEST_HOME")
+        .map(PathBuf::from)
+        // SAFETY: geteuid has no preconditions.
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("recall-test-{}", unsafe { libc::geteuid() })))
+}
+
+/// Options for the test server's maintenance database.
+pub async fn admin_options() -> PgConnectOptions {
+    if let Ok(url) = std::env::var("RECALL_TEST_DATABASE_URL") {
+        return PgConnectOptions::from_str(&url).expect("a valid RECALL_TEST_DATABASE_URL");
+    }
+    let server = EmbeddedServer::locate(test_home()).expect("PostgreSQL binaries (run scripts/setup)");
+    let starting = server.clone();
+    tokio::task::spawn_blocking(move || starting.ensure_running()).await.unwrap().expect("the test server starts");
+    server.connect_options("postgres")
+}
+
+/// A fresh, migrated database of its own, with its connection options.
+pub async fn fresh_database() -> (PgPool, PgConnectOptions) {
+    let admin = admin_options().await;
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    postgres::create_database_if_missing(&admin, &name).await.expect("create the test database");
+    let options = admin.clone().database(&name);
+    let pool = postgres::open_with(options.clone(), 40).await.expect("open and migrate");
+    (pool, options)
+}
+
+/// A libpq URL for the options (for child processes such as the CLI).
+pub fn url_of(options: &PgConnectOptions) -> String {
+    let db = options.get_database().unwrap_or("postgres");
+    match options.get_socket() {
+        Some(dir) => format!("postgresql://{}@localhost:{}/{db}?host={}", options.get_username(), options.get_port(), dir.display()),
+        None => std::env::var("RECALL_TEST_DATABASE_URL").map(|u| {
+            let (base, _) = u.rsplit_once('/').expect("a URL with a database");
+            format!("{base}/{db}")
+        }).expect("a socket or RECALL_TEST_DATABASE_URL"),
+    }
+}
