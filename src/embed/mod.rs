@@ -1,0 +1,30 @@
+//! Text to vectors: model files (a local folder or a Hugging Face repo through hf-hub), the tokenizer,
+//! token-aware chunking with exact character offsets, token-budget batching, a Candle BERT forward pass
+//! with masked mean pooling and L2 normalisation. The interface is small and synchronous; callers run it
+//! on their own thread, never on the async runtime.
+
+mod chunker;
+mod files;
+mod model;
+
+use thiserror::Error;
+
+pub use chunker::{Chunk, ChunkOptions, Chunker};
+pub use files::{ModelFiles, ModelIdentity, ModelSource, DEFAULT_MODEL};
+pub use model::{DevicePreference, Embedder, EmbedderOptions};
+
+#[derive(Debug, Error)]
+pub enum EmbedError {
+    #[error("model file {path} is missing; {hint}")]
+    MissingFile { path: String, hint: String },
+    #[error("model file {path} is invalid: {reason}")]
+    InvalidFile { path: String, reason: String },
+    #[error("cannot fetch {repo} from the Hugging Face hub: {reason}; download the model folder and pass it with --model DIR (see models/README.md)")]
+    Hub { repo: String, reason: String },
+    #[error("tokenizer error: {0}")]
+    Tokenizer(String),
+    #[error("model error: {0}")]
+    Model(#[from] candle_core::Error),
+    #[error("this build has no CUDA support; rebuild with `cargo build --release --features cuda` or use --device cpu")]
+    NoCuda,
+}

@@ -1,0 +1,192 @@
+//! The embedder against sentence-transformers' own outputs for all-MiniLM-L6-v2 (the real model, from
+//! models/ via scripts/setup), padding invariance, and chunking properties with the real tokenizer.
+
+use std::sync::OnceLock;
+
+use proptest::prelude::*;
+use recall::embed::{Chunker, EmbedError, Embedder, EmbedderOptions, ModelFiles, ModelSource};
+
+fn embedder() -> &'static Embedder {
+    static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
+    EMBEDDER.get_or_init(|| {
+        Embedder::load(&ModelSource::parse(None), EmbedderOptions { max_batch_tokens: 4096, ..Default::default() })
+            .expect("the model under models/ (run scripts/setup)")
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct Reference {
+    text: String,
+    n_tokens: usize,
+    embedding: Vec<f32>,
+}
+
+fn references() -> Vec<Reference> {
+    let raw = include_str!("fixtures/minilm-reference.jsonl");
+    raw.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn batched_embeddings_match_sentence_transformers() {
+    let refs = references();
+    assert_eq!(refs.len(), 64);
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let vectors = embedder().encode(&texts).unwrap();
+    for (i, (v, r)) in vectors.iter().zip(&refs).enumerate() {
+        assert_eq!(v.len(), 384);
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "text {i} is not normalised: {norm}");
+        let c = cosine(v, &r.embedding);
+        assert!(c >= 0.9999, "text {i} ({} tokens): cosine {c}", r.n_tokens);
+    }
+}
+
+#[test]
+fn single_text_embeddings_match_sentence_transformers() {
+    for (i, r) in references().iter().enumerate() {
+        let v = embedder().encode(&[r.text.as_str()]).unwrap().remove(0);
+        let c = cosine(&v, &r.embedding);
+        assert!(c >= 0.9999, "text {i}: cosine {c}");
+    }
+}
+
+#[test]
+fn tokenisation_reaches_256_word_pieces_not_the_files_128() {
+    let e = embedder();
+    for r in references() {
+        assert_eq!(e.truncated_input(&r.text).unwrap().len(), r.n_tokens.min(256));
+    }
+}
+
+#[test]
+fn a_text_embeds_the_same_alone_and_beside_longer_texts() {
+    let refs = references();
+    let short = "A short query about sorting lists";
+    let alone = embedder().encode(&[short]).unwrap().remove(0);
+    let mut batch: Vec<&str> = refs.iter().take(12).map(|r| r.text.as_str()).collect();
+    batch.insert(5, short);
+    let together = embedder().encode(&batch).unwrap().remove(5);
+    let c = cosine(&alone, &together);
+    assert!(c >= 0.99999, "cosine {c}");
+}
+
+#[test]
+fn results_come_back_in_input_order_whatever_the_batching() {
+    let refs = references();
+    let texts: Vec<&str> = refs.iter().take(20).map(|r| r.text.as_str()).collect();
+    let tiny = Embedder::load(&ModelSource::parse(None), EmbedderOptions { max_batch_tokens: 300, ..Default::default() }).unwrap();
+    for (v, r) in tiny.encode(&texts).unwrap().iter().zip(&refs) {
+        assert!(cosine(v, &r.embedding) >= 0.9999);
+    }
+}
+
+#[test]
+fn the_identity_names_model_revision_and_dimension() {
+    let id = embedder().identity();
+    assert_eq!(id.name, "sentence-transformers/all-MiniLM-L6-v2");
+    assert!(id.revision.starts_with("sha256:"));
+    assert_eq!(id.dimension, 384);
+}
+
+#[test]
+fn a_broken_model_folder_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = ModelFiles::resolve(&ModelSource::Local(dir.path().to_path_buf())).unwrap_err();
+    assert!(matches!(&err, EmbedError::MissingFile { path, .. } if path.ends_with("config.json")), "{err}");
+    let model = ModelSource::parse(None);
+    let ModelSource::Local(real) = model else { panic!("models/ has the model") };
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(real.join(f), dir.path().join(f)).unwrap();
+    }
+    let err = ModelFiles::resolve(&ModelSource::Local(dir.path().to_path_buf())).unwrap_err();
+    assert!(err.to_string().contains("1_Pooling/config.json"), "{err}");
+    std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
+    std::fs::write(dir.path().join("1_Pooling/config.json"), r#"{"pooling_mode_cls_token": true}"#).unwrap();
+    let err = ModelFiles::resolve(&ModelSource::Local(dir.path().to_path_buf())).unwrap_err();
+    assert!(err.to_string().contains("only mean pooling"), "{err}");
+}
+
+fn chunker(overlap: usize) -> Chunker {
+    embedder().chunker(overlap, true)
+}
+
+#[test]
+fn a_long_document_is_chunked_without_losing_a_token() {
+    let text: String = references().iter().map(|r| r.text.as_str()).collect::<Vec<_>>().join("\n\n");
+    let chunks = chunker(32).chunk("Python docs", &text).unwrap();
+    assert!(chunks.len() > 10);
+    let title_tokens = chunks[0].input_ids.len() - chunks[0].text_tokens - 2;
+    assert!(title_tokens >= 2, "the title is embedded with every chunk");
+    let total: usize = chunks.iter().map(|c| c.text_tokens).sum();
+    let whole = embedder().truncated_input(&text).unwrap();
+    assert!(whole.len() == 256, "the whole text is far longer than one sequence");
+    let distinct = total - 32 * (chunks.len() - 1);
+    let tokenizer_count = embedder().chunker(0, false).chunk("", &text).unwrap().iter().map(|c| c.text_tokens).sum::<usize>();
+    assert_eq!(distinct, tokenizer_count, "every word piece is in exactly one chunk, apart from the overlaps");
+    for c in &chunks {
+        assert!(c.input_ids.len() <= 256);
+        assert_eq!(c.input_ids.len(), c.text_tokens + title_tokens + 2);
+    }
+    let vectors = embedder().embed_inputs(&chunks.iter().map(|c| c.input_ids.clone()).collect::<Vec<_>>()).unwrap();
+    assert_eq!(vectors.len(), chunks.len());
+}
+
+#[test]
+fn a_short_document_embeds_as_title_then_text() {
+    let chunks = chunker(32).chunk("Sorting", "Lists can be sorted in place.").unwrap();
+    assert_eq!(chunks.len(), 1);
+    let via_chunk = embedder().embed_inputs(&[chunks[0].input_ids.clone()]).unwrap().remove(0);
+    let via_text = embedder().encode(&["Sorting Lists can be sorted in place."]).unwrap().remove(0);
+    assert!(cosine(&via_chunk, &via_text) >= 0.99999);
+}
+
+fn check_chunks(text: &str, overlap: usize, max_tokens: usize) -> Result<(), TestCaseError> {
+    let chunks = chunker(overlap).chunk("", text).unwrap();
+    let chars: Vec<char> = text.chars().collect();
+    prop_assert!(!chunks.is_empty());
+    prop_assert_eq!(chunks[0].char_start, 0);
+    prop_assert_eq!(chunks.last().unwrap().char_end, chars.len());
+    for pair in chunks.windows(2) {
+        // In order, no gap between consecutive chunks.
+        prop_assert!(pair[1].char_start > pair[0].char_start);
+        prop_assert!(pair[1].char_start <= pair[0].char_end);
+    }
+    for c in &chunks {
+        prop_assert!(c.input_ids.len() <= max_tokens);
+        let slice: String = chars[c.char_start..c.char_end].iter().collect();
+        prop_assert_eq!(&slice, &c.text);
+    }
+    for pair in chunks.windows(2) {
+        // The configured overlap, counted in word pieces at the window edge.
+        let a = &pair[0].input_ids[1..pair[0].input_ids.len() - 1];
+        let b = &pair[1].input_ids[1..pair[1].input_ids.len() - 1];
+        prop_assert_eq!(&a[a.len() - overlap..], &b[..overlap]);
+    }
+    Ok(())
+}
+
+#[test]
+fn unicode_text_is_chunked_with_exact_character_offsets() {
+    let text = "東京は日本の首都です。".repeat(40) + &"naïve café 👩‍👩‍👧 e\u{301}\u{302} ".repeat(60) + "end";
+    check_chunks(&text, 16, 256).unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn chunks_cover_the_text_in_order_within_the_limit(
+        words in proptest::collection::vec("[a-z]{1,12}|[0-9]{1,6}|[\\u{4e00}-\\u{4e50}]{1,3}|[😀-😏]|e\\u{301}|[.,;!?]", 1..900),
+        seps in proptest::collection::vec(" |\n|  |\t", 1..900),
+        overlap in 0usize..64,
+    ) {
+        let text: String = words.iter().zip(seps.iter().cycle()).map(|(w, s)| format!("{w}{s}")).collect();
+        check_chunks(&text, overlap, 256)?;
+    }
+}
