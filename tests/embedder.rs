@@ -190,3 +190,50 @@ proptest! {
         check_chunks(&text, overlap, 256)?;
     }
 }
+
+#[test]
+fn the_embed_command_streams_one_line_per_input_in_order() {
+    use std::io::Write;
+    let refs = references();
+    let mut input = String::new();
+    for (i, r) in refs.iter().take(6).enumerate() {
+        if i % 2 == 0 {
+            input.push_str(&serde_json::json!({"id": format!("r{i}"), "text": r.text}).to_string());
+        } else {
+            input.push_str(&r.text.replace('\n', " "));
+        }
+        input.push('\n');
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_recall"))
+        .args(["embed", "-", "--max-batch-tokens", "512"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 6);
+    for (i, line) in lines.iter().enumerate() {
+        let v: Vec<f32> = serde_json::from_value(line["embedding"].clone()).unwrap();
+        assert_eq!(v.len(), 384);
+        assert!(cosine(&v, &refs[i].embedding) >= 0.9999, "line {i}");
+        assert_eq!(line.get("id").is_some(), i % 2 == 0);
+    }
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_recall"))
+        .args(["embed", "--chunk", "--overlap", "8"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let long = refs.iter().take(10).map(|r| r.text.as_str()).collect::<Vec<_>>().join(" ");
+    child.stdin.take().unwrap().write_all(serde_json::json!({"id": 7, "title": "T", "text": long}).to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let chunks: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(chunks.len() > 2);
+    assert_eq!(chunks[0]["char_start"], 0);
+    assert_eq!(chunks.last().unwrap()["char_end"].as_u64().unwrap() as usize, long.chars().count());
+    assert!(chunks.iter().all(|c| c["id"] == 7));
+}

@@ -2,8 +2,10 @@
 //! report rates and latency percentiles. Timing lives here, never in tests.
 
 mod append;
+mod embed;
 
 pub use append::{run_append_bench, AppendBenchConfig, AppendBenchReport};
+pub use embed::{run_embed_bench, EmbedBenchReport};
 
 use std::time::Duration;
 

@@ -5,13 +5,28 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Subcommand;
 
-use recall::bench::{run_append_bench, AppendBenchConfig};
+use recall::bench::{run_append_bench, run_embed_bench, AppendBenchConfig};
 use recall::commands::CommandHandler;
 use recall::event_store::EventStore;
 use recall::postgres::{self, DatabaseTarget};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
+    /// Embedder throughput on a passage corpus (JSONL with "text") and one-query latency.
+    Embed {
+        #[arg(long)]
+        corpus: std::path::PathBuf,
+        /// Use only the first N passages.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Timed passes; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        passes: usize,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        model: super::embed::ModelArgs,
+    },
     /// Event-log throughput and latency: one client, many clients, bulk ingest.
     Append {
         #[arg(long, default_value_t = 2000)]
@@ -46,6 +61,30 @@ async fn drop_database(admin: &sqlx::postgres::PgConnectOptions, name: &str) -> 
 
 pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
     match what {
+        BenchCommand::Embed { corpus, limit, passes, json, model } => {
+            let text = std::fs::read_to_string(&corpus).with_context(|| format!("cannot read {}", corpus.display()))?;
+            let mut texts = Vec::new();
+            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let value: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", corpus.display(), i + 1))?;
+                let passage = value["text"].as_str().with_context(|| format!("{}:{}: no \"text\"", corpus.display(), i + 1))?;
+                texts.push(passage.to_owned());
+            }
+            texts.truncate(limit.unwrap_or(usize::MAX));
+            let report = tokio::task::spawn_blocking(move || {
+                let embedder = model.load()?;
+                anyhow::Ok(run_embed_bench(&embedder, &texts, passes, model.max_batch_tokens)?)
+            })
+            .await??;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{} passages, {} tokens, {} threads on {}: {:.1} passages/s, {:.0} tokens/s (median of {} passes); one short query p50 {:.2} ms, p99 {:.2} ms",
+                    report.passages, report.tokens, report.threads, report.device, report.passages_per_s, report.tokens_per_s, report.passes, report.query_latency.p50_ms, report.query_latency.p99_ms
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         BenchCommand::Append { single, clients, per_client, bulk, batch, json } => {
             let name = format!("recall_bench_{}", std::process::id());
             let (pool, admin) = scratch_database(&name).await.context("creating the scratch database")?;

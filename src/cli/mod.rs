@@ -3,6 +3,7 @@
 
 mod bench;
 mod documents;
+mod embed;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ enum Command {
     History(documents::HistoryArgs),
     /// Show the global event log.
     Log(documents::LogArgs),
+    /// Embed JSONL or plain lines with the model; one JSON object a line out.
+    Embed(embed::EmbedArgs),
     /// Recompute the hash chain and name the first position that does not match.
     Verify {
         #[arg(long)]
@@ -107,6 +110,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Remove(args) => documents::remove(args).await,
         Command::History(args) => documents::history(args).await,
         Command::Log(args) => documents::log(args).await,
+        Command::Embed(args) => tokio::task::spawn_blocking(move || embed::run(args)).await?,
         Command::Verify { json } => documents::verify(json).await,
         Command::Db { action } => db(action).await,
         Command::Bench { what } => bench::run(what).await,
