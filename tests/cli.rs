@@ -13,7 +13,9 @@ impl Cli {
     async fn new() -> Self {
         let (pool, options) = common::fresh_database().await;
         pool.close().await;
-        Cli { url: common::url_of(&options) }
+        Cli {
+            url: common::url_of(&options),
+        }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -72,7 +74,11 @@ async fn ingest_files_and_directories_reporting_what_it_rejects() {
     assert_eq!(cli.head(), 2);
 
     // Re-running is safe: identical documents are unchanged, nothing is appended.
-    let out = cli.run(&["ingest", notes.join("a.md").to_str().unwrap(), notes.join("b.txt").to_str().unwrap()]);
+    let out = cli.run(&[
+        "ingest",
+        notes.join("a.md").to_str().unwrap(),
+        notes.join("b.txt").to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("appended 0, unchanged 2, rejected 0"));
     assert_eq!(cli.head(), 2);
@@ -82,13 +88,18 @@ async fn ingest_files_and_directories_reporting_what_it_rejects() {
 async fn ingest_jsonl_rejects_bad_lines_alone_and_names_them() {
     let cli = Cli::new().await;
     let input = concat!(
-        r#"{"_id": "1", "title": "One", "text": "first"}"#, "\n",
-        "{not json\n",
-        r#"{"id": "2", "text": "second", "metadata": {"lang": "en"}}"#, "\n",
+        r#"{"_id": "1", "title": "One", "text": "first"}"#,
         "\n",
-        r#"{"id": "3", "text": "third", "metadata": "nope"}"#, "\n",
-        r#"{"id": "bad id", "text": "x"}"#, "\n",
-        r#"{"id": "4", "text": "x", "extra": true}"#, "\n",
+        "{not json\n",
+        r#"{"id": "2", "text": "second", "metadata": {"lang": "en"}}"#,
+        "\n",
+        "\n",
+        r#"{"id": "3", "text": "third", "metadata": "nope"}"#,
+        "\n",
+        r#"{"id": "bad id", "text": "x"}"#,
+        "\n",
+        r#"{"id": "4", "text": "x", "extra": true}"#,
+        "\n",
     );
     let out = cli.run_with_stdin(&["ingest", "--jsonl", "-", "--scope", "beir"], Some(input.as_bytes()));
     let stderr = text(&out.stderr);
@@ -118,16 +129,38 @@ async fn update_remove_history_log_and_verify() {
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     std::fs::write(&file, "version two").unwrap();
-    let out = cli.run(&["update", "doc", "--file", file.to_str().unwrap(), "--expected-version", "1", "--json"]);
+    let out = cli.run(&[
+        "update",
+        "doc",
+        "--file",
+        file.to_str().unwrap(),
+        "--expected-version",
+        "1",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let outcome: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
-    assert_eq!(outcome["outcome"], serde_json::json!({"status": "appended", "version": 2, "position": 2}));
+    assert_eq!(
+        outcome["outcome"],
+        serde_json::json!({"status": "appended", "version": 2, "position": 2})
+    );
 
     // A stale expected version is a clear error and appends nothing.
     std::fs::write(&file, "version three").unwrap();
-    let out = cli.run(&["update", "doc", "--file", file.to_str().unwrap(), "--expected-version", "1"]);
+    let out = cli.run(&[
+        "update",
+        "doc",
+        "--file",
+        file.to_str().unwrap(),
+        "--expected-version",
+        "1",
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("expected version 1, but it is at version 2"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("expected version 1, but it is at version 2"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // The same text again changes nothing.
     std::fs::write(&file, "version two").unwrap();
@@ -145,7 +178,14 @@ async fn update_remove_history_log_and_verify() {
     assert!(history.contains("DocumentRemoved"));
 
     let out = cli.run(&["log", "--from", "1", "--json"]);
-    let positions: Vec<i64> = text(&out.stdout).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["position"].as_i64().unwrap()).collect();
+    let positions: Vec<i64> = text(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["position"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
     assert_eq!(positions, vec![2, 3]);
 
     let out = cli.run(&["verify"]);
@@ -156,12 +196,23 @@ async fn update_remove_history_log_and_verify() {
 #[tokio::test]
 async fn verify_fails_at_the_tampered_position() {
     let cli = Cli::new().await;
-    let input: String = (0..5).map(|i| format!("{{\"id\": \"d{i}\", \"text\": \"text {i}\"}}\n")).collect();
-    assert!(cli.run_with_stdin(&["ingest", "--jsonl", "-"], Some(input.as_bytes())).status.success());
+    let input: String = (0..5)
+        .map(|i| format!("{{\"id\": \"d{i}\", \"text\": \"text {i}\"}}\n"))
+        .collect();
+    assert!(cli
+        .run_with_stdin(&["ingest", "--jsonl", "-"], Some(input.as_bytes()))
+        .status
+        .success());
     let pool = sqlx::PgPool::connect(&cli.url).await.unwrap();
     let mut tx = pool.begin().await.unwrap();
-    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only").execute(&mut *tx).await.unwrap();
-    sqlx::query("UPDATE events SET actor = 'mallory' WHERE position = 3").execute(&mut *tx).await.unwrap();
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE events SET actor = 'mallory' WHERE position = 3")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let out = cli.run(&["verify", "--json"]);
     assert_eq!(out.status.code(), Some(1));
@@ -173,14 +224,31 @@ async fn verify_fails_at_the_tampered_position() {
 async fn bad_arguments_get_clear_errors() {
     let cli = Cli::new().await;
     let out = cli.run(&["update", "doc", "--file", "/nonexistent/file.txt"]);
-    assert!(text(&out.stderr).contains("cannot read /nonexistent/file.txt"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot read /nonexistent/file.txt"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = cli.run(&["remove", "no such id"]);
-    assert!(text(&out.stderr).contains("invalid document id"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("invalid document id"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = cli.run(&["ingest", "--jsonl", "-", "--scope", "a:b"]);
     assert!(text(&out.stderr).contains("invalid scope"), "{}", text(&out.stderr));
     let big = dir_with_file(&vec![b'a'; 2048]);
-    let out = cli.run(&["ingest", big.path().join("f.txt").to_str().unwrap(), "--max-text-bytes", "1024"]);
-    assert!(text(&out.stderr).contains("over the limit of 1024 bytes"), "{}", text(&out.stderr));
+    let out = cli.run(&[
+        "ingest",
+        big.path().join("f.txt").to_str().unwrap(),
+        "--max-text-bytes",
+        "1024",
+    ]);
+    assert!(
+        text(&out.stderr).contains("over the limit of 1024 bytes"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(cli.head(), 0);
 }
 

@@ -4,7 +4,10 @@
 mod common;
 
 use recall::commands::{CommandContext, CommandError, CommandHandler, CommandOutcome};
-use recall::domain::{DocumentCommand, DocumentContent, DocumentEvent, DocumentId, DocumentKey, DomainError, Limits, Metadata, Scope, Text, Title};
+use recall::domain::{
+    DocumentCommand, DocumentContent, DocumentEvent, DocumentId, DocumentKey, DomainError, Limits, Metadata, Scope,
+    Text, Title,
+};
 use recall::event_store::EventStore;
 
 fn key(scope: &str, id: &str) -> DocumentKey {
@@ -31,18 +34,44 @@ fn add(text: &str) -> DocumentCommand {
 #[tokio::test]
 async fn add_update_remove_produce_one_event_each() {
     let h = handler().await;
-    let ctx = CommandContext { actor: Some("agent-7".into()), ..Default::default() };
+    let ctx = CommandContext {
+        actor: Some("agent-7".into()),
+        ..Default::default()
+    };
     let k = key("default", "notes/a.md");
-    assert_eq!(h.execute(&k, add("first"), &ctx).await.unwrap(), CommandOutcome::Appended { version: 1, position: 1 });
-    let update = DocumentCommand::Update { content: content("second"), expected_version: Some(1) };
-    assert_eq!(h.execute(&k, update, &ctx).await.unwrap(), CommandOutcome::Appended { version: 2, position: 2 });
+    assert_eq!(
+        h.execute(&k, add("first"), &ctx).await.unwrap(),
+        CommandOutcome::Appended {
+            version: 1,
+            position: 1
+        }
+    );
+    let update = DocumentCommand::Update {
+        content: content("second"),
+        expected_version: Some(1),
+    };
+    assert_eq!(
+        h.execute(&k, update, &ctx).await.unwrap(),
+        CommandOutcome::Appended {
+            version: 2,
+            position: 2
+        }
+    );
     let remove = DocumentCommand::Remove { expected_version: None };
-    assert_eq!(h.execute(&k, remove, &ctx).await.unwrap(), CommandOutcome::Appended { version: 3, position: 3 });
+    assert_eq!(
+        h.execute(&k, remove, &ctx).await.unwrap(),
+        CommandOutcome::Appended {
+            version: 3,
+            position: 3
+        }
+    );
 
     let events = h.store().read_stream(&k.stream_id(), 1).await.unwrap();
     let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(types, ["DocumentAdded", "DocumentUpdated", "DocumentRemoved"]);
-    assert!(events.iter().all(|e| e.actor.as_deref() == Some("agent-7") && e.schema_version == 1));
+    assert!(events
+        .iter()
+        .all(|e| e.actor.as_deref() == Some("agent-7") && e.schema_version == 1));
     let decoded = DocumentEvent::decode(&events[1].event_type, 1, &events[1].payload).unwrap();
     assert_eq!(decoded.content().unwrap().text.as_str(), "second");
 }
@@ -53,7 +82,13 @@ async fn the_same_id_lives_independently_in_two_scopes() {
     let ctx = CommandContext::default();
     h.execute(&key("team-a", "doc"), add("a"), &ctx).await.unwrap();
     let outcome = h.execute(&key("team-b", "doc"), add("b"), &ctx).await.unwrap();
-    assert_eq!(outcome, CommandOutcome::Appended { version: 1, position: 2 });
+    assert_eq!(
+        outcome,
+        CommandOutcome::Appended {
+            version: 1,
+            position: 2
+        }
+    );
 }
 
 /// Each invariant through the real store: a typed error, and the head does not move.
@@ -66,11 +101,46 @@ async fn every_rejection_leaves_the_log_unchanged() {
     let head = h.store().head().await.unwrap();
 
     let cases: Vec<(DocumentKey, DocumentCommand, fn(&DomainError) -> bool)> = vec![
-        (k.clone(), add("different"), |e| matches!(e, DomainError::AlreadyExists { version: 1, .. })),
-        (key("default", "missing"), DocumentCommand::Update { content: content("x"), expected_version: None }, |e| matches!(e, DomainError::NotFound { .. })),
-        (key("default", "missing"), DocumentCommand::Remove { expected_version: None }, |e| matches!(e, DomainError::NotFound { .. })),
-        (k.clone(), DocumentCommand::Update { content: content("x"), expected_version: Some(7) }, |e| matches!(e, DomainError::VersionConflict { expected: 7, actual: 1, .. })),
-        (k.clone(), DocumentCommand::Remove { expected_version: Some(0) }, |e| matches!(e, DomainError::VersionConflict { .. })),
+        (k.clone(), add("different"), |e| {
+            matches!(e, DomainError::AlreadyExists { version: 1, .. })
+        }),
+        (
+            key("default", "missing"),
+            DocumentCommand::Update {
+                content: content("x"),
+                expected_version: None,
+            },
+            |e| matches!(e, DomainError::NotFound { .. }),
+        ),
+        (
+            key("default", "missing"),
+            DocumentCommand::Remove { expected_version: None },
+            |e| matches!(e, DomainError::NotFound { .. }),
+        ),
+        (
+            k.clone(),
+            DocumentCommand::Update {
+                content: content("x"),
+                expected_version: Some(7),
+            },
+            |e| {
+                matches!(
+                    e,
+                    DomainError::VersionConflict {
+                        expected: 7,
+                        actual: 1,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            k.clone(),
+            DocumentCommand::Remove {
+                expected_version: Some(0),
+            },
+            |e| matches!(e, DomainError::VersionConflict { .. }),
+        ),
     ];
     for (k, command, expected) in cases {
         match h.execute(&k, command, &ctx).await {
@@ -80,13 +150,45 @@ async fn every_rejection_leaves_the_log_unchanged() {
     }
     assert_eq!(h.store().head().await.unwrap(), head);
 
-    let unchanged = h.execute(&k, DocumentCommand::Update { content: content("original"), expected_version: Some(1) }, &ctx).await.unwrap();
+    let unchanged = h
+        .execute(
+            &k,
+            DocumentCommand::Update {
+                content: content("original"),
+                expected_version: Some(1),
+            },
+            &ctx,
+        )
+        .await
+        .unwrap();
     assert_eq!(unchanged, CommandOutcome::Unchanged { version: 1 });
-    assert_eq!(h.store().head().await.unwrap(), head, "an update that changes nothing appends nothing");
+    assert_eq!(
+        h.store().head().await.unwrap(),
+        head,
+        "an update that changes nothing appends nothing"
+    );
 
-    h.execute(&k, DocumentCommand::Remove { expected_version: Some(1) }, &ctx).await.unwrap();
+    h.execute(
+        &k,
+        DocumentCommand::Remove {
+            expected_version: Some(1),
+        },
+        &ctx,
+    )
+    .await
+    .unwrap();
     let after_remove = h.store().head().await.unwrap();
-    let err = h.execute(&k, DocumentCommand::Update { content: content("y"), expected_version: None }, &ctx).await.unwrap_err();
+    let err = h
+        .execute(
+            &k,
+            DocumentCommand::Update {
+                content: content("y"),
+                expected_version: None,
+            },
+            &ctx,
+        )
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("was removed at version 2"), "{err}");
     assert_eq!(h.store().head().await.unwrap(), after_remove);
 }
@@ -100,14 +202,41 @@ async fn a_bulk_batch_appends_the_valid_and_reports_the_rejected() {
         (key("default", "n1"), add("one")),
         (key("default", "taken"), add("new text")),
         (key("default", "n2"), add("two")),
-        (key("default", "n1"), DocumentCommand::Update { content: content("one, revised"), expected_version: Some(1) }),
+        (
+            key("default", "n1"),
+            DocumentCommand::Update {
+                content: content("one, revised"),
+                expected_version: Some(1),
+            },
+        ),
         (key("default", "taken"), add("old")),
     ];
     let outcomes = h.execute_batch(batch, &ctx).await.unwrap();
-    assert_eq!(outcomes[0].as_ref().unwrap(), &CommandOutcome::Appended { version: 1, position: 2 });
-    assert!(matches!(outcomes[1], Err(CommandError::Rejected(DomainError::AlreadyExists { .. }))));
-    assert_eq!(outcomes[2].as_ref().unwrap(), &CommandOutcome::Appended { version: 1, position: 3 });
-    assert_eq!(outcomes[3].as_ref().unwrap(), &CommandOutcome::Appended { version: 2, position: 4 });
+    assert_eq!(
+        outcomes[0].as_ref().unwrap(),
+        &CommandOutcome::Appended {
+            version: 1,
+            position: 2
+        }
+    );
+    assert!(matches!(
+        outcomes[1],
+        Err(CommandError::Rejected(DomainError::AlreadyExists { .. }))
+    ));
+    assert_eq!(
+        outcomes[2].as_ref().unwrap(),
+        &CommandOutcome::Appended {
+            version: 1,
+            position: 3
+        }
+    );
+    assert_eq!(
+        outcomes[3].as_ref().unwrap(),
+        &CommandOutcome::Appended {
+            version: 2,
+            position: 4
+        }
+    );
     assert_eq!(outcomes[4].as_ref().unwrap(), &CommandOutcome::Unchanged { version: 1 });
     assert_eq!(h.store().head().await.unwrap(), 4);
 }
@@ -123,7 +252,15 @@ async fn concurrent_commands_on_one_document_serialise_cleanly() {
         .map(|i| {
             let (h, k, ctx) = (h.clone(), k.clone(), ctx.clone());
             tokio::spawn(async move {
-                h.execute(&k, DocumentCommand::Update { content: content(&format!("v2-{i}")), expected_version: Some(1) }, &ctx).await
+                h.execute(
+                    &k,
+                    DocumentCommand::Update {
+                        content: content(&format!("v2-{i}")),
+                        expected_version: Some(1),
+                    },
+                    &ctx,
+                )
+                .await
             })
         })
         .collect();
@@ -131,7 +268,9 @@ async fn concurrent_commands_on_one_document_serialise_cleanly() {
     for t in tasks {
         match t.await.unwrap() {
             Ok(_) => ok += 1,
-            Err(CommandError::Rejected(DomainError::VersionConflict { expected: 1, actual: 2, .. })) => {}
+            Err(CommandError::Rejected(DomainError::VersionConflict {
+                expected: 1, actual: 2, ..
+            })) => {}
             Err(e) => panic!("{e}"),
         }
     }

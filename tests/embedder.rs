@@ -9,8 +9,14 @@ use recall::embed::{Chunker, EmbedError, Embedder, EmbedderOptions, ModelFiles, 
 fn embedder() -> &'static Embedder {
     static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
     EMBEDDER.get_or_init(|| {
-        Embedder::load(&ModelSource::parse(None), EmbedderOptions { max_batch_tokens: 4096, ..Default::default() })
-            .expect("the model under models/ (run scripts/setup)")
+        Embedder::load(
+            &ModelSource::parse(None),
+            EmbedderOptions {
+                max_batch_tokens: 4096,
+                ..Default::default()
+            },
+        )
+        .expect("the model under models/ (run scripts/setup)")
     })
 }
 
@@ -81,7 +87,14 @@ fn a_text_embeds_the_same_alone_and_beside_longer_texts() {
 fn results_come_back_in_input_order_whatever_the_batching() {
     let refs = references();
     let texts: Vec<&str> = refs.iter().take(20).map(|r| r.text.as_str()).collect();
-    let tiny = Embedder::load(&ModelSource::parse(None), EmbedderOptions { max_batch_tokens: 300, ..Default::default() }).unwrap();
+    let tiny = Embedder::load(
+        &ModelSource::parse(None),
+        EmbedderOptions {
+            max_batch_tokens: 300,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     for (v, r) in tiny.encode(&texts).unwrap().iter().zip(&refs) {
         assert!(cosine(v, &r.embedding) >= 0.9999);
     }
@@ -99,16 +112,25 @@ fn the_identity_names_model_revision_and_dimension() {
 fn a_broken_model_folder_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let err = ModelFiles::resolve(&ModelSource::Local(dir.path().to_path_buf())).unwrap_err();
-    assert!(matches!(&err, EmbedError::MissingFile { path, .. } if path.ends_with("config.json")), "{err}");
+    assert!(
+        matches!(&err, EmbedError::MissingFile { path, .. } if path.ends_with("config.json")),
+        "{err}"
+    );
     let model = ModelSource::parse(None);
-    let ModelSource::Local(real) = model else { panic!("models/ has the model") };
+    let ModelSource::Local(real) = model else {
+        panic!("models/ has the model")
+    };
     for f in ["config.json", "tokenizer.json", "model.safetensors"] {
         std::fs::copy(real.join(f), dir.path().join(f)).unwrap();
     }
     let err = ModelFiles::resolve(&ModelSource::Local(dir.path().to_path_buf())).unwrap_err();
     assert!(err.to_string().contains("1_Pooling/config.json"), "{err}");
     std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
-    std::fs::write(dir.path().join("1_Pooling/config.json"), r#"{"pooling_mode_cls_token": true}"#).unwrap();
+    std::fs::write(
+        dir.path().join("1_Pooling/config.json"),
+        r#"{"pooling_mode_cls_token": true}"#,
+    )
+    .unwrap();
     let err = ModelFiles::resolve(&ModelSource::Local(dir.path().to_path_buf())).unwrap_err();
     assert!(err.to_string().contains("only mean pooling"), "{err}");
 }
@@ -119,7 +141,11 @@ fn chunker(overlap: usize) -> Chunker {
 
 #[test]
 fn a_long_document_is_chunked_without_losing_a_token() {
-    let text: String = references().iter().map(|r| r.text.as_str()).collect::<Vec<_>>().join("\n\n");
+    let text: String = references()
+        .iter()
+        .map(|r| r.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n\n");
     let chunks = chunker(32).chunk("Python docs", &text).unwrap();
     assert!(chunks.len() > 10);
     let title_tokens = chunks[0].input_ids.len() - chunks[0].text_tokens - 2;
@@ -128,13 +154,24 @@ fn a_long_document_is_chunked_without_losing_a_token() {
     let whole = embedder().truncated_input(&text).unwrap();
     assert!(whole.len() == 256, "the whole text is far longer than one sequence");
     let distinct = total - 32 * (chunks.len() - 1);
-    let tokenizer_count = embedder().chunker(0, false).chunk("", &text).unwrap().iter().map(|c| c.text_tokens).sum::<usize>();
-    assert_eq!(distinct, tokenizer_count, "every word piece is in exactly one chunk, apart from the overlaps");
+    let tokenizer_count = embedder()
+        .chunker(0, false)
+        .chunk("", &text)
+        .unwrap()
+        .iter()
+        .map(|c| c.text_tokens)
+        .sum::<usize>();
+    assert_eq!(
+        distinct, tokenizer_count,
+        "every word piece is in exactly one chunk, apart from the overlaps"
+    );
     for c in &chunks {
         assert!(c.input_ids.len() <= 256);
         assert_eq!(c.input_ids.len(), c.text_tokens + title_tokens + 2);
     }
-    let vectors = embedder().embed_inputs(&chunks.iter().map(|c| c.input_ids.clone()).collect::<Vec<_>>()).unwrap();
+    let vectors = embedder()
+        .embed_inputs(&chunks.iter().map(|c| c.input_ids.clone()).collect::<Vec<_>>())
+        .unwrap();
     assert_eq!(vectors.len(), chunks.len());
 }
 
@@ -142,8 +179,14 @@ fn a_long_document_is_chunked_without_losing_a_token() {
 fn a_short_document_embeds_as_title_then_text() {
     let chunks = chunker(32).chunk("Sorting", "Lists can be sorted in place.").unwrap();
     assert_eq!(chunks.len(), 1);
-    let via_chunk = embedder().embed_inputs(&[chunks[0].input_ids.clone()]).unwrap().remove(0);
-    let via_text = embedder().encode(&["Sorting Lists can be sorted in place."]).unwrap().remove(0);
+    let via_chunk = embedder()
+        .embed_inputs(&[chunks[0].input_ids.clone()])
+        .unwrap()
+        .remove(0);
+    let via_text = embedder()
+        .encode(&["Sorting Lists can be sorted in place."])
+        .unwrap()
+        .remove(0);
     assert!(cosine(&via_chunk, &via_text) >= 0.99999);
 }
 
@@ -213,7 +256,11 @@ fn the_embed_command_streams_one_line_per_input_in_order() {
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 6);
     for (i, line) in lines.iter().enumerate() {
         let v: Vec<f32> = serde_json::from_value(line["embedding"].clone()).unwrap();
@@ -228,12 +275,33 @@ fn the_embed_command_streams_one_line_per_input_in_order() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let long = refs.iter().take(10).map(|r| r.text.as_str()).collect::<Vec<_>>().join(" ");
-    child.stdin.take().unwrap().write_all(serde_json::json!({"id": 7, "title": "T", "text": long}).to_string().as_bytes()).unwrap();
+    let long = refs
+        .iter()
+        .take(10)
+        .map(|r| r.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            serde_json::json!({"id": 7, "title": "T", "text": long})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let chunks: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let chunks: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(chunks.len() > 2);
     assert_eq!(chunks[0]["char_start"], 0);
-    assert_eq!(chunks.last().unwrap()["char_end"].as_u64().unwrap() as usize, long.chars().count());
+    assert_eq!(
+        chunks.last().unwrap()["char_end"].as_u64().unwrap() as usize,
+        long.chars().count()
+    );
     assert!(chunks.iter().all(|c| c["id"] == 7));
 }

@@ -25,7 +25,12 @@ fn event(n: u64) -> NewEvent {
 }
 
 fn request(stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> AppendRequest {
-    AppendRequest { stream_id: stream.into(), scope: "default".into(), expected, events }
+    AppendRequest {
+        stream_id: stream.into(),
+        scope: "default".into(),
+        expected,
+        events,
+    }
 }
 
 #[tokio::test]
@@ -33,9 +38,20 @@ async fn appends_and_reads_back_exactly_what_was_written() {
     let (pool, _) = common::fresh_database().await;
     let store = EventStore::new(pool);
     let first = event(1);
-    let appended = store.append(request("s:a", ExpectedVersion::NoStream, vec![first.clone(), event(2)])).await.unwrap().unwrap();
-    assert_eq!((appended.position, appended.version, appended.already_appended), (2, 2, false));
-    store.append(request("s:b", ExpectedVersion::Any, vec![event(3)])).await.unwrap().unwrap();
+    let appended = store
+        .append(request("s:a", ExpectedVersion::NoStream, vec![first.clone(), event(2)]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (appended.position, appended.version, appended.already_appended),
+        (2, 2, false)
+    );
+    store
+        .append(request("s:b", ExpectedVersion::Any, vec![event(3)]))
+        .await
+        .unwrap()
+        .unwrap();
 
     let stream = store.read_stream("s:a", 1).await.unwrap();
     assert_eq!(stream.len(), 2);
@@ -57,16 +73,49 @@ async fn appends_and_reads_back_exactly_what_was_written() {
 async fn expected_versions_are_enforced() {
     let (pool, _) = common::fresh_database().await;
     let store = EventStore::new(pool);
-    let rejected = store.append(request("s:x", ExpectedVersion::StreamExists, vec![event(1)])).await.unwrap().unwrap_err();
+    let rejected = store
+        .append(request("s:x", ExpectedVersion::StreamExists, vec![event(1)]))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert_eq!(rejected.actual, 0);
-    let rejected = store.append(request("s:x", ExpectedVersion::Exact(1), vec![event(1)])).await.unwrap().unwrap_err();
+    let rejected = store
+        .append(request("s:x", ExpectedVersion::Exact(1), vec![event(1)]))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert_eq!(rejected.expected, ExpectedVersion::Exact(1));
-    store.append(request("s:x", ExpectedVersion::NoStream, vec![event(1)])).await.unwrap().unwrap();
-    assert!(store.append(request("s:x", ExpectedVersion::NoStream, vec![event(2)])).await.unwrap().is_err());
-    store.append(request("s:x", ExpectedVersion::StreamExists, vec![event(2)])).await.unwrap().unwrap();
-    store.append(request("s:x", ExpectedVersion::Exact(2), vec![event(3)])).await.unwrap().unwrap();
-    store.append(request("s:x", ExpectedVersion::Any, vec![event(4)])).await.unwrap().unwrap();
-    let msg = store.append(request("s:x", ExpectedVersion::Exact(2), vec![event(5)])).await.unwrap().unwrap_err().to_string();
+    store
+        .append(request("s:x", ExpectedVersion::NoStream, vec![event(1)]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store
+        .append(request("s:x", ExpectedVersion::NoStream, vec![event(2)]))
+        .await
+        .unwrap()
+        .is_err());
+    store
+        .append(request("s:x", ExpectedVersion::StreamExists, vec![event(2)]))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .append(request("s:x", ExpectedVersion::Exact(2), vec![event(3)]))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .append(request("s:x", ExpectedVersion::Any, vec![event(4)]))
+        .await
+        .unwrap()
+        .unwrap();
+    let msg = store
+        .append(request("s:x", ExpectedVersion::Exact(2), vec![event(5)]))
+        .await
+        .unwrap()
+        .unwrap_err()
+        .to_string();
     assert_eq!(msg, "stream s:x is at version 4, but the append expected version 2");
     assert_eq!(store.head().await.unwrap(), 4, "rejected appends add nothing");
 }
@@ -75,11 +124,20 @@ async fn expected_versions_are_enforced() {
 async fn of_concurrent_appends_at_one_expected_version_exactly_one_wins() {
     let (pool, _) = common::fresh_database().await;
     let store = EventStore::new(pool);
-    store.append(request("s:race", ExpectedVersion::NoStream, vec![event(0)])).await.unwrap().unwrap();
+    store
+        .append(request("s:race", ExpectedVersion::NoStream, vec![event(0)]))
+        .await
+        .unwrap()
+        .unwrap();
     let tasks: Vec<_> = (0..12)
         .map(|i| {
             let store = store.clone();
-            tokio::spawn(async move { store.append(request("s:race", ExpectedVersion::Exact(1), vec![event(i)])).await.unwrap() })
+            tokio::spawn(async move {
+                store
+                    .append(request("s:race", ExpectedVersion::Exact(1), vec![event(i)]))
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     let mut winners = 0;
@@ -132,7 +190,10 @@ async fn positions_are_gapless_and_commit_ordered_under_concurrent_writers_and_r
                 let e = event(i as u64);
                 let id = e.event_id;
                 let mut tx = pool.begin().await.unwrap();
-                let results = store.append_batch_in(&mut tx, &[request(&format!("w:{w}"), ExpectedVersion::Any, vec![e])]).await.unwrap();
+                let results = store
+                    .append_batch_in(&mut tx, &[request(&format!("w:{w}"), ExpectedVersion::Any, vec![e])])
+                    .await
+                    .unwrap();
                 assert!(results[0].is_ok());
                 let roll_back = rand::thread_rng().gen_bool(0.2);
                 if roll_back {
@@ -180,7 +241,10 @@ async fn positions_are_gapless_and_commit_ordered_under_concurrent_writers_and_r
     }
     let seen = reader.await.unwrap();
     let n = committed.load(Ordering::SeqCst);
-    assert!(n > 0 && (n as usize) < WRITERS * APPENDS, "some appends rolled back, most committed");
+    assert!(
+        n > 0 && (n as usize) < WRITERS * APPENDS,
+        "some appends rolled back, most committed"
+    );
     assert_eq!(seen.len() as i64, n, "every committed event seen exactly once");
     assert_eq!(seen.iter().copied().collect::<HashSet<_>>(), committed_ids);
     assert_eq!(store.head().await.unwrap(), n);
@@ -189,9 +253,15 @@ async fn positions_are_gapless_and_commit_ordered_under_concurrent_writers_and_r
 
 async fn tamper(pool: &sqlx::PgPool, sql: &str) {
     let mut tx = pool.begin().await.unwrap();
-    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only").execute(&mut *tx).await.unwrap();
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     sqlx::query(sql).execute(&mut *tx).await.unwrap();
-    sqlx::query("ALTER TABLE events ENABLE TRIGGER events_append_only").execute(&mut *tx).await.unwrap();
+    sqlx::query("ALTER TABLE events ENABLE TRIGGER events_append_only")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 }
 
@@ -199,7 +269,11 @@ async fn store_with_ten_events() -> (sqlx::PgPool, EventStore) {
     let (pool, _) = common::fresh_database().await;
     let store = EventStore::new(pool.clone());
     for i in 0..10 {
-        store.append(request(&format!("s:{}", i % 3), ExpectedVersion::Any, vec![event(i)])).await.unwrap().unwrap();
+        store
+            .append(request(&format!("s:{}", i % 3), ExpectedVersion::Any, vec![event(i)]))
+            .await
+            .unwrap()
+            .unwrap();
     }
     let report = verify_chain(&store).await.unwrap();
     assert!(report.is_ok(), "{report:?}");
@@ -210,7 +284,11 @@ async fn store_with_ten_events() -> (sqlx::PgPool, EventStore) {
 #[tokio::test]
 async fn verify_names_the_first_edited_event() {
     let (pool, store) = store_with_ten_events().await;
-    tamper(&pool, r#"UPDATE events SET payload = '{"n": 99, "note": "keep  spacing"}' WHERE position = 6"#).await;
+    tamper(
+        &pool,
+        r#"UPDATE events SET payload = '{"n": 99, "note": "keep  spacing"}' WHERE position = 6"#,
+    )
+    .await;
     let report = verify_chain(&store).await.unwrap();
     assert_eq!(report.first_bad_position, Some(6));
     assert_eq!(report.checked, 5);
@@ -223,19 +301,34 @@ async fn verify_detects_deleted_and_reordered_events() {
     assert_eq!(verify_chain(&store).await.unwrap().first_bad_position, Some(4));
 
     let (pool, store) = store_with_ten_events().await;
-    tamper(&pool, "UPDATE events SET position = position + 1000000 WHERE position IN (7, 8)").await;
-    tamper(&pool, "UPDATE events SET position = CASE position WHEN 1000007 THEN 8 ELSE 7 END WHERE position > 1000000").await;
+    tamper(
+        &pool,
+        "UPDATE events SET position = position + 1000000 WHERE position IN (7, 8)",
+    )
+    .await;
+    tamper(
+        &pool,
+        "UPDATE events SET position = CASE position WHEN 1000007 THEN 8 ELSE 7 END WHERE position > 1000000",
+    )
+    .await;
     assert_eq!(verify_chain(&store).await.unwrap().first_bad_position, Some(7));
 
     let (pool, store) = store_with_ten_events().await;
     tamper(&pool, "DELETE FROM events WHERE position = 10").await;
-    assert_eq!(verify_chain(&store).await.unwrap().first_bad_position, Some(10), "a truncated tail is caught by the head");
+    assert_eq!(
+        verify_chain(&store).await.unwrap().first_bad_position,
+        Some(10),
+        "a truncated tail is caught by the head"
+    );
 }
 
 #[tokio::test]
 async fn the_log_refuses_updates_and_deletes() {
     let (pool, _store) = store_with_ten_events().await;
-    let err = sqlx::query("UPDATE events SET actor = 'mallory' WHERE position = 1").execute(&pool).await.unwrap_err();
+    let err = sqlx::query("UPDATE events SET actor = 'mallory' WHERE position = 1")
+        .execute(&pool)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
     let err = sqlx::query("DELETE FROM events").execute(&pool).await.unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
@@ -247,7 +340,14 @@ async fn appends_notify_the_channel_with_the_new_head() {
     let store = EventStore::new(pool.clone());
     let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await.unwrap();
     listener.listen(NOTIFY_CHANNEL).await.unwrap();
-    store.append(request("s:n", ExpectedVersion::Any, vec![event(1), event(2)])).await.unwrap().unwrap();
-    let note = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv()).await.unwrap().unwrap();
+    store
+        .append(request("s:n", ExpectedVersion::Any, vec![event(1), event(2)]))
+        .await
+        .unwrap()
+        .unwrap();
+    let note = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(note.payload(), "2");
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::commands::{CommandContext, CommandHandler, CommandError};
+use crate::commands::{CommandContext, CommandError, CommandHandler};
 use crate::domain::{DocumentCommand, DocumentContent, DocumentId, DocumentKey, Limits, Metadata, Scope, Text, Title};
 
 use super::Latency;
@@ -35,7 +35,10 @@ pub struct AppendBenchReport {
 
 /// A realistic small document: a few hundred bytes of text, a title and a little metadata.
 fn document(prefix: &str, i: usize) -> (DocumentKey, DocumentCommand) {
-    let key = DocumentKey::new(Scope::default(), DocumentId::parse(&format!("{prefix}-{i}")).expect("valid id"));
+    let key = DocumentKey::new(
+        Scope::default(),
+        DocumentId::parse(&format!("{prefix}-{i}")).expect("valid id"),
+    );
     let text = format!(
         "Document {i} of the append benchmark. It stands for a typical passage an agent stores: a few sentences \
          about a topic, long enough to be realistic and short enough that the log, not the payload, is measured. {}",
@@ -49,7 +52,12 @@ fn document(prefix: &str, i: usize) -> (DocumentKey, DocumentCommand) {
     (key, DocumentCommand::Add { content })
 }
 
-async fn clients_run(handler: &CommandHandler, prefix: &str, clients: usize, per_client: usize) -> Result<ClientsReport, CommandError> {
+async fn clients_run(
+    handler: &CommandHandler,
+    prefix: &str,
+    clients: usize,
+    per_client: usize,
+) -> Result<ClientsReport, CommandError> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -71,10 +79,17 @@ async fn clients_run(handler: &CommandHandler, prefix: &str, clients: usize, per
         samples.extend(task.await.expect("bench client does not panic")?);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    Ok(ClientsReport { clients, events_per_s: samples.len() as f64 / elapsed, latency: Latency::from_samples(samples) })
+    Ok(ClientsReport {
+        clients,
+        events_per_s: samples.len() as f64 / elapsed,
+        latency: Latency::from_samples(samples),
+    })
 }
 
-pub async fn run_append_bench(handler: &CommandHandler, config: AppendBenchConfig) -> Result<AppendBenchReport, CommandError> {
+pub async fn run_append_bench(
+    handler: &CommandHandler,
+    config: AppendBenchConfig,
+) -> Result<AppendBenchReport, CommandError> {
     // Warm the pool and the plan cache so the first sample does not pay for connecting.
     clients_run(handler, "warmup", config.clients, 5).await?;
     let one_client = clients_run(handler, "single", 1, config.single_commands).await?;
@@ -83,10 +98,19 @@ pub async fn run_append_bench(handler: &CommandHandler, config: AppendBenchConfi
     let docs: Vec<_> = (0..config.bulk_documents).map(|i| document("bulk", i)).collect();
     let started = Instant::now();
     for chunk in docs.chunks(config.bulk_batch) {
-        for outcome in handler.execute_batch(chunk.to_vec(), &CommandContext::default()).await? {
+        for outcome in handler
+            .execute_batch(chunk.to_vec(), &CommandContext::default())
+            .await?
+        {
             outcome?;
         }
     }
     let bulk_events_per_s = config.bulk_documents as f64 / started.elapsed().as_secs_f64();
-    Ok(AppendBenchReport { one_client, many_clients, bulk_events_per_s, bulk_documents: config.bulk_documents, bulk_batch: config.bulk_batch })
+    Ok(AppendBenchReport {
+        one_client,
+        many_clients,
+        bulk_events_per_s,
+        bulk_documents: config.bulk_documents,
+        bulk_batch: config.bulk_batch,
+    })
 }

@@ -21,8 +21,16 @@ pub struct EmbedBenchReport {
     pub max_batch_tokens: usize,
 }
 
-pub fn run_embed_bench(embedder: &Embedder, texts: &[String], passes: usize, max_batch_tokens: usize) -> Result<EmbedBenchReport, EmbedError> {
-    let inputs = texts.iter().map(|t| embedder.truncated_input(t)).collect::<Result<Vec<_>, _>>()?;
+pub fn run_embed_bench(
+    embedder: &Embedder,
+    texts: &[String],
+    passes: usize,
+    max_batch_tokens: usize,
+) -> Result<EmbedBenchReport, EmbedError> {
+    let inputs = texts
+        .iter()
+        .map(|t| embedder.truncated_input(t))
+        .collect::<Result<Vec<_>, _>>()?;
     let tokens: usize = inputs.iter().map(Vec::len).sum();
     // One warm-up pass over a slice, so page faults of first use are not measured.
     embedder.embed_inputs(&inputs[..inputs.len().min(64)])?;

@@ -28,6 +28,11 @@ impl Latency {
             let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
             samples[i].as_secs_f64() * 1e3
         };
-        Latency { count: samples.len(), p50_ms: at(0.50), p99_ms: at(0.99), max_ms: at(1.0) }
+        Latency {
+            count: samples.len(),
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        }
     }
 }

@@ -55,18 +55,29 @@ async fn scratch_database(name: &str) -> anyhow::Result<(sqlx::PgPool, sqlx::pos
 async fn drop_database(admin: &sqlx::postgres::PgConnectOptions, name: &str) -> anyhow::Result<()> {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect_with(admin).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut conn).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut conn)
+        .await?;
     Ok(())
 }
 
 pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
     match what {
-        BenchCommand::Embed { corpus, limit, passes, json, model } => {
+        BenchCommand::Embed {
+            corpus,
+            limit,
+            passes,
+            json,
+            model,
+        } => {
             let text = std::fs::read_to_string(&corpus).with_context(|| format!("cannot read {}", corpus.display()))?;
             let mut texts = Vec::new();
             for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let value: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", corpus.display(), i + 1))?;
-                let passage = value["text"].as_str().with_context(|| format!("{}:{}: no \"text\"", corpus.display(), i + 1))?;
+                let value: serde_json::Value =
+                    serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", corpus.display(), i + 1))?;
+                let passage = value["text"]
+                    .as_str()
+                    .with_context(|| format!("{}:{}: no \"text\"", corpus.display(), i + 1))?;
                 texts.push(passage.to_owned());
             }
             texts.truncate(limit.unwrap_or(usize::MAX));
@@ -85,11 +96,24 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        BenchCommand::Append { single, clients, per_client, bulk, batch, json } => {
+        BenchCommand::Append {
+            single,
+            clients,
+            per_client,
+            bulk,
+            batch,
+            json,
+        } => {
             let name = format!("recall_bench_{}", std::process::id());
             let (pool, admin) = scratch_database(&name).await.context("creating the scratch database")?;
             let handler = CommandHandler::new(EventStore::new(pool.clone()));
-            let config = AppendBenchConfig { single_commands: single, clients, commands_per_client: per_client, bulk_documents: bulk, bulk_batch: batch };
+            let config = AppendBenchConfig {
+                single_commands: single,
+                clients,
+                commands_per_client: per_client,
+                bulk_documents: bulk,
+                bulk_batch: batch,
+            };
             let report = run_append_bench(&handler, config).await;
             pool.close().await;
             drop_database(&admin, &name).await?;
@@ -103,7 +127,10 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                         r.clients, r.events_per_s, r.latency.p50_ms, r.latency.p99_ms, r.latency.count
                     );
                 }
-                println!("bulk ingest: {:>8.0} events/s  ({} documents in batches of {})", report.bulk_events_per_s, report.bulk_documents, report.bulk_batch);
+                println!(
+                    "bulk ingest: {:>8.0} events/s  ({} documents in batches of {})",
+                    report.bulk_events_per_s, report.bulk_documents, report.bulk_batch
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

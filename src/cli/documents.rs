@@ -112,8 +112,10 @@ fn progress(total: Option<u64>) -> ProgressBar {
         None => ProgressBar::new_spinner(),
     };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} docs ({per_sec}, eta {eta})")
-            .expect("a valid template"),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} docs ({per_sec}, eta {eta})",
+        )
+        .expect("a valid template"),
     );
     bar
 }
@@ -138,8 +140,21 @@ async fn flush(
         return Ok(());
     }
     let items = std::mem::take(batch);
-    let commands = items.iter().map(|i| (i.key.clone(), DocumentCommand::Add { content: i.content.clone() })).collect();
-    let outcomes = handler.execute_batch(commands, ctx).await.context("appending a batch")?;
+    let commands = items
+        .iter()
+        .map(|i| {
+            (
+                i.key.clone(),
+                DocumentCommand::Add {
+                    content: i.content.clone(),
+                },
+            )
+        })
+        .collect();
+    let outcomes = handler
+        .execute_batch(commands, ctx)
+        .await
+        .context("appending a batch")?;
     for (item, outcome) in items.iter().zip(outcomes) {
         match outcome {
             Ok(outcome) => {
@@ -148,7 +163,10 @@ async fn flush(
                     CommandOutcome::Unchanged { .. } => summary.unchanged += 1,
                 }
                 if json {
-                    println!("{}", json!({"source": item.source, "scope": item.key.scope, "id": item.key.id, "outcome": outcome}));
+                    println!(
+                        "{}",
+                        json!({"source": item.source, "scope": item.key.scope, "id": item.key.id, "outcome": outcome})
+                    );
                 }
             }
             Err(e) => {
@@ -164,7 +182,11 @@ async fn flush(
 pub async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     let scope = Scope::parse(&args.scope)?;
     let limits = args.settings.limits();
-    let ctx = CommandContext { actor: args.settings.actor.clone(), correlation_id: Some(uuid::Uuid::now_v7()), ..Default::default() };
+    let ctx = CommandContext {
+        actor: args.settings.actor.clone(),
+        correlation_id: Some(uuid::Uuid::now_v7()),
+        ..Default::default()
+    };
     let handler = open_handler().await?;
     let mut summary = IngestSummary::default();
     let mut batch = Vec::with_capacity(INGEST_BATCH);
@@ -174,7 +196,9 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
         let reader: Box<dyn BufRead> = if jsonl.as_os_str() == "-" {
             Box::new(BufReader::new(std::io::stdin()))
         } else {
-            Box::new(BufReader::new(std::fs::File::open(jsonl).with_context(|| format!("cannot open {origin}"))?))
+            Box::new(BufReader::new(
+                std::fs::File::open(jsonl).with_context(|| format!("cannot open {origin}"))?,
+            ))
         };
         let bar = progress(None);
         for (i, line) in reader.split(b'\n').enumerate() {
@@ -184,8 +208,13 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
             let parsed = match std::str::from_utf8(&line) {
-                Ok(text) => ingest::parse_jsonl_line(text, line_no, &origin, &scope, &limits).map_err(|e| e.to_string()),
-                Err(e) => Err(format!("{origin}:{line_no}: the line is not valid UTF-8 (byte {})", e.valid_up_to())),
+                Ok(text) => {
+                    ingest::parse_jsonl_line(text, line_no, &origin, &scope, &limits).map_err(|e| e.to_string())
+                }
+                Err(e) => Err(format!(
+                    "{origin}:{line_no}: the line is not valid UTF-8 (byte {})",
+                    e.valid_up_to()
+                )),
             };
             match parsed {
                 Ok(item) => batch.push(item),
@@ -203,7 +232,10 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     } else {
         let (files, errors) = ingest::discover_files(&args.paths);
         if args.id.is_some() && files.len() != 1 {
-            anyhow::bail!("--id names one document, but the paths hold {} files; drop --id to use each path as its id", files.len());
+            anyhow::bail!(
+                "--id names one document, but the paths hold {} files; drop --id to use each path as its id",
+                files.len()
+            );
         }
         for error in errors {
             summary.rejected += 1;
@@ -230,9 +262,16 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", json!({"summary": summary}));
     } else {
-        eprintln!("appended {}, unchanged {}, rejected {}", summary.appended, summary.unchanged, summary.rejected);
+        eprintln!(
+            "appended {}, unchanged {}, rejected {}",
+            summary.appended, summary.unchanged, summary.rejected
+        );
     }
-    Ok(if summary.rejected > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if summary.rejected > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_outcome(json: bool, key: &DocumentKey, outcome: &CommandOutcome) {
@@ -240,8 +279,12 @@ fn print_outcome(json: bool, key: &DocumentKey, outcome: &CommandOutcome) {
         println!("{}", json!({"scope": key.scope, "id": key.id, "outcome": outcome}));
     } else {
         match outcome {
-            CommandOutcome::Appended { version, position } => println!("{}: version {version} at position {position}", key.id),
-            CommandOutcome::Unchanged { version } => println!("{}: unchanged (still version {version}); nothing appended", key.id),
+            CommandOutcome::Appended { version, position } => {
+                println!("{}: version {version} at position {position}", key.id)
+            }
+            CommandOutcome::Unchanged { version } => {
+                println!("{}: unchanged (still version {version}); nothing appended", key.id)
+            }
         }
     }
 }
@@ -249,7 +292,8 @@ fn print_outcome(json: bool, key: &DocumentKey, outcome: &CommandOutcome) {
 pub async fn update(args: UpdateArgs) -> anyhow::Result<ExitCode> {
     let limits = args.settings.limits();
     let key = DocumentKey::new(Scope::parse(&args.scope)?, DocumentId::parse(&args.id)?);
-    let text = Text::from_bytes(read_input(&args.file)?, &limits).with_context(|| format!("reading {}", args.file.display()))?;
+    let text = Text::from_bytes(read_input(&args.file)?, &limits)
+        .with_context(|| format!("reading {}", args.file.display()))?;
     let handler = open_handler().await?;
     // Title and metadata default to the current ones, so `update --file` changes the text alone.
     let current = match handler.load(&key).await? {
@@ -264,8 +308,14 @@ pub async fn update(args: UpdateArgs) -> anyhow::Result<ExitCode> {
         Some(m) => Metadata::parse(serde_json::from_str(m).context("--metadata is not valid JSON")?)?,
         None => current.map(|c| c.metadata).unwrap_or_default(),
     };
-    let command = DocumentCommand::Update { content: DocumentContent { title, text, metadata }, expected_version: args.expected_version };
-    let ctx = CommandContext { actor: args.settings.actor.clone(), ..Default::default() };
+    let command = DocumentCommand::Update {
+        content: DocumentContent { title, text, metadata },
+        expected_version: args.expected_version,
+    };
+    let ctx = CommandContext {
+        actor: args.settings.actor.clone(),
+        ..Default::default()
+    };
     let outcome = handler.execute(&key, command, &ctx).await?;
     print_outcome(args.json, &key, &outcome);
     Ok(ExitCode::SUCCESS)
@@ -274,8 +324,19 @@ pub async fn update(args: UpdateArgs) -> anyhow::Result<ExitCode> {
 pub async fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     let key = DocumentKey::new(Scope::parse(&args.scope)?, DocumentId::parse(&args.id)?);
     let handler = open_handler().await?;
-    let ctx = CommandContext { actor: args.settings.actor.clone(), ..Default::default() };
-    let outcome = handler.execute(&key, DocumentCommand::Remove { expected_version: args.expected_version }, &ctx).await?;
+    let ctx = CommandContext {
+        actor: args.settings.actor.clone(),
+        ..Default::default()
+    };
+    let outcome = handler
+        .execute(
+            &key,
+            DocumentCommand::Remove {
+                expected_version: args.expected_version,
+            },
+            &ctx,
+        )
+        .await?;
     print_outcome(args.json, &key, &outcome);
     Ok(ExitCode::SUCCESS)
 }
@@ -327,9 +388,19 @@ pub async fn verify(json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else if let (Some(position), Some(problem)) = (report.first_bad_position, &report.problem) {
-        println!("FAILED at position {position}: {problem} ({} events verified before it)", report.checked);
+        println!(
+            "FAILED at position {position}: {problem} ({} events verified before it)",
+            report.checked
+        );
     } else {
-        println!("ok: {} events, hash chain intact up to position {}", report.checked, report.head);
+        println!(
+            "ok: {} events, hash chain intact up to position {}",
+            report.checked, report.head
+        );
     }
-    Ok(if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -34,8 +34,14 @@ impl ModelArgs {
             std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string());
         }
         let source = ModelSource::parse(self.model.as_deref());
-        Embedder::load(&source, EmbedderOptions { device: self.device, max_batch_tokens: self.max_batch_tokens })
-            .with_context(|| format!("loading the embedding model from {source:?}"))
+        Embedder::load(
+            &source,
+            EmbedderOptions {
+                device: self.device,
+                max_batch_tokens: self.max_batch_tokens,
+            },
+        )
+        .with_context(|| format!("loading the embedding model from {source:?}"))
     }
 }
 
@@ -66,12 +72,23 @@ fn parse_line(line: &str, line_no: usize) -> anyhow::Result<Input> {
     let trimmed = line.trim_start();
     if trimmed.starts_with('{') {
         let value: Value = serde_json::from_str(line).with_context(|| format!("line {line_no}: not valid JSON"))?;
-        let text = value.get("text").and_then(Value::as_str).with_context(|| format!("line {line_no}: no \"text\" string field"))?;
+        let text = value
+            .get("text")
+            .and_then(Value::as_str)
+            .with_context(|| format!("line {line_no}: no \"text\" string field"))?;
         let title = value.get("title").and_then(Value::as_str).unwrap_or("");
         let id = value.get("id").or_else(|| value.get("_id")).cloned();
-        Ok(Input { id, title: title.to_owned(), text: text.to_owned() })
+        Ok(Input {
+            id,
+            title: title.to_owned(),
+            text: text.to_owned(),
+        })
     } else {
-        Ok(Input { id: None, title: String::new(), text: line.to_owned() })
+        Ok(Input {
+            id: None,
+            title: String::new(),
+            text: line.to_owned(),
+        })
     }
 }
 
@@ -83,7 +100,9 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     let reader: Box<dyn BufRead> = match &args.input {
         None => Box::new(BufReader::new(std::io::stdin())),
         Some(p) if p.as_os_str() == "-" => Box::new(BufReader::new(std::io::stdin())),
-        Some(p) => Box::new(BufReader::new(std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?)),
+        Some(p) => Box::new(BufReader::new(
+            std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?,
+        )),
     };
     let chunker = embedder.chunker(args.overlap, !args.no_title);
     let mut out = BufWriter::new(std::io::stdout().lock());
@@ -106,7 +125,16 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
                 writeln!(out, "{obj}")?;
             }
         } else {
-            let texts: Vec<String> = block.iter().map(|i| if i.title.is_empty() { i.text.clone() } else { format!("{} {}", i.title, i.text) }).collect();
+            let texts: Vec<String> = block
+                .iter()
+                .map(|i| {
+                    if i.title.is_empty() {
+                        i.text.clone()
+                    } else {
+                        format!("{} {}", i.title, i.text)
+                    }
+                })
+                .collect();
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             for (input, embedding) in block.iter().zip(embedder.encode(&refs)?) {
                 let mut obj = json!({"embedding": embedding});

@@ -82,7 +82,9 @@ struct WriteSettings {
 
 impl WriteSettings {
     fn limits(&self) -> Limits {
-        Limits { max_text_bytes: self.max_text_bytes }
+        Limits {
+            max_text_bytes: self.max_text_bytes,
+        }
     }
 }
 
@@ -128,11 +130,17 @@ async fn db(action: DbAction) -> anyhow::Result<ExitCode> {
                 println!("home:        {}", status.home.display());
                 println!("binaries:    {}", status.bin_dir.display());
                 println!("initialised: {}", status.initialised);
-                println!("running:     {}{}", status.running, status.pid.map(|p| format!(" (pid {p})")).unwrap_or_default());
+                println!(
+                    "running:     {}{}",
+                    status.running,
+                    status.pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+                );
             }
         }
         DbAction::Start => {
-            postgres::open(&DatabaseTarget::from_env(), 1).await.context("starting the embedded server")?;
+            postgres::open(&DatabaseTarget::from_env(), 1)
+                .await
+                .context("starting the embedded server")?;
             println!("running: {}", server.url("recall"));
         }
         DbAction::Stop => {

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::domain::{decide, Decision, DocumentCommand, DocumentEvent, DocumentKey, DocumentState, DomainError, EventDecodeError};
+use crate::domain::{
+    decide, Decision, DocumentCommand, DocumentEvent, DocumentKey, DocumentState, DomainError, EventDecodeError,
+};
 use crate::event_store::{AppendRequest, EventStore, EventStoreError, ExpectedVersion, NewEvent, RecordedEvent};
 
 /// Who issued a command and why; stored with its event.
@@ -22,9 +24,14 @@ pub struct CommandContext {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum CommandOutcome {
-    Appended { version: u64, position: i64 },
+    Appended {
+        version: u64,
+        position: i64,
+    },
     /// Nothing would change, so nothing was appended.
-    Unchanged { version: u64 },
+    Unchanged {
+        version: u64,
+    },
 }
 
 #[derive(Debug, Error)]
@@ -55,7 +62,10 @@ fn fold(stream_id: &str, events: &[RecordedEvent]) -> Result<DocumentState, Comm
     events.iter().try_fold(DocumentState::Absent, |state, e| {
         DocumentEvent::decode(&e.event_type, e.schema_version, &e.payload)
             .map(|event| state.apply(&event))
-            .map_err(|source| CommandError::Corrupt { stream_id: stream_id.to_owned(), source })
+            .map_err(|source| CommandError::Corrupt {
+                stream_id: stream_id.to_owned(),
+                source,
+            })
     })
 }
 
@@ -116,10 +126,16 @@ impl CommandHandler {
             // A lost race re-loads and re-decides: the aggregate then reports a real conflict if the
             // caller's own expected version no longer holds.
             if let Ok(appended) = self.store.append(request(key, &state, &event, ctx)).await? {
-                return Ok(CommandOutcome::Appended { version: appended.version, position: appended.position });
+                return Ok(CommandOutcome::Appended {
+                    version: appended.version,
+                    position: appended.position,
+                });
             }
         }
-        Err(CommandError::Contended { stream_id: key.stream_id(), attempts: MAX_ATTEMPTS })
+        Err(CommandError::Contended {
+            stream_id: key.stream_id(),
+            attempts: MAX_ATTEMPTS,
+        })
     }
 
     /// Many commands in one transaction: each is decided against the state its stream had (and the
@@ -152,7 +168,10 @@ impl CommandHandler {
                 Err(e) => outcomes.push(Some(Err(e.into()))),
                 Ok(Decision::Unchanged { version }) => outcomes.push(Some(Ok(CommandOutcome::Unchanged { version }))),
                 Ok(Decision::Append(event)) => {
-                    let event_ctx = CommandContext { event_id: None, ..ctx.clone() };
+                    let event_ctx = CommandContext {
+                        event_id: None,
+                        ..ctx.clone()
+                    };
                     requests.push(request(key, state, &event, &event_ctx));
                     request_owner.push(i);
                     *state = std::mem::take(state).apply(&event);
@@ -165,7 +184,10 @@ impl CommandHandler {
         if !requests.is_empty() {
             for (owner, result) in request_owner.into_iter().zip(self.store.append_batch(requests).await?) {
                 outcomes[owner] = match result {
-                    Ok(a) => Some(Ok(CommandOutcome::Appended { version: a.version, position: a.position })),
+                    Ok(a) => Some(Ok(CommandOutcome::Appended {
+                        version: a.version,
+                        position: a.position,
+                    })),
                     Err(_) => {
                         // A concurrent writer got there first; decide this one again on its own.
                         retry.push(owner);
@@ -178,6 +200,9 @@ impl CommandHandler {
             let (key, command) = &commands[owner];
             outcomes[owner] = Some(self.execute(key, command.clone(), ctx).await);
         }
-        Ok(outcomes.into_iter().map(|o| o.expect("every command has an outcome")).collect())
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.expect("every command has an outcome"))
+            .collect())
     }
 }

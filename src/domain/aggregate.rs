@@ -6,12 +6,16 @@ use super::{DocumentContent, DocumentEvent, DocumentKey, DomainError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DocumentCommand {
     /// Adding identical content to a live document is `Unchanged`, so that re-running an ingest is safe.
-    Add { content: DocumentContent },
+    Add {
+        content: DocumentContent,
+    },
     Update {
         content: DocumentContent,
         expected_version: Option<u64>,
     },
-    Remove { expected_version: Option<u64> },
+    Remove {
+        expected_version: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -45,12 +49,10 @@ impl DocumentState {
     pub fn apply(self, event: &DocumentEvent) -> DocumentState {
         let version = self.version() + 1;
         match event {
-            DocumentEvent::Added { content, .. } | DocumentEvent::Updated { content, .. } => {
-                DocumentState::Live {
-                    version,
-                    content: content.clone(),
-                }
-            }
+            DocumentEvent::Added { content, .. } | DocumentEvent::Updated { content, .. } => DocumentState::Live {
+                version,
+                content: content.clone(),
+            },
             DocumentEvent::Removed { .. } => DocumentState::Removed { version },
         }
     }
@@ -83,7 +85,13 @@ pub fn decide(key: &DocumentKey, state: &DocumentState, command: DocumentCommand
         (DocumentState::Absent | DocumentState::Removed { .. }, DocumentCommand::Add { content }) => {
             Ok(Decision::Append(DocumentEvent::Added { scope, id, content }))
         }
-        (DocumentState::Live { version, content: current }, DocumentCommand::Add { content }) => {
+        (
+            DocumentState::Live {
+                version,
+                content: current,
+            },
+            DocumentCommand::Add { content },
+        ) => {
             if *current == content {
                 Ok(Decision::Unchanged { version: *version })
             } else {
@@ -94,15 +102,19 @@ pub fn decide(key: &DocumentKey, state: &DocumentState, command: DocumentCommand
                 })
             }
         }
-        (DocumentState::Absent, DocumentCommand::Update { .. } | DocumentCommand::Remove { .. }) => {
-            Err(not_found())
-        }
+        (DocumentState::Absent, DocumentCommand::Update { .. } | DocumentCommand::Remove { .. }) => Err(not_found()),
         (DocumentState::Removed { version }, DocumentCommand::Update { .. } | DocumentCommand::Remove { .. }) => {
             Err(removed(*version))
         }
         (
-            DocumentState::Live { version, content: current },
-            DocumentCommand::Update { content, expected_version },
+            DocumentState::Live {
+                version,
+                content: current,
+            },
+            DocumentCommand::Update {
+                content,
+                expected_version,
+            },
         ) => {
             check_expected(key, expected_version, *version)?;
             if *current == content {
@@ -141,11 +153,18 @@ mod tests {
     }
 
     fn added(text: &str) -> DocumentEvent {
-        DocumentEvent::Added { scope: Scope::default(), id: key().id, content: content(text) }
+        DocumentEvent::Added {
+            scope: Scope::default(),
+            id: key().id,
+            content: content(text),
+        }
     }
 
     fn removed() -> DocumentEvent {
-        DocumentEvent::Removed { scope: Scope::default(), id: key().id }
+        DocumentEvent::Removed {
+            scope: Scope::default(),
+            id: key().id,
+        }
     }
 
     #[test]
@@ -156,13 +175,21 @@ mod tests {
 
     #[test]
     fn adding_an_existing_id_with_other_content_is_refused() {
-        let decision = decide(&key(), &given(&[added("a")]), DocumentCommand::Add { content: content("b") });
+        let decision = decide(
+            &key(),
+            &given(&[added("a")]),
+            DocumentCommand::Add { content: content("b") },
+        );
         assert!(matches!(decision, Err(DomainError::AlreadyExists { version: 1, .. })));
     }
 
     #[test]
     fn adding_identical_content_again_changes_nothing() {
-        let decision = decide(&key(), &given(&[added("a")]), DocumentCommand::Add { content: content("a") });
+        let decision = decide(
+            &key(),
+            &given(&[added("a")]),
+            DocumentCommand::Add { content: content("a") },
+        );
         assert_eq!(decision, Ok(Decision::Unchanged { version: 1 }));
     }
 
@@ -176,49 +203,107 @@ mod tests {
 
     #[test]
     fn updating_or_removing_a_missing_document_is_not_found() {
-        let update = DocumentCommand::Update { content: content("a"), expected_version: None };
-        assert!(matches!(decide(&key(), &given(&[]), update), Err(DomainError::NotFound { .. })));
+        let update = DocumentCommand::Update {
+            content: content("a"),
+            expected_version: None,
+        };
+        assert!(matches!(
+            decide(&key(), &given(&[]), update),
+            Err(DomainError::NotFound { .. })
+        ));
         let remove = DocumentCommand::Remove { expected_version: None };
-        assert!(matches!(decide(&key(), &given(&[]), remove), Err(DomainError::NotFound { .. })));
+        assert!(matches!(
+            decide(&key(), &given(&[]), remove),
+            Err(DomainError::NotFound { .. })
+        ));
     }
 
     #[test]
     fn updating_or_removing_a_removed_document_is_refused() {
         let state = given(&[added("a"), removed()]);
-        let update = DocumentCommand::Update { content: content("b"), expected_version: None };
-        assert!(matches!(decide(&key(), &state, update), Err(DomainError::Removed { version: 2, .. })));
+        let update = DocumentCommand::Update {
+            content: content("b"),
+            expected_version: None,
+        };
+        assert!(matches!(
+            decide(&key(), &state, update),
+            Err(DomainError::Removed { version: 2, .. })
+        ));
         let remove = DocumentCommand::Remove { expected_version: None };
-        assert!(matches!(decide(&key(), &state, remove), Err(DomainError::Removed { .. })));
+        assert!(matches!(
+            decide(&key(), &state, remove),
+            Err(DomainError::Removed { .. })
+        ));
     }
 
     #[test]
     fn an_update_that_changes_nothing_appends_nothing() {
-        let update = DocumentCommand::Update { content: content("a"), expected_version: Some(1) };
-        assert_eq!(decide(&key(), &given(&[added("a")]), update), Ok(Decision::Unchanged { version: 1 }));
+        let update = DocumentCommand::Update {
+            content: content("a"),
+            expected_version: Some(1),
+        };
+        assert_eq!(
+            decide(&key(), &given(&[added("a")]), update),
+            Ok(Decision::Unchanged { version: 1 })
+        );
     }
 
     #[test]
     fn an_update_appends_document_updated() {
-        let update = DocumentCommand::Update { content: content("b"), expected_version: Some(1) };
-        let expected = DocumentEvent::Updated { scope: Scope::default(), id: key().id, content: content("b") };
-        assert_eq!(decide(&key(), &given(&[added("a")]), update), Ok(Decision::Append(expected)));
+        let update = DocumentCommand::Update {
+            content: content("b"),
+            expected_version: Some(1),
+        };
+        let expected = DocumentEvent::Updated {
+            scope: Scope::default(),
+            id: key().id,
+            content: content("b"),
+        };
+        assert_eq!(
+            decide(&key(), &given(&[added("a")]), update),
+            Ok(Decision::Append(expected))
+        );
     }
 
     #[test]
     fn a_stale_expected_version_is_a_conflict() {
-        let state = given(&[added("a"), DocumentEvent::Updated { scope: Scope::default(), id: key().id, content: content("b") }]);
-        let update = DocumentCommand::Update { content: content("c"), expected_version: Some(1) };
+        let state = given(&[
+            added("a"),
+            DocumentEvent::Updated {
+                scope: Scope::default(),
+                id: key().id,
+                content: content("b"),
+            },
+        ]);
+        let update = DocumentCommand::Update {
+            content: content("c"),
+            expected_version: Some(1),
+        };
         assert_eq!(
             decide(&key(), &state, update),
-            Err(DomainError::VersionConflict { id: "doc".into(), expected: 1, actual: 2 })
+            Err(DomainError::VersionConflict {
+                id: "doc".into(),
+                expected: 1,
+                actual: 2
+            })
         );
-        let remove = DocumentCommand::Remove { expected_version: Some(5) };
-        assert!(matches!(decide(&key(), &state, remove), Err(DomainError::VersionConflict { .. })));
+        let remove = DocumentCommand::Remove {
+            expected_version: Some(5),
+        };
+        assert!(matches!(
+            decide(&key(), &state, remove),
+            Err(DomainError::VersionConflict { .. })
+        ));
     }
 
     #[test]
     fn removing_a_live_document_appends_document_removed() {
-        let remove = DocumentCommand::Remove { expected_version: Some(1) };
-        assert_eq!(decide(&key(), &given(&[added("a")]), remove), Ok(Decision::Append(removed())));
+        let remove = DocumentCommand::Remove {
+            expected_version: Some(1),
+        };
+        assert_eq!(
+            decide(&key(), &given(&[added("a")]), remove),
+            Ok(Decision::Append(removed()))
+        );
     }
 }

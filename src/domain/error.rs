@@ -7,7 +7,9 @@ pub enum DomainError {
     InvalidDocumentId { id: String, reason: &'static str },
     #[error("invalid scope {scope:?}: {reason}; scopes are 1 to 64 characters of A-Z a-z 0-9 _ -")]
     InvalidScope { scope: String, reason: &'static str },
-    #[error("document {id:?} already exists in scope {scope:?} at version {version}; update it instead, or remove it first")]
+    #[error(
+        "document {id:?} already exists in scope {scope:?} at version {version}; update it instead, or remove it first"
+    )]
     AlreadyExists { scope: String, id: String, version: u64 },
     #[error("document {id:?} does not exist in scope {scope:?}; add it first")]
     NotFound { scope: String, id: String },
@@ -21,7 +23,9 @@ pub enum DomainError {
     NotUtf8 { offset: usize },
     #[error("the {field} contains a NUL character at byte {offset}; remove it (PostgreSQL text cannot hold NUL)")]
     ContainsNul { field: &'static str, offset: usize },
-    #[error("the text is {bytes} bytes, over the limit of {limit} bytes; split the document or raise RECALL_MAX_TEXT_BYTES")]
+    #[error(
+        "the text is {bytes} bytes, over the limit of {limit} bytes; split the document or raise RECALL_MAX_TEXT_BYTES"
+    )]
     TextTooLong { bytes: usize, limit: usize },
     #[error("the title is {bytes} bytes, over the limit of {limit} bytes; shorten it")]
     TitleTooLong { bytes: usize, limit: usize },

@@ -69,9 +69,7 @@ impl DocumentEvent {
 
     pub fn content(&self) -> Option<&DocumentContent> {
         match self {
-            DocumentEvent::Added { content, .. } | DocumentEvent::Updated { content, .. } => {
-                Some(content)
-            }
+            DocumentEvent::Added { content, .. } | DocumentEvent::Updated { content, .. } => Some(content),
             DocumentEvent::Removed { .. } => None,
         }
     }
@@ -82,9 +80,7 @@ impl DocumentEvent {
             DocumentEvent::Added { scope, id, content } | DocumentEvent::Updated { scope, id, content } => {
                 serde_json::to_string(&ContentPayload { scope, id, content })
             }
-            DocumentEvent::Removed { scope, id } => {
-                serde_json::to_string(&RemovedPayload { scope, id })
-            }
+            DocumentEvent::Removed { scope, id } => serde_json::to_string(&RemovedPayload { scope, id }),
         };
         json.expect("document events always serialise")
     }
@@ -111,7 +107,10 @@ impl DocumentEvent {
                 content: p.content,
             }),
             Self::REMOVED => serde_json::from_str::<RemovedPayload>(payload)
-                .map(|p| DocumentEvent::Removed { scope: p.scope, id: p.id })
+                .map(|p| DocumentEvent::Removed {
+                    scope: p.scope,
+                    id: p.id,
+                })
                 .map_err(|e| fail(e.to_string())),
             _ => Err(fail("unknown event type".into())),
         }
@@ -133,8 +132,16 @@ mod tests {
         let scope = Scope::default();
         let id = DocumentId::parse("d1").unwrap();
         for event in [
-            DocumentEvent::Added { scope: scope.clone(), id: id.clone(), content: content.clone() },
-            DocumentEvent::Updated { scope: scope.clone(), id: id.clone(), content },
+            DocumentEvent::Added {
+                scope: scope.clone(),
+                id: id.clone(),
+                content: content.clone(),
+            },
+            DocumentEvent::Updated {
+                scope: scope.clone(),
+                id: id.clone(),
+                content,
+            },
             DocumentEvent::Removed { scope, id },
         ] {
             let back = DocumentEvent::decode(event.event_type(), 1, &event.encode()).unwrap();

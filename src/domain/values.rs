@@ -42,10 +42,7 @@ impl DocumentId {
         if raw.chars().count() > 256 {
             return Err(invalid("it is longer than 256 characters"));
         }
-        if !raw
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._:/@-".contains(c))
-        {
+        if !raw.chars().all(|c| c.is_ascii_alphanumeric() || "._:/@-".contains(c)) {
             return Err(invalid("it contains a character outside the allowed set"));
         }
         Ok(DocumentId(raw.to_owned()))
@@ -100,10 +97,7 @@ impl Scope {
         if raw.len() > 64 {
             return Err(invalid("it is longer than 64 characters"));
         }
-        if !raw
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
+        if !raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             return Err(invalid("it contains a character outside the allowed set"));
         }
         Ok(Scope(raw.to_owned()))
@@ -243,10 +237,7 @@ impl Metadata {
                 limit: Limits::MAX_METADATA_BYTES,
             });
         }
-        if let Some(offset) = serde_json::to_string(&map)
-            .ok()
-            .and_then(|s| s.find("\\u0000"))
-        {
+        if let Some(offset) = serde_json::to_string(&map).ok().and_then(|s| s.find("\\u0000")) {
             return Err(DomainError::ContainsNul {
                 field: "metadata",
                 offset,
@@ -309,7 +300,10 @@ mod tests {
         );
         assert_eq!(
             Text::parse("a\0b".into(), &limits),
-            Err(DomainError::ContainsNul { field: "text", offset: 1 })
+            Err(DomainError::ContainsNul {
+                field: "text",
+                offset: 1
+            })
         );
         assert_eq!(Text::parse("fine".into(), &limits).unwrap().as_str(), "fine");
     }
@@ -319,7 +313,10 @@ mod tests {
         assert!(Title::parse(&"t".repeat(1024)).is_ok());
         assert_eq!(
             Title::parse(&"t".repeat(1025)),
-            Err(DomainError::TitleTooLong { bytes: 1025, limit: 1024 })
+            Err(DomainError::TitleTooLong {
+                bytes: 1025,
+                limit: 1024
+            })
         );
     }
 

@@ -42,7 +42,12 @@ pub struct Chunker {
 
 impl Chunker {
     pub(crate) fn new(tokenizer: Arc<Tokenizer>, cls: u32, sep: u32, options: ChunkOptions) -> Self {
-        Chunker { tokenizer, cls, sep, options }
+        Chunker {
+            tokenizer,
+            cls,
+            sep,
+            options,
+        }
     }
 
     pub fn options(&self) -> ChunkOptions {
@@ -50,11 +55,18 @@ impl Chunker {
     }
 
     pub fn chunk(&self, title: &str, text: &str) -> Result<Vec<Chunk>, EmbedError> {
-        let encoding = self.tokenizer.encode(text, false).map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
         let ids = encoding.get_ids();
         let offsets = encoding.get_offsets();
         let mut title_ids = if self.options.title_prefix && !title.trim().is_empty() {
-            self.tokenizer.encode(title, false).map_err(|e| EmbedError::Tokenizer(e.to_string()))?.get_ids().to_vec()
+            self.tokenizer
+                .encode(title, false)
+                .map_err(|e| EmbedError::Tokenizer(e.to_string()))?
+                .get_ids()
+                .to_vec()
         } else {
             Vec::new()
         };
@@ -73,7 +85,14 @@ impl Chunker {
 
         let mut chars = CharIndex::new(text);
         if ids.is_empty() {
-            return Ok(vec![Chunk { index: 0, char_start: 0, char_end: chars.at(text.len()), text: text.to_owned(), input_ids: input(&[]), text_tokens: 0 }]);
+            return Ok(vec![Chunk {
+                index: 0,
+                char_start: 0,
+                char_end: chars.at(text.len()),
+                text: text.to_owned(),
+                input_ids: input(&[]),
+                text_tokens: 0,
+            }]);
         }
         let mut chunks = Vec::new();
         let mut start = 0usize;
@@ -109,7 +128,11 @@ struct CharIndex<'a> {
 
 impl<'a> CharIndex<'a> {
     fn new(text: &'a str) -> Self {
-        CharIndex { text, byte: 0, chars: 0 }
+        CharIndex {
+            text,
+            byte: 0,
+            chars: 0,
+        }
     }
 
     fn at(&mut self, byte: usize) -> usize {

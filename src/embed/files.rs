@@ -35,8 +35,14 @@ impl ModelSource {
             return ModelSource::Local(PathBuf::from(spec));
         }
         match spec.split_once('@') {
-            Some((repo, revision)) => ModelSource::Hub { repo: repo.into(), revision: revision.into() },
-            None => ModelSource::Hub { repo: spec, revision: "main".into() },
+            Some((repo, revision)) => ModelSource::Hub {
+                repo: repo.into(),
+                revision: revision.into(),
+            },
+            None => ModelSource::Hub {
+                repo: spec,
+                revision: "main".into(),
+            },
         }
     }
 }
@@ -86,15 +92,24 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, EmbedError>
         path: path.display().to_string(),
         hint: format!("{e}; a sentence-transformers model folder has config.json, model.safetensors, tokenizer.json and 1_Pooling/config.json"),
     })?;
-    serde_json::from_str(&text).map_err(|e| EmbedError::InvalidFile { path: path.display().to_string(), reason: e.to_string() })
+    serde_json::from_str(&text).map_err(|e| EmbedError::InvalidFile {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
 }
 
 fn weights_digest(path: &Path) -> Result<String, EmbedError> {
-    let mut file = std::fs::File::open(path).map_err(|e| EmbedError::MissingFile { path: path.display().to_string(), hint: e.to_string() })?;
+    let mut file = std::fs::File::open(path).map_err(|e| EmbedError::MissingFile {
+        path: path.display().to_string(),
+        hint: e.to_string(),
+    })?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).map_err(|e| EmbedError::InvalidFile { path: path.display().to_string(), reason: e.to_string() })?;
+        let n = file.read(&mut buf).map_err(|e| EmbedError::InvalidFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         if n == 0 {
             break;
         }
@@ -124,14 +139,23 @@ impl ModelFiles {
     fn from_dir(dir: &Path, name: String, revision: Option<String>) -> Result<Self, EmbedError> {
         let config_path = dir.join("config.json");
         let config: candle_transformers::models::bert::Config = read_json(&config_path)?;
-        let invalid = |reason: String| EmbedError::InvalidFile { path: config_path.display().to_string(), reason };
+        let invalid = |reason: String| EmbedError::InvalidFile {
+            path: config_path.display().to_string(),
+            reason,
+        };
         if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
-            return Err(invalid(format!("hidden_size {} is not a multiple of num_attention_heads {}", config.hidden_size, config.num_attention_heads)));
+            return Err(invalid(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                config.hidden_size, config.num_attention_heads
+            )));
         }
         let pooling_path = dir.join("1_Pooling/config.json");
         let pooling: PoolingConfig = read_json(&pooling_path)?;
         if !pooling.pooling_mode_mean_tokens || pooling.pooling_mode_cls_token || pooling.pooling_mode_max_tokens {
-            return Err(EmbedError::InvalidFile { path: pooling_path.display().to_string(), reason: "only mean pooling is supported".into() });
+            return Err(EmbedError::InvalidFile {
+                path: pooling_path.display().to_string(),
+                reason: "only mean pooling is supported".into(),
+            });
         }
         let sbert_path = dir.join("sentence_bert_config.json");
         let max_seq_length = if sbert_path.exists() {
@@ -142,45 +166,78 @@ impl ModelFiles {
         if max_seq_length > config.max_position_embeddings || max_seq_length < 8 {
             return Err(EmbedError::InvalidFile {
                 path: sbert_path.display().to_string(),
-                reason: format!("max_seq_length {max_seq_length} must be between 8 and max_position_embeddings {}", config.max_position_embeddings),
+                reason: format!(
+                    "max_seq_length {max_seq_length} must be between 8 and max_position_embeddings {}",
+                    config.max_position_embeddings
+                ),
             });
         }
         let weights = dir.join("model.safetensors");
         let tokenizer = dir.join("tokenizer.json");
         for file in [&weights, &tokenizer] {
             if !file.exists() {
-                return Err(EmbedError::MissingFile { path: file.display().to_string(), hint: "re-run scripts/setup or download the full model folder".into() });
+                return Err(EmbedError::MissingFile {
+                    path: file.display().to_string(),
+                    hint: "re-run scripts/setup or download the full model folder".into(),
+                });
             }
         }
         let revision = match revision {
             Some(r) => r,
             None => weights_digest(&weights)?,
         };
-        let identity = ModelIdentity { name, revision, dimension: config.hidden_size };
-        Ok(ModelFiles { config, weights, tokenizer, max_seq_length, identity })
+        let identity = ModelIdentity {
+            name,
+            revision,
+            dimension: config.hidden_size,
+        };
+        Ok(ModelFiles {
+            config,
+            weights,
+            tokenizer,
+            max_seq_length,
+            identity,
+        })
     }
 }
 
 /// Resolves a repo through hf-hub: its cache first (the only source when HF_HUB_OFFLINE=1), then the hub.
 fn fetch_from_hub(repo: &str, revision: &str) -> Result<PathBuf, EmbedError> {
     use hf_hub::{Cache, Repo, RepoType};
-    let hub_err = |reason: String| EmbedError::Hub { repo: repo.to_owned(), reason };
+    let hub_err = |reason: String| EmbedError::Hub {
+        repo: repo.to_owned(),
+        reason,
+    };
     let spec = Repo::with_revision(repo.to_owned(), RepoType::Model, revision.to_owned());
-    let files = ["config.json", "tokenizer.json", "model.safetensors", "1_Pooling/config.json", "sentence_bert_config.json"];
+    let files = [
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "1_Pooling/config.json",
+        "sentence_bert_config.json",
+    ];
     let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     let cached = Cache::from_env().repo(spec.clone());
     if let Some(paths) = files.iter().map(|f| cached.get(f)).collect::<Option<Vec<_>>>() {
         return Ok(paths[0].parent().expect("a cached file has a folder").to_path_buf());
     }
     if offline {
-        return Err(hub_err("HF_HUB_OFFLINE is set and the model is not in the hf-hub cache".into()));
+        return Err(hub_err(
+            "HF_HUB_OFFLINE is set and the model is not in the hf-hub cache".into(),
+        ));
     }
-    let api = hf_hub::api::sync::ApiBuilder::from_env().build().map_err(|e| hub_err(e.to_string()))?;
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .build()
+        .map_err(|e| hub_err(e.to_string()))?;
     let repo_api = api.repo(spec);
     let mut first = None;
     for file in files {
         let path = repo_api.get(file).map_err(|e| hub_err(format!("{file}: {e}")))?;
         first.get_or_insert(path);
     }
-    Ok(first.expect("at least one file").parent().expect("a file has a folder").to_path_buf())
+    Ok(first
+        .expect("at least one file")
+        .parent()
+        .expect("a file has a folder")
+        .to_path_buf())
 }

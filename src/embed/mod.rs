@@ -25,6 +25,8 @@ pub enum EmbedError {
     Tokenizer(String),
     #[error("model error: {0}")]
     Model(#[from] candle_core::Error),
-    #[error("this build has no CUDA support; rebuild with `cargo build --release --features cuda` or use --device cpu")]
+    #[error(
+        "this build has no CUDA support; rebuild with `cargo build --release --features cuda` or use --device cpu"
+    )]
     NoCuda,
 }

@@ -123,11 +123,10 @@ async fn append_in(
 ) -> Result<Vec<Result<Appended, AppendRejection>>, EventStoreError> {
     {
         let classify = EventStoreError::classify;
-        let (head, last_hash): (i64, Vec<u8>) =
-            sqlx::query_as("SELECT position, last_hash FROM log_head FOR UPDATE")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(classify)?;
+        let (head, last_hash): (i64, Vec<u8>) = sqlx::query_as("SELECT position, last_hash FROM log_head FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(classify)?;
 
         // Read after the lock is held: this statement's snapshot sees every earlier append.
         let stream_ids: Vec<String> = requests.iter().map(|r| r.stream_id.clone()).collect();
@@ -143,7 +142,10 @@ async fn append_in(
         .collect();
 
         let stored = if look_up_event_ids {
-            let ids: Vec<Uuid> = requests.iter().flat_map(|r| r.events.iter().map(|e| e.event_id)).collect();
+            let ids: Vec<Uuid> = requests
+                .iter()
+                .flat_map(|r| r.events.iter().map(|e| e.event_id))
+                .collect();
             stored_event_ids(tx, &ids).await?
         } else {
             HashMap::new()
@@ -192,13 +194,20 @@ async fn append_in(
                 columns.push(position, version as i64, request, event, recorded_at, previous.clone());
             }
             versions.insert(request.stream_id.clone(), version);
-            results.push(Ok(Appended { position, version, already_appended: false }));
+            results.push(Ok(Appended {
+                position,
+                version,
+                already_appended: false,
+            }));
         }
 
         // A retry whose expected version no longer holds (it already moved the stream) is still a retry.
         let rejected: Vec<usize> = (0..results.len()).filter(|&i| results[i].is_err()).collect();
         if !look_up_event_ids && !rejected.is_empty() {
-            let ids: Vec<Uuid> = rejected.iter().flat_map(|&i| requests[i].events.iter().map(|e| e.event_id)).collect();
+            let ids: Vec<Uuid> = rejected
+                .iter()
+                .flat_map(|&i| requests[i].events.iter().map(|e| e.event_id))
+                .collect();
             let stored = stored_event_ids(tx, &ids).await?;
             for i in rejected {
                 if let Some(ack) = acknowledge_retry(&requests[i], &stored)? {
@@ -262,7 +271,10 @@ impl Columns {
     }
 }
 
-async fn stored_event_ids(tx: &mut sqlx::PgConnection, ids: &[Uuid]) -> Result<HashMap<Uuid, (String, i64, i64)>, EventStoreError> {
+async fn stored_event_ids(
+    tx: &mut sqlx::PgConnection,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, (String, i64, i64)>, EventStoreError> {
     Ok(sqlx::query_as::<_, (Uuid, String, i64, i64)>(
         "SELECT event_id, stream_id, position, version FROM events WHERE event_id = ANY($1)",
     )
@@ -280,17 +292,32 @@ fn acknowledge_retry(
     request: &AppendRequest,
     stored: &HashMap<Uuid, (String, i64, i64)>,
 ) -> Result<Option<Appended>, EventStoreError> {
-    let found: Vec<_> = request.events.iter().filter_map(|e| stored.get(&e.event_id).map(|s| (e, s))).collect();
+    let found: Vec<_> = request
+        .events
+        .iter()
+        .filter_map(|e| stored.get(&e.event_id).map(|s| (e, s)))
+        .collect();
     if found.is_empty() {
         return Ok(None);
     }
     if let Some((event, (stream, _, _))) = found
         .iter()
         .find(|(_, (stream, _, _))| *stream != request.stream_id)
-        .or(if found.len() != request.events.len() { found.first() } else { None })
+        .or(if found.len() != request.events.len() {
+            found.first()
+        } else {
+            None
+        })
     {
-        return Err(EventStoreError::EventIdReused { event_id: event.event_id, stream_id: stream.clone() });
+        return Err(EventStoreError::EventIdReused {
+            event_id: event.event_id,
+            stream_id: stream.clone(),
+        });
     }
     let (_, (_, position, version)) = found.iter().max_by_key(|(_, (_, p, _))| *p).expect("non-empty");
-    Ok(Some(Appended { position: *position, version: *version as u64, already_appended: true }))
+    Ok(Some(Appended {
+        position: *position,
+        version: *version as u64,
+        already_appended: true,
+    }))
 }

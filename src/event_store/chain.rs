@@ -118,7 +118,10 @@ pub async fn verify_chain(store: &EventStore) -> Result<VerifyReport, EventStore
         if event.position != expected_position {
             return Ok(bad(
                 expected_position,
-                format!("position {expected_position} is missing (next stored position is {})", event.position),
+                format!(
+                    "position {expected_position} is missing (next stored position is {})",
+                    event.position
+                ),
                 checked,
             ));
         }
@@ -141,12 +144,24 @@ pub async fn verify_chain(store: &EventStore) -> Result<VerifyReport, EventStore
     if expected_position - 1 != head {
         return Ok(bad(
             expected_position,
-            format!("the log ends at position {} but its head says {head}", expected_position - 1),
+            format!(
+                "the log ends at position {} but its head says {head}",
+                expected_position - 1
+            ),
             checked,
         ));
     }
     if previous != head_hash {
-        return Ok(bad(head, "the head hash does not match the last event's hash".into(), checked));
+        return Ok(bad(
+            head,
+            "the head hash does not match the last event's hash".into(),
+            checked,
+        ));
     }
-    Ok(VerifyReport { checked, head, first_bad_position: None, problem: None })
+    Ok(VerifyReport {
+        checked,
+        head,
+        first_bad_position: None,
+        problem: None,
+    })
 }

@@ -102,7 +102,9 @@ impl EventStoreError {
                 EventStoreError::Unavailable(error)
             }
             sqlx::Error::Database(db)
-                if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53100") =>
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53100") =>
             {
                 // 08: connection exceptions, 57P: admin shutdown, 53100: disk full.
                 EventStoreError::Unavailable(error)

@@ -48,20 +48,38 @@ struct JsonlRecord {
 }
 
 /// Parses one JSONL line (`{"id"|"_id", "title"?, "text", "metadata"?, "scope"?}`); `line_no` is 1-based.
-pub fn parse_jsonl_line(line: &str, line_no: usize, origin: &str, default_scope: &Scope, limits: &Limits) -> Result<IngestItem, IngestError> {
+pub fn parse_jsonl_line(
+    line: &str,
+    line_no: usize,
+    origin: &str,
+    default_scope: &Scope,
+    limits: &Limits,
+) -> Result<IngestItem, IngestError> {
     let source_name = format!("{origin}:{line_no}");
     let record: JsonlRecord = serde_json::from_str(line).map_err(|e| {
         let detail = e.to_string();
         if e.is_data() {
-            IngestError::BadField { source_name: source_name.clone(), detail: format!("{detail}; fields are id (or _id), title, text, metadata, scope") }
+            IngestError::BadField {
+                source_name: source_name.clone(),
+                detail: format!("{detail}; fields are id (or _id), title, text, metadata, scope"),
+            }
         } else {
-            IngestError::MalformedJson { source_name: source_name.clone(), detail }
+            IngestError::MalformedJson {
+                source_name: source_name.clone(),
+                detail,
+            }
         }
     })?;
-    let invalid = |error| IngestError::Invalid { source_name: source_name.clone(), error };
+    let invalid = |error| IngestError::Invalid {
+        source_name: source_name.clone(),
+        error,
+    };
     let id = match (record.id, record.beir_id) {
         (Some(_), Some(_)) => {
-            return Err(IngestError::BadField { source_name, detail: "both \"id\" and \"_id\" are given; keep one".into() })
+            return Err(IngestError::BadField {
+                source_name,
+                detail: "both \"id\" and \"_id\" are given; keep one".into(),
+            })
         }
         (Some(id), None) | (None, Some(id)) => DocumentId::parse(&id).map_err(invalid)?,
         (None, None) => DocumentId::generate(),
@@ -71,14 +89,22 @@ pub fn parse_jsonl_line(line: &str, line_no: usize, origin: &str, default_scope:
         None => default_scope.clone(),
     };
     let Some(text) = record.text else {
-        return Err(IngestError::BadField { source_name, detail: "the \"text\" field is missing".into() });
+        return Err(IngestError::BadField {
+            source_name,
+            detail: "the \"text\" field is missing".into(),
+        });
     };
     let content = DocumentContent {
         title: Title::parse(record.title.as_deref().unwrap_or("")).map_err(invalid)?,
         text: Text::parse(text, limits).map_err(invalid)?,
-        metadata: Metadata::parse(record.metadata.unwrap_or_else(|| Value::Object(Default::default()))).map_err(invalid)?,
+        metadata: Metadata::parse(record.metadata.unwrap_or_else(|| Value::Object(Default::default())))
+            .map_err(invalid)?,
     };
-    Ok(IngestItem { source: source_name.clone(), key: DocumentKey::new(scope, id), content })
+    Ok(IngestItem {
+        source: source_name.clone(),
+        key: DocumentKey::new(scope, id),
+        content,
+    })
 }
 
 /// The .txt and .md files under the given paths (directories recursively), sorted for a stable order.
@@ -95,7 +121,10 @@ pub fn discover_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<IngestError>) {
 }
 
 fn walk(path: &Path, explicit: bool, files: &mut Vec<PathBuf>, errors: &mut Vec<IngestError>) {
-    let unreadable = |error| IngestError::Unreadable { source_name: path.display().to_string(), error };
+    let unreadable = |error| IngestError::Unreadable {
+        source_name: path.display().to_string(),
+        error,
+    };
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) => return errors.push(unreadable(e)),
@@ -119,26 +148,52 @@ fn walk(path: &Path, explicit: bool, files: &mut Vec<PathBuf>, errors: &mut Vec<
 }
 
 /// Reads one file as a document whose id is its path (or `id` when given) and whose title is its file name.
-pub fn read_file_item(path: &Path, id: Option<&str>, scope: &Scope, limits: &Limits) -> Result<IngestItem, IngestError> {
+pub fn read_file_item(
+    path: &Path,
+    id: Option<&str>,
+    scope: &Scope,
+    limits: &Limits,
+) -> Result<IngestItem, IngestError> {
     let source_name = path.display().to_string();
-    let invalid = |error| IngestError::Invalid { source_name: source_name.clone(), error };
+    let invalid = |error| IngestError::Invalid {
+        source_name: source_name.clone(),
+        error,
+    };
     let raw_id = match id {
         Some(id) => id.to_owned(),
         None => path.to_string_lossy().trim_start_matches("./").to_owned(),
     };
     let doc_id = DocumentId::parse(&raw_id).map_err(invalid)?;
-    let len = std::fs::metadata(path).map_err(|error| IngestError::Unreadable { source_name: source_name.clone(), error })?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|error| IngestError::Unreadable {
+            source_name: source_name.clone(),
+            error,
+        })?
+        .len();
     if len as usize > limits.max_text_bytes {
-        return Err(invalid(DomainError::TextTooLong { bytes: len as usize, limit: limits.max_text_bytes }));
+        return Err(invalid(DomainError::TextTooLong {
+            bytes: len as usize,
+            limit: limits.max_text_bytes,
+        }));
     }
-    let bytes = std::fs::read(path).map_err(|error| IngestError::Unreadable { source_name: source_name.clone(), error })?;
-    let title = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let bytes = std::fs::read(path).map_err(|error| IngestError::Unreadable {
+        source_name: source_name.clone(),
+        error,
+    })?;
+    let title = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let content = DocumentContent {
         title: Title::parse(&title).map_err(invalid)?,
         text: Text::from_bytes(bytes, limits).map_err(invalid)?,
         metadata: Metadata::parse(serde_json::json!({ "path": path.to_string_lossy() })).map_err(invalid)?,
     };
-    Ok(IngestItem { source: source_name, key: DocumentKey::new(scope.clone(), doc_id), content })
+    Ok(IngestItem {
+        source: source_name,
+        key: DocumentKey::new(scope.clone(), doc_id),
+        content,
+    })
 }
 
 #[cfg(test)]
@@ -166,7 +221,9 @@ mod tests {
         assert!(err.starts_with("in.jsonl:7: not valid JSON"), "{err}");
         let err = parse(r#"{"id": "a"}"#).unwrap_err().to_string();
         assert!(err.contains("\"text\" field is missing"), "{err}");
-        let err = parse(r#"{"id": "a", "text": "x", "colour": 1}"#).unwrap_err().to_string();
+        let err = parse(r#"{"id": "a", "text": "x", "colour": 1}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `colour`"), "{err}");
         let err = parse(r#"{"id": "a", "text": 5}"#).unwrap_err().to_string();
         assert!(err.contains("invalid type"), "{err}");
@@ -174,7 +231,9 @@ mod tests {
         assert!(err.contains("invalid document id"), "{err}");
         let err = parse(r#"{"id": "a", "text": "  "}"#).unwrap_err().to_string();
         assert!(err.contains("empty or only whitespace"), "{err}");
-        let err = parse(r#"{"id": "a", "text": "x", "metadata": [1]}"#).unwrap_err().to_string();
+        let err = parse(r#"{"id": "a", "text": "x", "metadata": [1]}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("must be a JSON object"), "{err}");
     }
 
@@ -184,7 +243,16 @@ mod tests {
         let path = dir.path().join("blob.txt");
         std::fs::write(&path, [0x89, b'P', b'N', b'G', 0xff, 0xfe]).unwrap();
         let err = read_file_item(&path, Some("blob"), &Scope::default(), &Limits::default()).unwrap_err();
-        assert!(matches!(err, IngestError::Invalid { error: DomainError::NotUtf8 { offset: 0 }, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                IngestError::Invalid {
+                    error: DomainError::NotUtf8 { offset: 0 },
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

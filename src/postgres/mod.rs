@@ -52,7 +52,10 @@ impl DatabaseTarget {
     pub fn from_env() -> Self {
         match std::env::var("DATABASE_URL") {
             Ok(url) if !url.is_empty() => DatabaseTarget::Url(url),
-            _ => DatabaseTarget::Embedded { home: default_home(), database: "recall".into() },
+            _ => DatabaseTarget::Embedded {
+                home: default_home(),
+                database: "recall".into(),
+            },
         }
     }
 }
@@ -70,7 +73,9 @@ pub fn default_home() -> PathBuf {
     if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(xdg).join("recall");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/recall")
 }
 
@@ -93,10 +98,16 @@ pub async fn connect_options(target: &DatabaseTarget) -> Result<PgConnectOptions
 /// Creates `name` on the server unless it exists; concurrent callers are fine.
 pub async fn create_database_if_missing(admin: &PgConnectOptions, name: &str) -> Result<(), PostgresError> {
     use sqlx::Connection;
-    let fail = |source| PostgresError::CreateDatabase { name: name.to_owned(), source };
+    let fail = |source| PostgresError::CreateDatabase {
+        name: name.to_owned(),
+        source,
+    };
     let mut conn = sqlx::PgConnection::connect_with(admin)
         .await
-        .map_err(|source| PostgresError::Connect { target: "the embedded server".into(), source })?;
+        .map_err(|source| PostgresError::Connect {
+            target: "the embedded server".into(),
+            source,
+        })?;
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
         .bind(name)
         .fetch_one(&mut conn)

@@ -24,7 +24,10 @@ pub async fn admin_options() -> PgConnectOptions {
     }
     let server = EmbeddedServer::locate(test_home()).expect("PostgreSQL binaries (run scripts/setup)");
     let starting = server.clone();
-    tokio::task::spawn_blocking(move || starting.ensure_running()).await.unwrap().expect("the test server starts");
+    tokio::task::spawn_blocking(move || starting.ensure_running())
+        .await
+        .unwrap()
+        .expect("the test server starts");
     server.connect_options("postgres")
 }
 
@@ -32,9 +35,13 @@ pub async fn admin_options() -> PgConnectOptions {
 pub async fn fresh_database() -> (PgPool, PgConnectOptions) {
     let admin = admin_options().await;
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    postgres::create_database_if_missing(&admin, &name).await.expect("create the test database");
+    postgres::create_database_if_missing(&admin, &name)
+        .await
+        .expect("create the test database");
     let options = admin.clone().database(&name);
-    let pool = postgres::open_with(options.clone(), 40).await.expect("open and migrate");
+    let pool = postgres::open_with(options.clone(), 40)
+        .await
+        .expect("open and migrate");
     (pool, options)
 }
 
@@ -42,10 +49,17 @@ pub async fn fresh_database() -> (PgPool, PgConnectOptions) {
 pub fn url_of(options: &PgConnectOptions) -> String {
     let db = options.get_database().unwrap_or("postgres");
     match options.get_socket() {
-        Some(dir) => format!("postgresql://{}@localhost:{}/{db}?host={}", options.get_username(), options.get_port(), dir.display()),
-        None => std::env::var("RECALL_TEST_DATABASE_URL").map(|u| {
-            let (base, _) = u.rsplit_once('/').expect("a URL with a database");
-            format!("{base}/{db}")
-        }).expect("a socket or RECALL_TEST_DATABASE_URL"),
+        Some(dir) => format!(
+            "postgresql://{}@localhost:{}/{db}?host={}",
+            options.get_username(),
+            options.get_port(),
+            dir.display()
+        ),
+        None => std::env::var("RECALL_TEST_DATABASE_URL")
+            .map(|u| {
+                let (base, _) = u.rsplit_once('/').expect("a URL with a database");
+                format!("{base}/{db}")
+            })
+            .expect("a socket or RECALL_TEST_DATABASE_URL"),
     }
 }
