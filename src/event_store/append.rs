@@ -20,6 +20,9 @@ pub struct AppendRequest {
     pub events: Vec<NewEvent>,
 }
 
+/// Per request, in request order: where it landed, or why it was rejected.
+pub type AppendResults = Vec<Result<Appended, AppendRejection>>;
+
 /// Where an accepted request's events landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -78,31 +81,15 @@ impl EventStore {
         Ok(results.pop().expect("one result per request"))
     }
 
-    /// Appends many streams' events in one transaction, in order; each request is accepted or rejected whole.
+    /// Appends many streams' events in one transaction, in order; each request is accepted or rejected
+    /// whole. Concurrent calls are committed together (see `group_commit`).
     #[tracing::instrument(skip_all, fields(requests = requests.len()))]
-    pub async fn append_batch(
-        &self,
-        requests: Vec<AppendRequest>,
-    ) -> Result<Vec<Result<Appended, AppendRejection>>, EventStoreError> {
-        // The fast path trusts event ids to be fresh; a unique violation on `event_id` means a retry, and
-        // the slow path then looks the ids up under the lock and acknowledges what is already stored.
-        let attempt = |look_up_event_ids| {
-            let requests = &requests;
-            async move {
-                let mut tx = self.pool().begin().await.map_err(EventStoreError::classify)?;
-                let results = append_in(&mut tx, requests, look_up_event_ids).await?;
-                tx.commit().await.map_err(EventStoreError::classify)?;
-                Ok::<_, EventStoreError>(results)
-            }
-        };
-        match attempt(false).await {
-            Err(EventStoreError::Database(sqlx::Error::Database(db)))
-                if db.constraint() == Some("events_event_id_key") =>
-            {
-                attempt(true).await
-            }
-            other => other,
-        }
+    pub async fn append_batch(&self, requests: Vec<AppendRequest>) -> Result<AppendResults, EventStoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writer
+            .send(super::group_commit::Job { requests, reply })
+            .map_err(|_| EventStoreError::WriterGone)?;
+        answer.await.map_err(|_| EventStoreError::WriterGone)?
     }
 
     /// Appends inside the caller's transaction; nothing is visible until the caller commits, and a
@@ -113,6 +100,27 @@ impl EventStore {
         requests: &[AppendRequest],
     ) -> Result<Vec<Result<Appended, AppendRejection>>, EventStoreError> {
         append_in(tx, requests, true).await
+    }
+}
+
+/// One transaction for the given requests. The fast path trusts event ids to be fresh; a unique
+/// violation on `event_id` means a retry, and the slow path then looks the ids up under the lock and
+/// acknowledges what is already stored.
+pub(super) async fn append_transaction(
+    pool: &sqlx::PgPool,
+    requests: &[AppendRequest],
+) -> Result<AppendResults, EventStoreError> {
+    let attempt = |look_up_event_ids| async move {
+        let mut tx = pool.begin().await.map_err(EventStoreError::classify)?;
+        let results = append_in(&mut tx, requests, look_up_event_ids).await?;
+        tx.commit().await.map_err(EventStoreError::classify)?;
+        Ok::<_, EventStoreError>(results)
+    };
+    match attempt(false).await {
+        Err(EventStoreError::Database(sqlx::Error::Database(db))) if db.constraint() == Some("events_event_id_key") => {
+            attempt(true).await
+        }
+        other => other,
     }
 }
 
@@ -131,7 +139,11 @@ async fn append_in(
         // Read after the lock is held: this statement's snapshot sees every earlier append.
         let stream_ids: Vec<String> = requests.iter().map(|r| r.stream_id.clone()).collect();
         let mut versions: HashMap<String, u64> = sqlx::query_as::<_, (String, i64)>(
-            "SELECT stream_id, max(version) FROM events WHERE stream_id = ANY($1) GROUP BY stream_id",
+            // One index probe per stream, whatever the statistics say: with `stream_id = ANY($1)` a generic
+            // plan may scan the whole log once per array element.
+            "SELECT s.id, v.version FROM unnest($1::text[]) AS s(id)
+         CROSS JOIN LATERAL (SELECT max(version) AS version FROM events e WHERE e.stream_id = s.id) v
+         WHERE v.version IS NOT NULL",
         )
         .bind(&stream_ids)
         .fetch_all(&mut *tx)
@@ -276,7 +288,8 @@ async fn stored_event_ids(
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, (String, i64, i64)>, EventStoreError> {
     Ok(sqlx::query_as::<_, (Uuid, String, i64, i64)>(
-        "SELECT event_id, stream_id, position, version FROM events WHERE event_id = ANY($1)",
+        "SELECT e.event_id, e.stream_id, e.position, e.version FROM unnest($1::uuid[]) AS i(id)
+         JOIN LATERAL (SELECT * FROM events WHERE event_id = i.id) e ON true",
     )
     .bind(ids)
     .fetch_all(&mut *tx)

@@ -4,13 +4,14 @@
 
 mod append;
 mod chain;
+mod group_commit;
 mod read;
 
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 use uuid::Uuid;
 
-pub use append::{AppendRejection, AppendRequest, Appended};
+pub use append::{AppendRejection, AppendRequest, AppendResults, Appended};
 pub use chain::{verify_chain, VerifyReport};
 
 /// The channel every append notifies with the new head position.
@@ -90,6 +91,8 @@ pub enum EventStoreError {
     Unavailable(#[source] sqlx::Error),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("the event store's writer has stopped (the runtime is shutting down); retry")]
+    WriterGone,
     #[error("event {event_id} was already appended with different content (stream {stream_id}); use a new event id")]
     EventIdReused { event_id: Uuid, stream_id: String },
 }
@@ -118,11 +121,14 @@ impl EventStoreError {
 #[derive(Clone)]
 pub struct EventStore {
     pool: sqlx::PgPool,
+    writer: tokio::sync::mpsc::UnboundedSender<group_commit::Job>,
 }
 
 impl EventStore {
+    /// Must be called inside a tokio runtime: it starts the store's group-commit writer task.
     pub fn new(pool: sqlx::PgPool) -> Self {
-        EventStore { pool }
+        let writer = group_commit::spawn_writer(pool.clone());
+        EventStore { pool, writer }
     }
 
     pub fn pool(&self) -> &sqlx::PgPool {

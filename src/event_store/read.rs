@@ -21,7 +21,8 @@ impl EventStore {
     /// Many streams' events at once, in position order (the ingest path loads a batch's state with this).
     pub async fn read_streams(&self, stream_ids: &[String]) -> Result<Vec<RecordedEvent>, EventStoreError> {
         sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM events WHERE stream_id = ANY($1) ORDER BY position"
+            "SELECT {COLUMNS} FROM unnest($1::text[]) AS s(id)
+             JOIN LATERAL (SELECT * FROM events WHERE stream_id = s.id) e ON true ORDER BY position"
         ))
         .bind(stream_ids)
         .fetch_all(self.pool())

@@ -135,6 +135,9 @@ pub async fn open_with(options: PgConnectOptions, max_connections: u32) -> Resul
     let target = format!("{}/{}", options.get_host(), options.get_database().unwrap_or(""));
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
+        // A ping before every checkout costs a round trip per query; a dead connection shows up as an
+        // error on first use instead, which callers already handle.
+        .test_before_acquire(false)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await

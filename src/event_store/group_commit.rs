@@ -1,0 +1,65 @@
+//! Group commit. Appends take one row lock and end with a flushed commit, so one transaction per command
+//! would cap throughput at one fsync per event however many clients write. Instead every `append_batch`
+//! call goes to a single writer task, which takes whatever calls are waiting and appends them together in
+//! one transaction: one fsync for the group, and each call still gets its own per-request results.
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::append::{append_transaction, AppendResults};
+use super::{AppendRequest, EventStoreError};
+
+/// Most requests joined into one transaction.
+const MAX_GROUP_REQUESTS: usize = 2000;
+
+pub(super) struct Job {
+    pub requests: Vec<AppendRequest>,
+    pub reply: oneshot::Sender<Result<AppendResults, EventStoreError>>,
+}
+
+pub(super) fn spawn_writer(pool: sqlx::PgPool) -> mpsc::UnboundedSender<Job> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(writer(pool, rx));
+    tx
+}
+
+async fn writer(pool: sqlx::PgPool, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        let mut requests = jobs[0].requests.len();
+        while requests < MAX_GROUP_REQUESTS {
+            match rx.try_recv() {
+                Ok(job) => {
+                    requests += job.requests.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        if jobs.len() == 1 {
+            let job = jobs.pop().expect("one job");
+            let result = append_transaction(&pool, &job.requests).await;
+            let _ = job.reply.send(result);
+            continue;
+        }
+        let lengths: Vec<usize> = jobs.iter().map(|j| j.requests.len()).collect();
+        let combined: Vec<AppendRequest> = jobs.iter_mut().flat_map(|j| std::mem::take(&mut j.requests)).collect();
+        match append_transaction(&pool, &combined).await {
+            Ok(results) => {
+                let mut results = results.into_iter();
+                for (job, n) in jobs.into_iter().zip(lengths) {
+                    let _ = job.reply.send(Ok(results.by_ref().take(n).collect()));
+                }
+            }
+            Err(error) => {
+                // Nothing of the group was appended. Run each call alone, so that one caller's problem
+                // (say, an event id reused on another stream) reaches that caller only.
+                tracing::debug!(%error, calls = jobs.len(), "group append failed; retrying calls one by one");
+                let mut combined = combined.into_iter();
+                for (job, n) in jobs.into_iter().zip(lengths) {
+                    let own: Vec<AppendRequest> = combined.by_ref().take(n).collect();
+                    let _ = job.reply.send(append_transaction(&pool, &own).await);
+                }
+            }
+        }
+    }
+}
