@@ -305,3 +305,25 @@ fn the_embed_command_streams_one_line_per_input_in_order() {
     );
     assert!(chunks.iter().all(|c| c["id"] == 7));
 }
+
+#[test]
+fn the_padded_reference_encoder_agrees_with_the_packed_one() {
+    use recall::embed::EncoderKind;
+    let padded = Embedder::load(
+        &ModelSource::parse(None),
+        EmbedderOptions {
+            encoder: EncoderKind::Padded,
+            max_batch_tokens: 4096,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let refs = references();
+    let texts: Vec<&str> = refs.iter().take(24).map(|r| r.text.as_str()).collect();
+    let a = padded.encode(&texts).unwrap();
+    let b = embedder().encode(&texts).unwrap();
+    for (i, ((a, b), r)) in a.iter().zip(&b).zip(&refs).enumerate() {
+        assert!(cosine(a, &r.embedding) >= 0.9999, "padded, text {i}");
+        assert!(cosine(a, b) >= 0.99999, "packed vs padded, text {i}");
+    }
+}

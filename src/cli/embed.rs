@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::{json, Value};
 
-use recall::embed::{DevicePreference, Embedder, EmbedderOptions, ModelSource};
+use recall::embed::{DevicePreference, Embedder, EmbedderOptions, EncoderKind, ModelSource};
 
 /// Settings shared by everything that loads the model.
 #[derive(Args, Clone)]
@@ -22,6 +22,9 @@ pub struct ModelArgs {
     pub max_batch_tokens: usize,
     #[arg(long, value_enum, env = "RECALL_DEVICE", default_value = "auto")]
     pub device: DevicePreference,
+    /// The encoder implementation (packed is CPU only; a GPU always uses padded).
+    #[arg(long, value_enum, env = "RECALL_ENCODER", default_value = "packed")]
+    pub encoder: EncoderKind,
     /// CPU threads for the model (default: all cores).
     #[arg(long, env = "RECALL_THREADS")]
     pub threads: Option<usize>,
@@ -39,6 +42,7 @@ impl ModelArgs {
             EmbedderOptions {
                 device: self.device,
                 max_batch_tokens: self.max_batch_tokens,
+                encoder: self.encoder,
             },
         )
         .with_context(|| format!("loading the embedding model from {source:?}"))

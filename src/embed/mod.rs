@@ -3,15 +3,17 @@
 //! with masked mean pooling and L2 normalisation. The interface is small and synchronous; callers run it
 //! on their own thread, never on the async runtime.
 
+mod bert;
 mod chunker;
 mod files;
+mod kernels;
 mod model;
 
 use thiserror::Error;
 
 pub use chunker::{Chunk, ChunkOptions, Chunker};
 pub use files::{ModelFiles, ModelIdentity, ModelSource, DEFAULT_MODEL};
-pub use model::{DevicePreference, Embedder, EmbedderOptions};
+pub use model::{DevicePreference, Embedder, EmbedderOptions, EncoderKind};
 
 #[derive(Debug, Error)]
 pub enum EmbedError {

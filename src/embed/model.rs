@@ -8,6 +8,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::BertModel;
 use tokenizers::Tokenizer;
 
+use super::bert::PackedBert;
 use super::{ChunkOptions, Chunker, EmbedError, ModelFiles, ModelIdentity, ModelSource};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -18,11 +19,22 @@ pub enum DevicePreference {
     Cuda,
 }
 
+/// Which encoder implementation runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EncoderKind {
+    /// recall's CPU forward: unpadded sequences, fused QKV, fused kernels (CPU only).
+    Packed,
+    /// candle-transformers' BertModel on padded batches with an attention mask (any device).
+    Padded,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct EmbedderOptions {
     pub device: DevicePreference,
     /// Largest batch, counted as rows x padded length.
     pub max_batch_tokens: usize,
+    /// On a GPU the padded encoder is used whatever this says.
+    pub encoder: EncoderKind,
 }
 
 impl Default for EmbedderOptions {
@@ -30,12 +42,18 @@ impl Default for EmbedderOptions {
         EmbedderOptions {
             device: DevicePreference::Auto,
             max_batch_tokens: 8192,
+            encoder: EncoderKind::Packed,
         }
     }
 }
 
+enum Encoder {
+    Packed(PackedBert),
+    Padded(BertModel),
+}
+
 pub struct Embedder {
-    model: BertModel,
+    encoder: Encoder,
     device: Device,
     files: ModelFiles,
     tokenizer: Arc<Tokenizer>,
@@ -110,13 +128,18 @@ impl Embedder {
                     reason: e.to_string(),
                 }
             })?;
-        let model = BertModel::load(vb, &files.config).map_err(|e| EmbedError::InvalidFile {
+        let mismatch = |e: &dyn std::fmt::Display| EmbedError::InvalidFile {
             path: files.weights.display().to_string(),
             reason: format!("does not match config.json: {e}"),
-        })?;
+        };
+        let encoder = if device.is_cpu() && options.encoder == EncoderKind::Packed {
+            Encoder::Packed(PackedBert::load(vb, &files.config).map_err(|e| mismatch(&e))?)
+        } else {
+            Encoder::Padded(BertModel::load(vb, &files.config).map_err(|e| mismatch(&e))?)
+        };
         tracing::info!(model = %files.identity, device = ?device, "embedding model loaded");
         Ok(Embedder {
-            model,
+            encoder,
             device,
             files,
             tokenizer: Arc::new(tokenizer),
@@ -206,6 +229,13 @@ impl Embedder {
     }
 
     fn forward(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        match &self.encoder {
+            Encoder::Packed(model) => model.embed(batch),
+            Encoder::Padded(model) => self.forward_padded(model, batch),
+        }
+    }
+
+    fn forward_padded(&self, model: &BertModel, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let rows = batch.len();
         let len = batch.iter().map(|b| b.len()).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(rows * len);
@@ -219,7 +249,7 @@ impl Embedder {
         let ids = Tensor::from_vec(ids, (rows, len), &self.device)?;
         let mask = Tensor::from_vec(mask, (rows, len), &self.device)?;
         let token_types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
+        let hidden = model.forward(&ids, &token_types, Some(&mask))?;
         // Mean over real tokens only: padded rows would otherwise drag every short text's vector.
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
