@@ -8,6 +8,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 
 use super::kernels::{layer_norm_rows, BiasGelu, BiasResidualLayerNorm, UnpaddedAttention};
+use super::small_matmul::{PackedWeights, SmallMatmul, MAX_ROWS};
 use super::EmbedError;
 
 struct Norm {
@@ -15,16 +16,40 @@ struct Norm {
     beta: Vec<f32>,
 }
 
+/// A weight matrix in both layouts: the tensor for the general GEMM on large batches, and packed panels
+/// for a few rows.
+struct Weight {
+    t: Tensor,
+    packed: PackedWeights,
+}
+
+impl Weight {
+    fn new(t: Tensor) -> candle_core::Result<Self> {
+        Ok(Weight {
+            packed: PackedWeights::pack(&t)?,
+            t,
+        })
+    }
+
+    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if x.dim(0)? <= MAX_ROWS {
+            x.apply_op1_no_bwd(&SmallMatmul { weights: &self.packed })
+        } else {
+            x.matmul(&self.t)
+        }
+    }
+}
+
 struct Layer {
     /// (hidden, 3 x hidden): the query, key and value weights side by side, transposed for `x @ w`.
-    qkv_t: Tensor,
+    qkv_t: Weight,
     qkv_bias: Vec<f32>,
-    attention_out_t: Tensor,
+    attention_out_t: Weight,
     attention_out_bias: Vec<f32>,
     attention_norm: Norm,
-    intermediate_t: Tensor,
+    intermediate_t: Weight,
     intermediate_bias: Vec<f32>,
-    output_t: Tensor,
+    output_t: Weight,
     output_bias: Vec<f32>,
     output_norm: Norm,
 }
@@ -52,8 +77,8 @@ fn norm(vb: &VarBuilder, hidden: usize) -> candle_core::Result<Norm> {
     Ok(Norm { gamma, beta })
 }
 
-fn transposed(vb: &VarBuilder, out: usize, input: usize, name: &str) -> candle_core::Result<Tensor> {
-    vb.get((out, input), name)?.t()?.contiguous()
+fn transposed(vb: &VarBuilder, out: usize, input: usize, name: &str) -> candle_core::Result<Weight> {
+    Weight::new(vb.get((out, input), name)?.t()?.contiguous()?)
 }
 
 impl PackedBert {
@@ -93,7 +118,7 @@ impl PackedBert {
             qkv_bias.extend(vector(&s, h, "key.bias")?);
             qkv_bias.extend(vector(&s, h, "value.bias")?);
             layers.push(Layer {
-                qkv_t: qkv.t()?.contiguous()?,
+                qkv_t: Weight::new(qkv.t()?.contiguous()?)?,
                 qkv_bias,
                 attention_out_t: transposed(&a, h, h, "output.dense.weight")?,
                 attention_out_bias: vector(&a, h, "output.dense.bias")?,
@@ -157,13 +182,13 @@ impl PackedBert {
         );
         let mut x = Tensor::from_vec(x, (tokens, h), &Device::Cpu)?;
         for layer in &self.layers {
-            let qkv = x.matmul(&layer.qkv_t)?;
+            let qkv = layer.qkv_t.apply(&x)?;
             let context = qkv.apply_op1_no_bwd(&UnpaddedAttention {
                 offsets: &offsets,
                 heads: self.heads,
                 qkv_bias: &layer.qkv_bias,
             })?;
-            let attended = context.matmul(&layer.attention_out_t)?.apply_op2_no_bwd(
+            let attended = layer.attention_out_t.apply(&context)?.apply_op2_no_bwd(
                 &x,
                 &BiasResidualLayerNorm {
                     bias: &layer.attention_out_bias,
@@ -172,10 +197,10 @@ impl PackedBert {
                     eps: self.eps,
                 },
             )?;
-            let intermediate = attended.matmul(&layer.intermediate_t)?.apply_op1_no_bwd(&BiasGelu {
+            let intermediate = layer.intermediate_t.apply(&attended)?.apply_op1_no_bwd(&BiasGelu {
                 bias: &layer.intermediate_bias,
             })?;
-            x = intermediate.matmul(&layer.output_t)?.apply_op2_no_bwd(
+            x = layer.output_t.apply(&intermediate)?.apply_op2_no_bwd(
                 &attended,
                 &BiasResidualLayerNorm {
                     bias: &layer.output_bias,

@@ -59,35 +59,68 @@ macro_rules! element_kernels {
             }
         }
 
+        /// Sum in eight independent lanes: a single running sum is a serial dependency chain that the
+        /// compiler may not reorder, so it would never vectorise.
+        $(#[$attr])?
+        #[inline]
+        pub fn sum(values: &[f32]) -> f32 {
+            let mut lanes = [0.0f32; 8];
+            let chunks = values.chunks_exact(8);
+            let tail: f32 = chunks.remainder().iter().sum();
+            for chunk in chunks {
+                for i in 0..8 {
+                    lanes[i] += chunk[i];
+                }
+            }
+            lanes.iter().sum::<f32>() + tail
+        }
+
+        $(#[$attr])?
+        #[inline]
+        pub fn max(values: &[f32]) -> f32 {
+            let mut lanes = [f32::NEG_INFINITY; 8];
+            let chunks = values.chunks_exact(8);
+            let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            for chunk in chunks {
+                for i in 0..8 {
+                    lanes[i] = if chunk[i] > lanes[i] { chunk[i] } else { lanes[i] };
+                }
+            }
+            lanes.iter().copied().fold(tail, f32::max)
+        }
+
         $(#[$attr])?
         pub fn bias_residual_layer_norm(out: &mut [f32], x: &[f32], residual: &[f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
             let n = out.len() as f32;
-            let mut sum = 0.0f32;
             for i in 0..out.len() {
-                let v = x[i] + bias[i] + residual[i];
-                out[i] = v;
-                sum += v;
+                out[i] = x[i] + bias[i] + residual[i];
             }
-            let mean = sum / n;
-            let mut var = 0.0f32;
-            for v in out.iter() {
-                var += (v - mean) * (v - mean);
+            let mean = sum(out) / n;
+            for v in out.iter_mut() {
+                *v -= mean;
             }
-            let inv = 1.0 / (var / n + eps).sqrt();
+            let mut squares = [0.0f32; 8];
+            let chunks = out.chunks_exact(8);
+            let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+            for chunk in chunks {
+                for i in 0..8 {
+                    squares[i] += chunk[i] * chunk[i];
+                }
+            }
+            let var = (squares.iter().sum::<f32>() + tail) / n;
+            let inv = 1.0 / (var + eps).sqrt();
             for i in 0..out.len() {
-                out[i] = (out[i] - mean) * inv * gamma[i] + beta[i];
+                out[i] = out[i] * inv * gamma[i] + beta[i];
             }
         }
 
         $(#[$attr])?
         pub fn softmax_row(row: &mut [f32]) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f32;
+            let max = max(row);
             for v in row.iter_mut() {
                 *v = super::fast_exp(*v - max);
-                sum += *v;
             }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / sum(row);
             for v in row.iter_mut() {
                 *v *= inv;
             }

@@ -8,6 +8,7 @@ mod chunker;
 mod files;
 mod kernels;
 mod model;
+mod small_matmul;
 
 use thiserror::Error;
 
