@@ -5,6 +5,7 @@
 //! - [`ingest`]: files and JSONL turned into document commands, one item at a time.
 //! - [`commands`]: the write path: load a stream, decide, append; no model, no vectors.
 //! - [`event_store`]: the append-only log: expected versions, gapless positions, hash chain, readers, NOTIFY.
+//! - [`projector`]: tails the log into the pgvector read model: checkpoints, parked failures, rebuild.
 //! - [`embed`]: model files, tokenizer, token-aware chunker, token-budget batches, Candle BERT, pooling.
 //! - [`postgres`]: the pool, migrations and the embedded server's lifecycle.
 //! - [`bench`]: the measurement drivers behind `recall bench`.
@@ -19,3 +20,4 @@ pub mod embed;
 pub mod event_store;
 pub mod ingest;
 pub mod postgres;
+pub mod projector;

@@ -4,6 +4,7 @@
 mod bench;
 mod documents;
 mod embed;
+mod projection;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +36,27 @@ enum Command {
     History(documents::HistoryArgs),
     /// Show the global event log.
     Log(documents::LogArgs),
+    /// Project the event log into the pgvector read model (a long-running worker).
+    Project(projection::ProjectArgs),
+    /// Re-embed the whole log into a new read-model generation, then switch to it.
+    Rebuild(projection::ProjectArgs),
+    /// Wait until the projector has passed a log position.
+    Wait {
+        position: i64,
+        /// Seconds to wait before giving up.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
+    /// The log head, each read-model generation's checkpoint and lag, counts and parked failures.
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// Print Prometheus text-format gauges instead.
+        #[arg(long, conflicts_with = "json")]
+        prometheus: bool,
+    },
+    /// List the events the projector parked, or retry them.
+    Failures(projection::FailuresArgs),
     /// Embed JSONL or plain lines with the model; one JSON object a line out.
     Embed(embed::EmbedArgs),
     /// Recompute the hash chain and name the first position that does not match.
@@ -112,6 +134,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Remove(args) => documents::remove(args).await,
         Command::History(args) => documents::history(args).await,
         Command::Log(args) => documents::log(args).await,
+        Command::Project(args) => projection::project(args).await,
+        Command::Rebuild(args) => projection::rebuild(args).await,
+        Command::Wait { position, timeout } => projection::wait(position, timeout).await,
+        Command::Status { json, prometheus } => projection::status(json, prometheus).await,
+        Command::Failures(args) => projection::failures(args).await,
         Command::Embed(args) => tokio::task::spawn_blocking(move || embed::run(args)).await?,
         Command::Verify { json } => documents::verify(json).await,
         Command::Db { action } => db(action).await,

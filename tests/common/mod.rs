@@ -63,3 +63,16 @@ pub fn url_of(options: &PgConnectOptions) -> String {
             .expect("a socket or RECALL_TEST_DATABASE_URL"),
     }
 }
+
+/// The real model (from models/, fetched by scripts/setup), loaded once per test binary.
+pub fn model_backend() -> std::sync::Arc<recall::projector::ModelBackend> {
+    use std::sync::{Arc, OnceLock};
+    static BACKEND: OnceLock<Arc<recall::projector::ModelBackend>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            let embedder = recall::embed::Embedder::load(&recall::embed::ModelSource::parse(None), Default::default())
+                .expect("the model under models/ (run scripts/setup)");
+            Arc::new(recall::projector::ModelBackend::new(embedder, 32))
+        })
+        .clone()
+}

@@ -1,0 +1,202 @@
+//! `recall project|rebuild|wait|status|failures`: the read side's worker and its instruments.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use recall::projector::{self, ModelBackend, OnError, Projector, ProjectorOptions, Target};
+
+use super::embed::ModelArgs;
+use super::open_store;
+
+#[derive(Args)]
+pub struct ProjectArgs {
+    /// Exit once the log head (as of the last read) is projected.
+    #[arg(long)]
+    until_caught_up: bool,
+    /// What to do with an event that cannot be applied.
+    #[arg(long, value_enum, default_value = "park")]
+    on_error: OnError,
+    /// Events per batch.
+    #[arg(long, default_value_t = 64)]
+    batch: i64,
+    /// Word pieces shared by consecutive chunks.
+    #[arg(long, default_value_t = 32)]
+    overlap: usize,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Subcommand)]
+pub enum FailuresAction {
+    /// Replay the parked events; those that now apply are resolved.
+    Retry {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct FailuresArgs {
+    #[command(subcommand)]
+    action: Option<FailuresAction>,
+    /// Include resolved failures.
+    #[arg(long)]
+    all: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+async fn projector(model: &ModelArgs, overlap: usize, options: ProjectorOptions) -> anyhow::Result<Projector> {
+    let store = open_store().await?;
+    let model = model.clone();
+    let embedder = tokio::task::spawn_blocking(move || model.load()).await??;
+    Ok(Projector::new(store, Arc::new(ModelBackend::new(embedder, overlap)), options))
+}
+
+/// A progress line on a terminal: documents/s, tokens/s and the ETA to the head.
+fn spawn_progress(projector: &Projector, head: i64, start: i64) -> Option<tokio::task::JoinHandle<()>> {
+    if !std::io::stderr().is_terminal() || head <= start {
+        return None;
+    }
+    let stats = projector.stats();
+    let bar = indicatif::ProgressBar::new((head - start) as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} projecting [{elapsed_precise}] {wide_bar} {pos}/{len} events {msg}").expect("template"));
+    let started = Instant::now();
+    Some(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let events = stats.events.load(Ordering::Relaxed);
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            let rate = events as f64 / secs;
+            let left = (head - start) as f64 - events as f64;
+            bar.set_position(events);
+            bar.set_message(format!(
+                "{:.1} docs/s, {:.0} tokens/s, eta {:.0}s",
+                rate,
+                stats.tokens.load(Ordering::Relaxed) as f64 / secs,
+                if rate > 0.0 { left.max(0.0) / rate } else { f64::NAN }
+            ));
+        }
+    }))
+}
+
+pub async fn project(args: ProjectArgs) -> anyhow::Result<ExitCode> {
+    let options = ProjectorOptions { batch_events: args.batch.max(1), on_error: args.on_error, ..Default::default() };
+    let projector = projector(&args.model, args.overlap, options).await?;
+    let store = open_store().await?;
+    let head = store.head().await?;
+    let start = projector::active(store.pool()).await?.map(|g| g.checkpoint).unwrap_or(0);
+    let progress = spawn_progress(&projector, head, start);
+    let result = if args.until_caught_up {
+        projector.run_until_caught_up(Target::Active).await.map(|g| {
+            eprintln!("caught up: generation {} at position {}", g.generation, g.checkpoint);
+        })
+    } else {
+        projector.run(Target::Active, shutdown_signal()).await
+    };
+    if let Some(p) = progress {
+        p.abort();
+    }
+    result.context("projecting")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn rebuild(args: ProjectArgs) -> anyhow::Result<ExitCode> {
+    let options = ProjectorOptions { batch_events: args.batch.max(1), on_error: args.on_error, ..Default::default() };
+    let projector = projector(&args.model, args.overlap, options).await?;
+    let store = open_store().await?;
+    let progress = spawn_progress(&projector, store.head().await?, 0);
+    let generation = projector.rebuild().await;
+    if let Some(p) = progress {
+        p.abort();
+    }
+    let generation = generation.context("rebuilding")?;
+    eprintln!("generation {} is active, built with {} up to position {}", generation.generation, generation.model(), generation.checkpoint);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn wait(position: i64, timeout_secs: f64) -> anyhow::Result<ExitCode> {
+    let store = open_store().await?;
+    let checkpoint = projector::wait_for(store.pool(), position, Duration::from_secs_f64(timeout_secs.max(0.0))).await?;
+    println!("projected through position {checkpoint}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn status(json: bool, prometheus: bool) -> anyhow::Result<ExitCode> {
+    let store = open_store().await?;
+    let report = projector::status(store.pool()).await?;
+    if prometheus {
+        print!("{}", report.to_prometheus());
+    } else if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("log head: position {}", report.head);
+        if report.projections.is_empty() {
+            println!("no read model yet: run `recall project`");
+        }
+        for p in &report.projections {
+            println!(
+                "generation {} ({}): {} | checkpoint {} | lag {} events, {:.1}s | {} documents, {} chunks | {} parked failures",
+                p.generation, p.status, p.model, p.checkpoint, p.lag_events, p.lag_seconds, p.documents, p.current_chunks, p.parked_failures
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn failures(args: FailuresArgs) -> anyhow::Result<ExitCode> {
+    match args.action {
+        Some(FailuresAction::Retry { json, model }) => {
+            let projector = projector(&model, 32, ProjectorOptions::default()).await?;
+            let report = projector.retry_failures(Target::Active).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("resolved {:?}; still failing {:?}", report.resolved, report.still_failing);
+            }
+            Ok(if report.still_failing.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        None => {
+            let store = open_store().await?;
+            let list = projector::failures(store.pool(), args.all).await?;
+            for f in &list {
+                if args.json {
+                    println!("{}", serde_json::to_string(f)?);
+                } else {
+                    println!(
+                        "generation {} position {} {} {} attempts {} {}: {}",
+                        f.generation,
+                        f.position,
+                        f.event_type,
+                        f.stream_id,
+                        f.attempts,
+                        if f.resolved_at.is_some() { "resolved" } else { "parked" },
+                        f.error
+                    );
+                }
+            }
+            if list.is_empty() && !args.json {
+                println!("no parked failures");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

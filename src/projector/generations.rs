@@ -1,0 +1,137 @@
+//! Generations of the read model: the active one serves, a building one is being filled by a rebuild.
+//! Each records the model that embedded it; a projector with another model is refused.
+
+use sqlx::PgPool;
+
+use super::ProjectorError;
+use crate::embed::ModelIdentity;
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct Generation {
+    pub generation: i64,
+    pub status: String,
+    pub model_name: String,
+    pub model_revision: String,
+    pub dimension: i32,
+    pub checkpoint: i64,
+}
+
+impl Generation {
+    pub fn model(&self) -> String {
+        format!("{}@{}", self.model_name, self.model_revision)
+    }
+
+    fn admits(&self, identity: &ModelIdentity) -> Result<(), ProjectorError> {
+        if self.model_name == identity.name && self.model_revision == identity.revision && self.dimension as usize == identity.dimension {
+            Ok(())
+        } else {
+            Err(ProjectorError::ModelMismatch {
+                generation: self.generation,
+                stored: self.model(),
+                offered: format!("{}@{}", identity.name, identity.revision),
+            })
+        }
+    }
+}
+
+const COLUMNS: &str = "generation, status, model_name, model_revision, dimension, checkpoint";
+
+/// The dimension of the `chunks.embedding` column.
+pub async fn table_dimension(pool: &PgPool) -> Result<usize, ProjectorError> {
+    let typmod: i32 = sqlx::query_scalar(
+        "SELECT atttypmod FROM pg_attribute WHERE attrelid = 'chunks'::regclass AND attname = 'embedding'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(typmod as usize)
+}
+
+async fn check_dimension(pool: &PgPool, identity: &ModelIdentity) -> Result<(), ProjectorError> {
+    let table = table_dimension(pool).await?;
+    if table != identity.dimension {
+        return Err(ProjectorError::DimensionMismatch { model: identity.to_string(), table });
+    }
+    Ok(())
+}
+
+pub async fn load(pool: &PgPool, generation: i64) -> Result<Generation, ProjectorError> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM projections WHERE generation = $1"))
+        .bind(generation)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(ProjectorError::NoSuchGeneration { generation })
+}
+
+pub async fn active(pool: &PgPool) -> Result<Option<Generation>, ProjectorError> {
+    Ok(sqlx::query_as(&format!("SELECT {COLUMNS} FROM projections WHERE status = 'active'")).fetch_optional(pool).await?)
+}
+
+/// The active generation, created (empty, at checkpoint 0) on first use; refused if another model built it.
+pub async fn active_for(pool: &PgPool, identity: &ModelIdentity) -> Result<Generation, ProjectorError> {
+    check_dimension(pool, identity).await?;
+    if let Some(g) = active(pool).await? {
+        g.admits(identity)?;
+        return Ok(g);
+    }
+    let created = sqlx::query_as(&format!(
+        "INSERT INTO projections (status, model_name, model_revision, dimension, activated_at)
+         VALUES ('active', $1, $2, $3, now()) ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
+    ))
+    .bind(&identity.name)
+    .bind(&identity.revision)
+    .bind(identity.dimension as i32)
+    .fetch_optional(pool)
+    .await?;
+    match created {
+        Some(g) => Ok(g),
+        // Another process created it first.
+        None => {
+            let g = active(pool).await?.ok_or(ProjectorError::NoActiveGeneration)?;
+            g.admits(identity)?;
+            Ok(g)
+        }
+    }
+}
+
+/// A new, empty generation for a rebuild with this model.
+pub async fn create_building(pool: &PgPool, identity: &ModelIdentity) -> Result<Generation, ProjectorError> {
+    check_dimension(pool, identity).await?;
+    Ok(sqlx::query_as(&format!(
+        "INSERT INTO projections (status, model_name, model_revision, dimension)
+         VALUES ('building', $1, $2, $3) RETURNING {COLUMNS}"
+    ))
+    .bind(&identity.name)
+    .bind(&identity.revision)
+    .bind(identity.dimension as i32)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Makes `generation` active if it has projected the whole log; the head is locked meanwhile, so no
+/// append can slip in between the check and the switch. Returns false when it is not caught up yet.
+pub async fn activate_if_caught_up(pool: &PgPool, generation: i64) -> Result<bool, ProjectorError> {
+    let mut tx = pool.begin().await?;
+    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head FOR SHARE").fetch_one(&mut *tx).await?;
+    let checkpoint: i64 = sqlx::query_scalar("SELECT checkpoint FROM projections WHERE generation = $1 FOR UPDATE")
+        .bind(generation)
+        .fetch_one(&mut *tx)
+        .await?;
+    if checkpoint < head {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    sqlx::query("UPDATE projections SET status = 'retired', updated_at = now() WHERE status = 'active'")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE projections SET status = 'active', activated_at = now(), updated_at = now() WHERE generation = $1")
+        .bind(generation)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Drops retired generations and their rows.
+pub async fn drop_retired(pool: &PgPool) -> Result<u64, ProjectorError> {
+    Ok(sqlx::query("DELETE FROM projections WHERE status = 'retired'").execute(pool).await?.rows_affected())
+}

@@ -1,0 +1,474 @@
+//! The projector: tails the event log from its checkpoint and keeps the pgvector read model of document
+//! chunks up to date. Embedding happens outside any transaction, on a blocking thread; each batch's
+//! read-model changes and its checkpoint commit together, so every event's effect lands exactly once.
+//! While batch N embeds, batch N-1 is written. One projector is active per generation (an advisory lock);
+//! it wakes on the append NOTIFY, polls as a fallback, and starts over from its checkpoint after errors.
+
+mod backend;
+mod generations;
+mod prepare;
+mod status;
+mod write;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use thiserror::Error;
+use tokio::task::JoinHandle;
+
+use crate::event_store::{EventStore, EventStoreError, NOTIFY_CHANNEL};
+
+pub use backend::{EmbedBackend, ModelBackend};
+pub use generations::{active, active_for, activate_if_caught_up, create_building, drop_retired, load, table_dimension, Generation};
+pub use status::{status, ProjectionStatus, StatusReport};
+pub use write::PROJECTED_CHANNEL;
+
+#[derive(Debug, Error)]
+pub enum ProjectorError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Store(#[from] EventStoreError),
+    #[error("the model {model} makes {model_dim}-dimensional vectors but chunks.embedding holds {table}; use a {table}-dimensional model", model_dim = .model.split('(').nth(1).unwrap_or("?").trim_end_matches(" dims)"))]
+    DimensionMismatch { model: String, table: usize },
+    #[error("generation {generation} of the read model was built with {stored}, not {offered}; run `recall rebuild` to re-embed everything with the new model")]
+    ModelMismatch { generation: i64, stored: String, offered: String },
+    #[error("generation {generation} does not exist")]
+    NoSuchGeneration { generation: i64 },
+    #[error("there is no active read-model generation yet; run `recall project` first")]
+    NoActiveGeneration,
+    #[error("generation {generation} moved past checkpoint {expected} under this projector (another instance wrote it)")]
+    LostCheckpoint { generation: i64, expected: i64 },
+    #[error("stopped at position {position} ({event_type} on {stream_id}): {error}; fix the cause and restart, or run with --on-error park")]
+    Stopped { position: i64, stream_id: String, event_type: String, error: String },
+    #[error("timed out after {waited:?} waiting for the projector to pass position {position} (it is at {checkpoint})")]
+    WaitTimeout { position: i64, checkpoint: i64, waited: Duration },
+    #[error("the embedding thread panicked: {0}")]
+    Panicked(String),
+}
+
+impl ProjectorError {
+    /// Errors that a retry may cure: connections, a lost race, a restarting server.
+    fn is_transient(&self) -> bool {
+        matches!(self, ProjectorError::Database(_) | ProjectorError::Store(_) | ProjectorError::LostCheckpoint { .. })
+    }
+}
+
+/// What to do with an event the projector cannot apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnError {
+    /// Record it in the failures table and go on.
+    Park,
+    /// Stop before it, with the checkpoint just before it.
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ProjectorOptions {
+    /// Events read per batch.
+    pub batch_events: i64,
+    pub on_error: OnError,
+    /// How long to sleep when no NOTIFY arrives.
+    pub poll_interval: Duration,
+}
+
+impl Default for ProjectorOptions {
+    fn default() -> Self {
+        ProjectorOptions { batch_events: 64, on_error: OnError::Park, poll_interval: Duration::from_secs(1) }
+    }
+}
+
+/// Running totals, for progress bars and metrics.
+#[derive(Debug, Default)]
+pub struct ProjectorStats {
+    pub events: AtomicU64,
+    pub tokens: AtomicU64,
+    pub batches: AtomicU64,
+    pub parked: AtomicU64,
+    pub checkpoint: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Projector {
+    pool: PgPool,
+    store: EventStore,
+    backend: Arc<dyn EmbedBackend>,
+    options: ProjectorOptions,
+    stats: Arc<ProjectorStats>,
+}
+
+/// Which generation a projector serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The active one, following it across rebuilds.
+    Active,
+    Generation(i64),
+}
+
+const LOCK_NAMESPACE: i32 = 0x7265_636c; // "recl"
+
+impl Projector {
+    pub fn new(store: EventStore, backend: Arc<dyn EmbedBackend>, options: ProjectorOptions) -> Self {
+        Projector { pool: store.pool().clone(), store, backend, options, stats: Arc::default() }
+    }
+
+    pub fn stats(&self) -> Arc<ProjectorStats> {
+        self.stats.clone()
+    }
+
+    pub fn backend(&self) -> &Arc<dyn EmbedBackend> {
+        &self.backend
+    }
+
+    async fn resolve(&self, target: Target) -> Result<Generation, ProjectorError> {
+        let generation = match target {
+            Target::Active => active_for(&self.pool, self.backend.identity()).await?,
+            Target::Generation(g) => load(&self.pool, g).await?,
+        };
+        if generation.model_name != self.backend.identity().name || generation.model_revision != self.backend.identity().revision {
+            return Err(ProjectorError::ModelMismatch {
+                generation: generation.generation,
+                stored: generation.model(),
+                offered: format!("{}@{}", self.backend.identity().name, self.backend.identity().revision),
+            });
+        }
+        Ok(generation)
+    }
+
+    /// One batch, synchronously: read after the checkpoint, prepare, write. Returns how many events it
+    /// projected (0 when caught up). Tests drive the projector with this.
+    pub async fn step(&self, target: Target) -> Result<usize, ProjectorError> {
+        let generation = self.resolve(target).await?;
+        let events = self.store.read_all(generation.checkpoint, self.options.batch_events).await?;
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let batch = self.prepare(events).await?;
+        let (batch, stopped) = self.split_at_failure(batch);
+        let n = if batch.last_position > generation.checkpoint {
+            self.write(generation.generation, generation.checkpoint, batch).await?
+        } else {
+            0
+        };
+        match stopped {
+            Some(e) => Err(e),
+            None => Ok(n),
+        }
+    }
+
+    async fn prepare(&self, events: Vec<crate::event_store::RecordedEvent>) -> Result<prepare::PreparedBatch, ProjectorError> {
+        let backend = self.backend.clone();
+        tokio::task::spawn_blocking(move || prepare::prepare(&*backend, &events))
+            .await
+            .map_err(|e| ProjectorError::Panicked(e.to_string()))
+    }
+
+    /// Under `--on-error stop`, cut the batch before its first failure and say why; the part before it
+    /// is still written.
+    fn split_at_failure(&self, mut batch: prepare::PreparedBatch) -> (prepare::PreparedBatch, Option<ProjectorError>) {
+        if self.options.on_error == OnError::Park {
+            return (batch, None);
+        }
+        let Some(i) = batch.effects.iter().position(|e| matches!(e, prepare::Effect::Failed { .. })) else {
+            return (batch, None);
+        };
+        let failure = batch.effects.drain(i..).next();
+        let Some(prepare::Effect::Failed { position, stream_id, event_type, error, .. }) = failure else {
+            unreachable!("found above")
+        };
+        batch.last_position = position - 1;
+        (batch, Some(ProjectorError::Stopped { position, stream_id, event_type, error }))
+    }
+
+    async fn write(&self, generation: i64, expected: i64, batch: prepare::PreparedBatch) -> Result<usize, ProjectorError> {
+        let n = batch.effects.len();
+        let parked = batch.effects.iter().filter(|e| matches!(e, prepare::Effect::Failed { .. })).count();
+        let checkpoint = write::write_batch(&self.pool, generation, expected, &batch).await?;
+        self.stats.events.fetch_add(n as u64, Ordering::Relaxed);
+        self.stats.tokens.fetch_add(batch.tokens as u64, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.parked.fetch_add(parked as u64, Ordering::Relaxed);
+        self.stats.checkpoint.store(checkpoint as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Projects until the checkpoint reaches the head that was current when it last looked.
+    pub async fn run_until_caught_up(&self, target: Target) -> Result<Generation, ProjectorError> {
+        self.run_with(target, true, std::future::pending()).await?;
+        self.resolve(target).await
+    }
+
+    /// Projects forever (until `shutdown` resolves), following the log as it grows.
+    pub async fn run(&self, target: Target, shutdown: impl Future<Output = ()>) -> Result<(), ProjectorError> {
+        self.run_with(target, false, shutdown).await
+    }
+
+    async fn run_with(&self, target: Target, until_caught_up: bool, shutdown: impl Future<Output = ()>) -> Result<(), ProjectorError> {
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let attempt = self.run_locked(target, until_caught_up, shutdown.as_mut());
+            match attempt.await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "projector error; starting over from the checkpoint");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.as_mut() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Holds the generation's advisory lock on a connection of its own while projecting.
+    async fn run_locked(
+        &self,
+        target: Target,
+        until_caught_up: bool,
+        mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<(), ProjectorError> {
+        let generation = self.resolve(target).await?;
+        let mut lock = self.pool.acquire().await?;
+        let mut said = false;
+        loop {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2::int)")
+                .bind(LOCK_NAMESPACE)
+                .bind(generation.generation as i32)
+                .fetch_one(&mut *lock)
+                .await?;
+            if got {
+                break;
+            }
+            if !said {
+                tracing::warn!(generation = generation.generation, "another projector is active for this generation; waiting for it to stop");
+                said = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.as_mut() => return Ok(()),
+            }
+        }
+        if said {
+            tracing::warn!(generation = generation.generation, "the other projector stopped; this one is now active");
+        }
+        let id = generation.generation as i32;
+        let result = self.pipeline(generation, target, until_caught_up, shutdown).await;
+        // Release explicitly; if the connection is gone, the server released the lock with it.
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1, $2::int)").bind(LOCK_NAMESPACE).bind(id).execute(&mut *lock).await;
+        result.map(|_| ())
+    }
+
+    /// The overlapped loop: read batch N and embed it while batch N-1 is being written.
+    async fn pipeline(
+        &self,
+        generation: Generation,
+        target: Target,
+        until_caught_up: bool,
+        mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<i64, ProjectorError> {
+        let g = generation.generation;
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(NOTIFY_CHANNEL).await?;
+        // Re-read under the lock: a previous holder may have moved it.
+        let mut checkpoint = load(&self.pool, g).await?.checkpoint;
+        let mut read_after = checkpoint;
+        let mut writing: Option<JoinHandle<Result<(i64, usize), ProjectorError>>> = None;
+        loop {
+            let events = self.store.read_all(read_after, self.options.batch_events).await?;
+            if events.is_empty() {
+                if let Some(w) = writing.take() {
+                    checkpoint = join(w).await?;
+                }
+                if until_caught_up {
+                    return Ok(g);
+                }
+                if target == Target::Active && active(&self.pool).await?.map(|a| a.generation) != Some(g) {
+                    // A rebuild switched generations: start over on the new active one.
+                    return Err(ProjectorError::LostCheckpoint { generation: g, expected: checkpoint });
+                }
+                tokio::select! {
+                    _ = listener.recv() => {}
+                    _ = tokio::time::sleep(self.options.poll_interval) => {}
+                    _ = shutdown.as_mut() => return Ok(g),
+                }
+                continue;
+            }
+            read_after = events.last().map(|e| e.position).unwrap_or(read_after);
+            let prepared = self.prepare(events).await?;
+            if let Some(w) = writing.take() {
+                checkpoint = join(w).await?;
+            }
+            let (prepared, stopped) = self.split_at_failure(prepared);
+            if let Some(e) = stopped {
+                if prepared.last_position > checkpoint {
+                    self.write(g, checkpoint, prepared).await?;
+                }
+                return Err(e);
+            }
+            let this = self.clone();
+            let expected = checkpoint;
+            let last = prepared.last_position;
+            writing = Some(tokio::spawn(async move {
+                let n = this.write(g, expected, prepared).await?;
+                Ok((last, n))
+            }));
+            if shutdown_ready(shutdown.as_mut()).await {
+                if let Some(w) = writing.take() {
+                    join(w).await?;
+                }
+                return Ok(g);
+            }
+        }
+    }
+
+    /// Replays parked failures of a generation in position order. An event that now applies is written
+    /// (unless its document has changed since, in which case its effect is already superseded) and marked
+    /// resolved; one that still fails stays parked with one more attempt.
+    pub async fn retry_failures(&self, target: Target) -> Result<RetryReport, ProjectorError> {
+        let generation = self.resolve(target).await?;
+        let g = generation.generation;
+        let parked: Vec<(i64,)> = sqlx::query_as(
+            "SELECT position FROM projection_failures WHERE generation = $1 AND resolved_at IS NULL ORDER BY position",
+        )
+        .bind(g)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut report = RetryReport::default();
+        for (position,) in parked {
+            let events = self.store.read_all(position - 1, 1).await?;
+            let prepared = self.prepare(events).await?;
+            let mut tx = self.pool.begin().await?;
+            let effect = prepared.effects.into_iter().next();
+            let resolved = match &effect {
+                Some(prepare::Effect::Failed { .. }) | None => false,
+                Some(e @ (prepare::Effect::Upsert { scope, id, .. } | prepare::Effect::Remove { scope, id, .. })) => {
+                    let later: Option<i64> = sqlx::query_scalar(
+                        "SELECT position FROM documents WHERE generation = $1 AND scope = $2 AND id = $3 AND position > $4",
+                    )
+                    .bind(g)
+                    .bind(scope)
+                    .bind(id)
+                    .bind(position)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if later.is_none() {
+                        write::apply_effects(&mut tx, g, std::slice::from_ref(e)).await?;
+                    }
+                    true
+                }
+            };
+            if resolved {
+                sqlx::query("UPDATE projection_failures SET resolved_at = now(), attempts = attempts + 1 WHERE generation = $1 AND position = $2")
+                    .bind(g)
+                    .bind(position)
+                    .execute(&mut *tx)
+                    .await?;
+                report.resolved.push(position);
+            } else {
+                if let Some(prepare::Effect::Failed { error, .. }) = &effect {
+                    sqlx::query("UPDATE projection_failures SET attempts = attempts + 1, error = $3, last_failed_at = now() WHERE generation = $1 AND position = $2")
+                        .bind(g)
+                        .bind(position)
+                        .bind(error)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                report.still_failing.push(position);
+            }
+            tx.commit().await?;
+        }
+        Ok(report)
+    }
+
+    /// Projects the whole log into a new generation while the active one keeps serving, then switches
+    /// over once the new one has caught up with the head, and drops the old one.
+    pub async fn rebuild(&self) -> Result<Generation, ProjectorError> {
+        let building = create_building(&self.pool, self.backend.identity()).await?;
+        let target = Target::Generation(building.generation);
+        loop {
+            self.run_with(target, true, std::future::pending()).await?;
+            if activate_if_caught_up(&self.pool, building.generation).await? {
+                break;
+            }
+        }
+        drop_retired(&self.pool).await?;
+        load(&self.pool, building.generation).await
+    }
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RetryReport {
+    pub resolved: Vec<i64>,
+    pub still_failing: Vec<i64>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct ParkedFailure {
+    pub generation: i64,
+    pub position: i64,
+    pub event_id: uuid::Uuid,
+    pub stream_id: String,
+    pub event_type: String,
+    pub error: String,
+    pub attempts: i32,
+    pub first_failed_at: chrono::DateTime<chrono::Utc>,
+    pub last_failed_at: chrono::DateTime<chrono::Utc>,
+    pub resolved_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Parked failures of every generation (resolved ones too when `all`).
+pub async fn failures(pool: &PgPool, all: bool) -> Result<Vec<ParkedFailure>, ProjectorError> {
+    Ok(sqlx::query_as(
+        "SELECT generation, position, event_id, stream_id, event_type, error, attempts, first_failed_at,
+                last_failed_at, resolved_at
+         FROM projection_failures WHERE $1 OR resolved_at IS NULL ORDER BY generation, position",
+    )
+    .bind(all)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Waits until the active generation has projected `position` (read-your-writes), or times out.
+pub async fn wait_for(pool: &PgPool, position: i64, timeout: Duration) -> Result<i64, ProjectorError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(PROJECTED_CHANNEL).await?;
+    loop {
+        let checkpoint: Option<i64> =
+            sqlx::query_scalar("SELECT checkpoint FROM projections WHERE status = 'active'").fetch_optional(pool).await?;
+        let checkpoint = checkpoint.unwrap_or(0);
+        if checkpoint >= position {
+            return Ok(checkpoint);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(ProjectorError::WaitTimeout { position, checkpoint, waited: timeout });
+        }
+        // The notification wakes us at once; the short poll covers a missed one.
+        let _ = tokio::time::timeout((deadline - now).min(Duration::from_millis(250)), listener.recv()).await;
+    }
+}
+
+async fn join(handle: JoinHandle<Result<(i64, usize), ProjectorError>>) -> Result<i64, ProjectorError> {
+    match handle.await {
+        Ok(Ok((checkpoint, _))) => Ok(checkpoint),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(ProjectorError::Panicked(e.to_string())),
+    }
+}
+
+/// Whether shutdown has been requested, without waiting for it.
+async fn shutdown_ready(shutdown: std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
+    tokio::select! {
+        biased;
+        _ = shutdown => true,
+        _ = std::future::ready(()) => false,
+    }
+}

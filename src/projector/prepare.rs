@@ -1,0 +1,154 @@
+//! Turning a batch of events into read-model effects, embeddings included. This is the model's part of
+//! projection and runs on a blocking thread, outside any database transaction.
+
+use std::collections::HashMap;
+
+use crate::domain::DocumentEvent;
+use crate::event_store::RecordedEvent;
+
+use super::EmbedBackend;
+
+#[derive(Debug, Clone)]
+pub(crate) struct PreparedChunk {
+    pub index: i32,
+    pub char_start: i32,
+    pub char_end: i32,
+    pub text: String,
+    pub tokens: i32,
+    pub embedding: Vec<f32>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Effect {
+    Upsert {
+        scope: String,
+        id: String,
+        version: i64,
+        position: i64,
+        title: String,
+        metadata: serde_json::Value,
+        chunks: Vec<PreparedChunk>,
+    },
+    Remove {
+        scope: String,
+        id: String,
+        version: i64,
+        position: i64,
+    },
+    Failed {
+        position: i64,
+        event_id: uuid::Uuid,
+        stream_id: String,
+        event_type: String,
+        error: String,
+    },
+}
+
+impl Effect {
+    pub fn position(&self) -> i64 {
+        match self {
+            Effect::Upsert { position, .. } | Effect::Remove { position, .. } | Effect::Failed { position, .. } => {
+                *position
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PreparedBatch {
+    pub effects: Vec<Effect>,
+    pub last_position: i64,
+    pub tokens: usize,
+}
+
+fn failed(event: &RecordedEvent, error: String) -> Effect {
+    Effect::Failed {
+        position: event.position,
+        event_id: event.event_id,
+        stream_id: event.stream_id.clone(),
+        event_type: event.event_type.clone(),
+        error,
+    }
+}
+
+/// Decodes, chunks and embeds a batch. An event that cannot be decoded, chunked or embedded becomes a
+/// `Failed` effect on its own; the rest of the batch is unaffected.
+pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> PreparedBatch {
+    let mut effects = Vec::with_capacity(events.len());
+    // (effect index, chunk inputs) for the events that need embeddings.
+    let mut pending: Vec<(usize, Vec<crate::embed::Chunk>)> = Vec::new();
+    for event in events {
+        let decoded = match DocumentEvent::decode(&event.event_type, event.schema_version, &event.payload) {
+            Ok(d) => d,
+            Err(e) => {
+                effects.push(failed(event, e.to_string()));
+                continue;
+            }
+        };
+        match decoded {
+            DocumentEvent::Added { scope, id, content } | DocumentEvent::Updated { scope, id, content } => {
+                match backend.chunk(content.title.as_str(), content.text.as_str()) {
+                    Ok(chunks) => {
+                        pending.push((effects.len(), chunks));
+                        effects.push(Effect::Upsert {
+                            scope: scope.to_string(),
+                            id: id.to_string(),
+                            version: event.version,
+                            position: event.position,
+                            title: content.title.as_str().to_owned(),
+                            metadata: serde_json::Value::Object(content.metadata.as_map().clone()),
+                            chunks: Vec::new(),
+                        });
+                    }
+                    Err(e) => effects.push(failed(event, format!("chunking failed: {e}"))),
+                }
+            }
+            DocumentEvent::Removed { scope, id } => effects.push(Effect::Remove {
+                scope: scope.to_string(),
+                id: id.to_string(),
+                version: event.version,
+                position: event.position,
+            }),
+        }
+    }
+
+    let inputs: Vec<Vec<u32>> = pending.iter().flat_map(|(_, chunks)| chunks.iter().map(|c| c.input_ids.clone())).collect();
+    let tokens = inputs.iter().map(Vec::len).sum();
+    let vectors = match backend.embed(&inputs) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(error = %e, "embedding a batch failed; embedding its events one by one");
+            None
+        }
+    };
+    let by_position: HashMap<i64, &RecordedEvent> = events.iter().map(|e| (e.position, e)).collect();
+    let mut next = 0;
+    for (effect_index, chunks) in pending {
+        let embedded = match &vectors {
+            Some(all) => Ok(all[next..next + chunks.len()].to_vec()),
+            None => backend.embed(&chunks.iter().map(|c| c.input_ids.clone()).collect::<Vec<_>>()),
+        };
+        next += chunks.len();
+        let position = effects[effect_index].position();
+        match embedded {
+            Ok(vectors) => {
+                if let Effect::Upsert { chunks: out, .. } = &mut effects[effect_index] {
+                    *out = chunks
+                        .into_iter()
+                        .zip(vectors)
+                        .map(|(c, embedding)| PreparedChunk {
+                            index: c.index as i32,
+                            char_start: c.char_start as i32,
+                            char_end: c.char_end as i32,
+                            text: c.text,
+                            tokens: c.text_tokens as i32,
+                            embedding,
+                        })
+                        .collect();
+                }
+            }
+            Err(e) => effects[effect_index] = failed(by_position[&position], format!("embedding failed: {e}")),
+        }
+    }
+    PreparedBatch { effects, last_position: events.last().map(|e| e.position).unwrap_or(0), tokens }
+}

@@ -1,0 +1,87 @@
+//! What the read side looks like right now: the log head, each generation's checkpoint and lag, row
+//! counts and parked failures; as a report and in the Prometheus text format.
+
+use sqlx::PgPool;
+
+use super::ProjectorError;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProjectionStatus {
+    pub generation: i64,
+    pub status: String,
+    pub model: String,
+    pub dimension: i32,
+    pub checkpoint: i64,
+    pub lag_events: i64,
+    /// Age of the oldest event not yet projected (0 when caught up).
+    pub lag_seconds: f64,
+    pub documents: i64,
+    pub current_chunks: i64,
+    pub parked_failures: i64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusReport {
+    pub head: i64,
+    pub projections: Vec<ProjectionStatus>,
+}
+
+pub async fn status(pool: &PgPool) -> Result<StatusReport, ProjectorError> {
+    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head").fetch_one(pool).await?;
+    let rows: Vec<(i64, String, String, String, i32, i64, Option<f64>, i64, i64, i64)> = sqlx::query_as(
+        "SELECT p.generation, p.status, p.model_name, p.model_revision, p.dimension, p.checkpoint,
+                (SELECT extract(epoch FROM now() - e.recorded_at)::float8 FROM events e WHERE e.position = p.checkpoint + 1),
+                (SELECT count(*) FROM documents d WHERE d.generation = p.generation AND NOT d.removed),
+                (SELECT count(*) FROM chunks c WHERE c.generation = p.generation AND c.valid_to IS NULL),
+                (SELECT count(*) FROM projection_failures f WHERE f.generation = p.generation AND f.resolved_at IS NULL)
+         FROM projections p ORDER BY p.generation",
+    )
+    .fetch_all(pool)
+    .await?;
+    let projections = rows
+        .into_iter()
+        .map(|(generation, status, name, revision, dimension, checkpoint, lag, documents, chunks, failures)| ProjectionStatus {
+            generation,
+            status,
+            model: format!("{name}@{revision}"),
+            dimension,
+            checkpoint,
+            lag_events: head - checkpoint,
+            lag_seconds: lag.unwrap_or(0.0).max(0.0),
+            documents,
+            current_chunks: chunks,
+            parked_failures: failures,
+        })
+        .collect();
+    Ok(StatusReport { head, projections })
+}
+
+impl StatusReport {
+    /// Gauges in the Prometheus text exposition format.
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP recall_log_head_position Position of the last committed event.\n# TYPE recall_log_head_position gauge\n");
+        out.push_str(&format!("recall_log_head_position {}\n", self.head));
+        let gauges: [(&str, &str, fn(&ProjectionStatus) -> f64); 6] = [
+            ("recall_projection_checkpoint", "Last log position projected.", |p| p.checkpoint as f64),
+            ("recall_projection_lag_events", "Events not yet projected.", |p| p.lag_events as f64),
+            ("recall_projection_lag_seconds", "Age of the oldest event not yet projected.", |p| p.lag_seconds),
+            ("recall_projection_documents", "Live documents in the read model.", |p| p.documents as f64),
+            ("recall_projection_chunks", "Current chunks in the read model.", |p| p.current_chunks as f64),
+            ("recall_projection_parked_failures", "Events parked by the projector.", |p| p.parked_failures as f64),
+        ];
+        for (name, help, value) in gauges {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+            for p in &self.projections {
+                out.push_str(&format!(
+                    "{name}{{generation=\"{}\",status=\"{}\",model=\"{}\"}} {}\n",
+                    p.generation,
+                    p.status,
+                    p.model.replace('"', "'"),
+                    value(p)
+                ));
+            }
+        }
+        out
+    }
+}

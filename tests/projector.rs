@@ -1,0 +1,379 @@
+//! The projector against a real PostgreSQL with pgvector and the real model: add/update/remove
+//! semantics with history, parked failures and their retry, the stop policy, model checks,
+//! read-your-writes, rebuild, and concurrent writers.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use recall::commands::{CommandContext, CommandHandler};
+use recall::domain::{DocumentCommand, DocumentContent, DocumentId, DocumentKey, DocumentState, Limits, Metadata, Scope, Text, Title};
+use recall::embed::{Chunk, EmbedError, ModelIdentity};
+use recall::event_store::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
+use recall::projector::{self, EmbedBackend, OnError, Projector, ProjectorError, ProjectorOptions, Target};
+use sqlx::PgPool;
+
+fn key(id: &str) -> DocumentKey {
+    DocumentKey::new(Scope::default(), DocumentId::parse(id).unwrap())
+}
+
+fn content(title: &str, text: &str) -> DocumentContent {
+    DocumentContent {
+        title: Title::parse(title).unwrap(),
+        text: Text::parse(text.into(), &Limits::default()).unwrap(),
+        metadata: Metadata::parse(serde_json::json!({"lang": "en"})).unwrap(),
+    }
+}
+
+async fn setup(backend: Arc<dyn EmbedBackend>, options: ProjectorOptions) -> (PgPool, CommandHandler, Projector) {
+    let (pool, _) = common::fresh_database().await;
+    let store = EventStore::new(pool.clone());
+    (pool, CommandHandler::new(store.clone()), Projector::new(store, backend, options))
+}
+
+async fn add(h: &CommandHandler, id: &str, title: &str, text: &str) {
+    h.execute(&key(id), DocumentCommand::Add { content: content(title, text) }, &CommandContext::default()).await.unwrap();
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()
+        / (a.iter().map(|x| x * x).sum::<f32>().sqrt() * b.iter().map(|x| x * x).sum::<f32>().sqrt())
+}
+
+fn long_text() -> String {
+    (0..60).map(|i| format!("Sentence number {i} talks about vector databases and event sourcing in some detail. ")).collect()
+}
+
+#[derive(sqlx::FromRow, Debug, PartialEq)]
+struct ChunkRow {
+    document_id: String,
+    chunk_index: i32,
+    valid_from: i64,
+    valid_to: Option<i64>,
+    char_start: i32,
+    char_end: i32,
+    text: String,
+}
+
+async fn chunks(pool: &PgPool) -> Vec<ChunkRow> {
+    sqlx::query_as(
+        "SELECT document_id, chunk_index, valid_from, valid_to, char_start, char_end, text FROM chunks
+         ORDER BY document_id, valid_from, chunk_index",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn adds_updates_and_removes_project_with_their_history() {
+    let (pool, h, p) = setup(common::model_backend(), ProjectorOptions::default()).await;
+    add(&h, "short", "Sorting", "Lists can be sorted in place.").await;
+    add(&h, "long", "Notes", &long_text()).await;
+    add(&h, "gone", "Temp", "This document will be removed.").await;
+    let ctx = CommandContext::default();
+    h.execute(&key("short"), DocumentCommand::Update { content: content("Sorting", "Use sorted() for a new list."), expected_version: Some(1) }, &ctx).await.unwrap();
+    h.execute(&key("gone"), DocumentCommand::Remove { expected_version: None }, &ctx).await.unwrap();
+    let generation = p.run_until_caught_up(Target::Active).await.unwrap();
+    assert_eq!(generation.checkpoint, 5);
+
+    let docs: Vec<(String, i64, bool, i64, String)> =
+        sqlx::query_as("SELECT id, version, removed, position, title FROM documents ORDER BY id").fetch_all(&pool).await.unwrap();
+    assert_eq!(
+        docs,
+        vec![
+            ("gone".into(), 2, true, 5, "Temp".into()),
+            ("long".into(), 1, false, 2, "Notes".into()),
+            ("short".into(), 2, false, 4, "Sorting".into()),
+        ]
+    );
+
+    let rows = chunks(&pool).await;
+    let short: Vec<_> = rows.iter().filter(|r| r.document_id == "short").collect();
+    assert_eq!(short.len(), 2, "the superseded chunk is kept for as-of reads");
+    assert_eq!((short[0].valid_from, short[0].valid_to), (1, Some(4)));
+    assert_eq!((short[1].valid_from, short[1].valid_to, short[1].text.as_str()), (4, None, "Use sorted() for a new list."));
+    let gone: Vec<_> = rows.iter().filter(|r| r.document_id == "gone").collect();
+    assert_eq!((gone.len(), gone[0].valid_to), (1, Some(5)), "a removal closes the chunks");
+
+    let long: Vec<_> = rows.iter().filter(|r| r.document_id == "long").collect();
+    assert!(long.len() >= 3, "a long document is chunked");
+    assert_eq!(long[0].char_start, 0);
+    assert_eq!(long.last().unwrap().char_end as usize, long_text().chars().count());
+    assert!(long.windows(2).all(|w| w[1].char_start <= w[0].char_end && w[1].char_start > w[0].char_start));
+
+    // The stored vector is the model's embedding of "title text".
+    let stored: pgvector::Vector = sqlx::query_scalar("SELECT embedding FROM chunks WHERE document_id = 'short' AND valid_to IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let expected = common::model_backend().embedder().encode(&["Sorting Use sorted() for a new list."]).unwrap().remove(0);
+    assert!(cosine(&stored.to_vec(), &expected) >= 0.9999);
+
+    let status = projector::status(&pool).await.unwrap();
+    assert_eq!(status.head, 5);
+    assert_eq!((status.projections[0].lag_events, status.projections[0].documents, status.projections[0].parked_failures), (0, 2, 0));
+    assert!(status.to_prometheus().contains("recall_projection_lag_events{generation=\"1\""));
+}
+
+/// The real model in front of a switch that breaks chunking for texts containing "POISON".
+struct Faulty {
+    inner: Arc<dyn EmbedBackend>,
+    broken: AtomicBool,
+}
+
+impl EmbedBackend for Faulty {
+    fn identity(&self) -> &ModelIdentity {
+        self.inner.identity()
+    }
+    fn chunk(&self, title: &str, text: &str) -> Result<Vec<Chunk>, EmbedError> {
+        if self.broken.load(Ordering::SeqCst) && text.contains("POISON") {
+            return Err(EmbedError::Tokenizer("injected failure".into()));
+        }
+        self.inner.chunk(title, text)
+    }
+    fn embed(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.inner.embed(inputs)
+    }
+}
+
+async fn append_undecodable(pool: &PgPool) {
+    EventStore::new(pool.clone())
+        .append(AppendRequest {
+            stream_id: "default:weird".into(),
+            scope: "default".into(),
+            expected: ExpectedVersion::Any,
+            events: vec![NewEvent {
+                event_id: uuid::Uuid::now_v7(),
+                event_type: "DocumentAdded".into(),
+                schema_version: 1,
+                payload: r#"{"nonsense": true}"#.into(),
+                metadata: "{}".into(),
+                causation_id: None,
+                correlation_id: None,
+                actor: None,
+            }],
+        })
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_poison_event_is_parked_later_events_project_and_retry_applies_it_after_a_fix() {
+    let faulty = Arc::new(Faulty { inner: common::model_backend(), broken: AtomicBool::new(true) });
+    let (pool, h, p) = setup(faulty.clone(), ProjectorOptions::default()).await;
+    add(&h, "a", "", "first document").await;
+    add(&h, "poison", "", "this text contains POISON").await;
+    append_undecodable(&pool).await;
+    add(&h, "c", "", "a later document").await;
+    let generation = p.run_until_caught_up(Target::Active).await.unwrap();
+    assert_eq!(generation.checkpoint, 4, "the projector went on past the failures");
+
+    let live: Vec<String> = sqlx::query_scalar("SELECT id FROM documents ORDER BY id").fetch_all(&pool).await.unwrap();
+    assert_eq!(live, vec!["a", "c"]);
+    let parked = projector::failures(&pool, false).await.unwrap();
+    assert_eq!(parked.iter().map(|f| f.position).collect::<Vec<_>>(), vec![2, 3]);
+    assert!(parked[0].error.contains("injected failure"), "{}", parked[0].error);
+    assert!(parked[1].error.contains("cannot decode DocumentAdded"), "{}", parked[1].error);
+    assert_eq!(projector::status(&pool).await.unwrap().projections[0].parked_failures, 2);
+
+    // Still broken: nothing resolves, attempts are counted.
+    let report = p.retry_failures(Target::Active).await.unwrap();
+    assert_eq!(report.still_failing, vec![2, 3]);
+
+    faulty.broken.store(false, Ordering::SeqCst);
+    let report = p.retry_failures(Target::Active).await.unwrap();
+    assert_eq!((report.resolved, report.still_failing), (vec![2], vec![3]));
+    let live: Vec<String> = sqlx::query_scalar("SELECT id FROM documents ORDER BY id").fetch_all(&pool).await.unwrap();
+    assert_eq!(live, vec!["a", "c", "poison"]);
+    let parked = projector::failures(&pool, false).await.unwrap();
+    assert_eq!((parked.len(), parked[0].position, parked[0].attempts), (1, 3, 3));
+}
+
+#[tokio::test]
+async fn the_stop_policy_halts_just_before_the_failure() {
+    let options = ProjectorOptions { on_error: OnError::Stop, batch_events: 2, ..Default::default() };
+    let (pool, h, p) = setup(common::model_backend(), options).await;
+    add(&h, "a", "", "one").await;
+    add(&h, "b", "", "two").await;
+    add(&h, "c", "", "three").await;
+    append_undecodable(&pool).await;
+    add(&h, "e", "", "five").await;
+    match p.run_until_caught_up(Target::Active).await {
+        Err(ProjectorError::Stopped { position: 4, .. }) => {}
+        other => panic!("expected a stop at position 4, got {other:?}"),
+    }
+    let g = projector::active(&pool).await.unwrap().unwrap();
+    assert_eq!(g.checkpoint, 3);
+    assert!(projector::failures(&pool, true).await.unwrap().is_empty(), "stopping parks nothing");
+}
+
+struct OtherModel {
+    identity: ModelIdentity,
+}
+
+impl EmbedBackend for OtherModel {
+    fn identity(&self) -> &ModelIdentity {
+        &self.identity
+    }
+    fn chunk(&self, _: &str, _: &str) -> Result<Vec<Chunk>, EmbedError> {
+        unreachable!("refused before any work")
+    }
+    fn embed(&self, _: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        unreachable!("refused before any work")
+    }
+}
+
+#[tokio::test]
+async fn another_dimension_or_another_model_is_refused() {
+    let (pool, h, p) = setup(common::model_backend(), ProjectorOptions::default()).await;
+    add(&h, "a", "", "text").await;
+    let wide = Arc::new(OtherModel { identity: ModelIdentity { name: "wide".into(), revision: "1".into(), dimension: 768 } });
+    let err = Projector::new(EventStore::new(pool.clone()), wide, ProjectorOptions::default()).step(Target::Active).await.unwrap_err();
+    assert!(matches!(err, ProjectorError::DimensionMismatch { table: 384, .. }), "{err}");
+    assert!(err.to_string().contains("768-dimensional"), "{err}");
+
+    p.run_until_caught_up(Target::Active).await.unwrap();
+    let other = Arc::new(OtherModel { identity: ModelIdentity { name: "other".into(), revision: "2".into(), dimension: 384 } });
+    let err = Projector::new(EventStore::new(pool.clone()), other, ProjectorOptions::default()).step(Target::Active).await.unwrap_err();
+    assert!(matches!(err, ProjectorError::ModelMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("recall rebuild"), "{err}");
+}
+
+#[tokio::test]
+async fn wait_for_returns_once_projected_and_times_out_otherwise() {
+    let (pool, h, p) = setup(common::model_backend(), ProjectorOptions::default()).await;
+    add(&h, "a", "", "text").await;
+    p.run_until_caught_up(Target::Active).await.unwrap();
+    add(&h, "b", "", "more text").await;
+    let err = projector::wait_for(&pool, 2, Duration::from_millis(200)).await.unwrap_err();
+    assert!(matches!(err, ProjectorError::WaitTimeout { position: 2, checkpoint: 1, .. }), "{err}");
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn({
+        let p = p.clone();
+        async move { p.run(Target::Active, async { stopped.await.ok(); }).await }
+    });
+    assert_eq!(projector::wait_for(&pool, 2, Duration::from_secs(60)).await.unwrap(), 2);
+    add(&h, "c", "", "even more").await;
+    assert!(projector::wait_for(&pool, 3, Duration::from_secs(60)).await.unwrap() >= 3, "woken by NOTIFY");
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+}
+
+type Snapshot = Vec<(String, i32, i64, Option<i64>, i32, i32, String, String)>;
+
+/// Same rows, same offsets and text; embeddings equal up to float rounding (batch shapes differ).
+fn assert_same_read_model(a: &Snapshot, b: &Snapshot) {
+    assert_eq!(a.len(), b.len());
+    let parse = |v: &str| -> Vec<f32> { v.trim_matches(['[', ']']).split(',').map(|x| x.parse().unwrap()).collect() };
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!((&x.0, x.1, x.2, x.3, x.4, x.5, &x.6), (&y.0, y.1, y.2, y.3, y.4, y.5, &y.6));
+        assert!(cosine(&parse(&x.7), &parse(&y.7)) >= 0.99999, "embeddings of {} chunk {}", x.0, x.1);
+    }
+}
+
+async fn read_model_snapshot(pool: &PgPool, generation: i64) -> Snapshot {
+    sqlx::query_as(
+        "SELECT document_id, chunk_index, valid_from, valid_to, char_start, char_end, text, embedding::text FROM chunks
+         WHERE generation = $1 ORDER BY document_id, valid_from, chunk_index",
+    )
+    .bind(generation)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_rebuild_yields_the_live_read_model_and_switches_over() {
+    let (pool, h, p) = setup(common::model_backend(), ProjectorOptions { batch_events: 3, ..Default::default() }).await;
+    for i in 0..8 {
+        add(&h, &format!("d{i}"), "T", &format!("document number {i} about topic {}", i % 3)).await;
+    }
+    h.execute(&key("d1"), DocumentCommand::Remove { expected_version: None }, &CommandContext::default()).await.unwrap();
+    let live = p.run_until_caught_up(Target::Active).await.unwrap();
+    let before = read_model_snapshot(&pool, live.generation).await;
+
+    let rebuilt = Projector::new(EventStore::new(pool.clone()), common::model_backend(), ProjectorOptions { batch_events: 5, ..Default::default() })
+        .rebuild()
+        .await
+        .unwrap();
+    assert_ne!(rebuilt.generation, live.generation);
+    assert_eq!(rebuilt.status, "active");
+    let after = read_model_snapshot(&pool, rebuilt.generation).await;
+    assert_eq!(before.len(), after.len());
+    assert_same_read_model(&before, &after);
+    let gens: Vec<(i64, String)> = sqlx::query_as("SELECT generation, status FROM projections").fetch_all(&pool).await.unwrap();
+    assert_eq!(gens, vec![(rebuilt.generation, "active".to_string())], "the old generation is dropped");
+}
+
+/// Writers add, update and remove while the projector runs; afterwards every document's read model
+/// matches its own stream: the right version, removed or not, and current chunks with the current text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_while_projecting_lose_nothing_and_keep_order() {
+    let (pool, h, p) = setup(common::model_backend(), ProjectorOptions { batch_events: 8, ..Default::default() }).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn({
+        let p = p.clone();
+        async move { p.run(Target::Active, async { stopped.await.ok(); }).await }
+    });
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let h = h.clone();
+            tokio::spawn(async move {
+                use rand::Rng;
+                let ctx = CommandContext::default();
+                for i in 0..40 {
+                    let id = format!("doc{}", rand::thread_rng().gen_range(0..12));
+                    let command = match rand::thread_rng().gen_range(0..3) {
+                        0 => DocumentCommand::Add { content: content("T", &format!("writer {w} op {i} adds {id}")) },
+                        1 => DocumentCommand::Update { content: content("T", &format!("writer {w} op {i} rewrites {id}")), expected_version: None },
+                        _ => DocumentCommand::Remove { expected_version: None },
+                    };
+                    // Rejections (adding a live id, updating a removed one) are part of the mix.
+                    let _ = h.execute(&key(&id), command, &ctx).await;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let head = h.store().head().await.unwrap();
+    projector::wait_for(&pool, head, Duration::from_secs(120)).await.unwrap();
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+
+    for i in 0..12 {
+        let k = key(&format!("doc{i}"));
+        let state = h.load(&k).await.unwrap();
+        let row: Option<(i64, bool)> = sqlx::query_as("SELECT version, removed FROM documents WHERE id = $1")
+            .bind(k.id.as_str())
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+        let current: Vec<String> = sqlx::query_scalar(
+            "SELECT text FROM chunks WHERE document_id = $1 AND valid_to IS NULL ORDER BY chunk_index",
+        )
+        .bind(k.id.as_str())
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        match state {
+            DocumentState::Absent => assert!(row.is_none() && current.is_empty()),
+            DocumentState::Removed { version } => {
+                assert_eq!(row, Some((version as i64, true)));
+                assert!(current.is_empty(), "removed content came back for {}", k.id);
+            }
+            DocumentState::Live { version, content } => {
+                assert_eq!(row, Some((version as i64, false)));
+                assert_eq!(current.concat(), content.text.as_str(), "stale text for {}", k.id);
+            }
+        }
+    }
+    let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks").fetch_one(&pool).await.unwrap();
+    assert!(versions >= 12);
+}
