@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use recall::commands::{CommandContext, CommandHandler};
-use recall::domain::{DocumentCommand, DocumentContent, DocumentId, DocumentKey, DocumentState, Limits, Metadata, Scope, Text, Title};
+use recall::domain::{
+    DocumentCommand, DocumentContent, DocumentId, DocumentKey, DocumentState, Limits, Metadata, Scope, Text, Title,
+};
 use recall::embed::{Chunk, EmbedError, ModelIdentity};
 use recall::event_store::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
 use recall::projector::{self, EmbedBackend, OnError, Projector, ProjectorError, ProjectorOptions, Target};
@@ -30,11 +32,23 @@ fn content(title: &str, text: &str) -> DocumentContent {
 async fn setup(backend: Arc<dyn EmbedBackend>, options: ProjectorOptions) -> (PgPool, CommandHandler, Projector) {
     let (pool, _) = common::fresh_database().await;
     let store = EventStore::new(pool.clone());
-    (pool, CommandHandler::new(store.clone()), Projector::new(store, backend, options))
+    (
+        pool,
+        CommandHandler::new(store.clone()),
+        Projector::new(store, backend, options),
+    )
 }
 
 async fn add(h: &CommandHandler, id: &str, title: &str, text: &str) {
-    h.execute(&key(id), DocumentCommand::Add { content: content(title, text) }, &CommandContext::default()).await.unwrap();
+    h.execute(
+        &key(id),
+        DocumentCommand::Add {
+            content: content(title, text),
+        },
+        &CommandContext::default(),
+    )
+    .await
+    .unwrap();
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -43,7 +57,9 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn long_text() -> String {
-    (0..60).map(|i| format!("Sentence number {i} talks about vector databases and event sourcing in some detail. ")).collect()
+    (0..60)
+        .map(|i| format!("Sentence number {i} talks about vector databases and event sourcing in some detail. "))
+        .collect()
 }
 
 #[derive(sqlx::FromRow, Debug, PartialEq)]
@@ -74,13 +90,27 @@ async fn adds_updates_and_removes_project_with_their_history() {
     add(&h, "long", "Notes", &long_text()).await;
     add(&h, "gone", "Temp", "This document will be removed.").await;
     let ctx = CommandContext::default();
-    h.execute(&key("short"), DocumentCommand::Update { content: content("Sorting", "Use sorted() for a new list."), expected_version: Some(1) }, &ctx).await.unwrap();
-    h.execute(&key("gone"), DocumentCommand::Remove { expected_version: None }, &ctx).await.unwrap();
+    h.execute(
+        &key("short"),
+        DocumentCommand::Update {
+            content: content("Sorting", "Use sorted() for a new list."),
+            expected_version: Some(1),
+        },
+        &ctx,
+    )
+    .await
+    .unwrap();
+    h.execute(&key("gone"), DocumentCommand::Remove { expected_version: None }, &ctx)
+        .await
+        .unwrap();
     let generation = p.run_until_caught_up(Target::Active).await.unwrap();
     assert_eq!(generation.checkpoint, 5);
 
     let docs: Vec<(String, i64, bool, i64, String)> =
-        sqlx::query_as("SELECT id, version, removed, position, title FROM documents ORDER BY id").fetch_all(&pool).await.unwrap();
+        sqlx::query_as("SELECT id, version, removed, position, title FROM documents ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert_eq!(
         docs,
         vec![
@@ -94,28 +124,51 @@ async fn adds_updates_and_removes_project_with_their_history() {
     let short: Vec<_> = rows.iter().filter(|r| r.document_id == "short").collect();
     assert_eq!(short.len(), 2, "the superseded chunk is kept for as-of reads");
     assert_eq!((short[0].valid_from, short[0].valid_to), (1, Some(4)));
-    assert_eq!((short[1].valid_from, short[1].valid_to, short[1].text.as_str()), (4, None, "Use sorted() for a new list."));
+    assert_eq!(
+        (short[1].valid_from, short[1].valid_to, short[1].text.as_str()),
+        (4, None, "Use sorted() for a new list.")
+    );
     let gone: Vec<_> = rows.iter().filter(|r| r.document_id == "gone").collect();
-    assert_eq!((gone.len(), gone[0].valid_to), (1, Some(5)), "a removal closes the chunks");
+    assert_eq!(
+        (gone.len(), gone[0].valid_to),
+        (1, Some(5)),
+        "a removal closes the chunks"
+    );
 
     let long: Vec<_> = rows.iter().filter(|r| r.document_id == "long").collect();
     assert!(long.len() >= 3, "a long document is chunked");
     assert_eq!(long[0].char_start, 0);
     assert_eq!(long.last().unwrap().char_end as usize, long_text().chars().count());
-    assert!(long.windows(2).all(|w| w[1].char_start <= w[0].char_end && w[1].char_start > w[0].char_start));
+    assert!(long
+        .windows(2)
+        .all(|w| w[1].char_start <= w[0].char_end && w[1].char_start > w[0].char_start));
 
     // The stored vector is the model's embedding of "title text".
-    let stored: pgvector::Vector = sqlx::query_scalar("SELECT embedding FROM chunks WHERE document_id = 'short' AND valid_to IS NULL")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let expected = common::model_backend().embedder().encode(&["Sorting Use sorted() for a new list."]).unwrap().remove(0);
+    let stored: pgvector::Vector =
+        sqlx::query_scalar("SELECT embedding FROM chunks WHERE document_id = 'short' AND valid_to IS NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let expected = common::model_backend()
+        .embedder()
+        .encode(&["Sorting Use sorted() for a new list."])
+        .unwrap()
+        .remove(0);
     assert!(cosine(&stored.to_vec(), &expected) >= 0.9999);
 
     let status = projector::status(&pool).await.unwrap();
     assert_eq!(status.head, 5);
-    assert_eq!((status.projections[0].lag_events, status.projections[0].documents, status.projections[0].parked_failures), (0, 2, 0));
-    assert!(status.to_prometheus().contains("recall_projection_lag_events{generation=\"1\""));
+    assert_eq!(
+        (
+            status.projections[0].lag_events,
+            status.projections[0].documents,
+            status.projections[0].parked_failures
+        ),
+        (0, 2, 0)
+    );
+    assert!(status
+        .to_prometheus()
+        .contains("recall_projection_lag_events{generation=\"1\""));
 }
 
 /// The real model in front of a switch that breaks chunking for texts containing "POISON".
@@ -163,7 +216,10 @@ async fn append_undecodable(pool: &PgPool) {
 
 #[tokio::test]
 async fn a_poison_event_is_parked_later_events_project_and_retry_applies_it_after_a_fix() {
-    let faulty = Arc::new(Faulty { inner: common::model_backend(), broken: AtomicBool::new(true) });
+    let faulty = Arc::new(Faulty {
+        inner: common::model_backend(),
+        broken: AtomicBool::new(true),
+    });
     let (pool, h, p) = setup(faulty.clone(), ProjectorOptions::default()).await;
     add(&h, "a", "", "first document").await;
     add(&h, "poison", "", "this text contains POISON").await;
@@ -172,13 +228,23 @@ async fn a_poison_event_is_parked_later_events_project_and_retry_applies_it_afte
     let generation = p.run_until_caught_up(Target::Active).await.unwrap();
     assert_eq!(generation.checkpoint, 4, "the projector went on past the failures");
 
-    let live: Vec<String> = sqlx::query_scalar("SELECT id FROM documents ORDER BY id").fetch_all(&pool).await.unwrap();
+    let live: Vec<String> = sqlx::query_scalar("SELECT id FROM documents ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     assert_eq!(live, vec!["a", "c"]);
     let parked = projector::failures(&pool, false).await.unwrap();
     assert_eq!(parked.iter().map(|f| f.position).collect::<Vec<_>>(), vec![2, 3]);
     assert!(parked[0].error.contains("injected failure"), "{}", parked[0].error);
-    assert!(parked[1].error.contains("cannot decode DocumentAdded"), "{}", parked[1].error);
-    assert_eq!(projector::status(&pool).await.unwrap().projections[0].parked_failures, 2);
+    assert!(
+        parked[1].error.contains("cannot decode DocumentAdded"),
+        "{}",
+        parked[1].error
+    );
+    assert_eq!(
+        projector::status(&pool).await.unwrap().projections[0].parked_failures,
+        2
+    );
 
     // Still broken: nothing resolves, attempts are counted.
     let report = p.retry_failures(Target::Active).await.unwrap();
@@ -187,7 +253,10 @@ async fn a_poison_event_is_parked_later_events_project_and_retry_applies_it_afte
     faulty.broken.store(false, Ordering::SeqCst);
     let report = p.retry_failures(Target::Active).await.unwrap();
     assert_eq!((report.resolved, report.still_failing), (vec![2], vec![3]));
-    let live: Vec<String> = sqlx::query_scalar("SELECT id FROM documents ORDER BY id").fetch_all(&pool).await.unwrap();
+    let live: Vec<String> = sqlx::query_scalar("SELECT id FROM documents ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     assert_eq!(live, vec!["a", "c", "poison"]);
     let parked = projector::failures(&pool, false).await.unwrap();
     assert_eq!((parked.len(), parked[0].position, parked[0].attempts), (1, 3, 3));
@@ -195,7 +264,11 @@ async fn a_poison_event_is_parked_later_events_project_and_retry_applies_it_afte
 
 #[tokio::test]
 async fn the_stop_policy_halts_just_before_the_failure() {
-    let options = ProjectorOptions { on_error: OnError::Stop, batch_events: 2, ..Default::default() };
+    let options = ProjectorOptions {
+        on_error: OnError::Stop,
+        batch_events: 2,
+        ..Default::default()
+    };
     let (pool, h, p) = setup(common::model_backend(), options).await;
     add(&h, "a", "", "one").await;
     add(&h, "b", "", "two").await;
@@ -208,7 +281,10 @@ async fn the_stop_policy_halts_just_before_the_failure() {
     }
     let g = projector::active(&pool).await.unwrap().unwrap();
     assert_eq!(g.checkpoint, 3);
-    assert!(projector::failures(&pool, true).await.unwrap().is_empty(), "stopping parks nothing");
+    assert!(
+        projector::failures(&pool, true).await.unwrap().is_empty(),
+        "stopping parks nothing"
+    );
 }
 
 struct OtherModel {
@@ -231,14 +307,35 @@ impl EmbedBackend for OtherModel {
 async fn another_dimension_or_another_model_is_refused() {
     let (pool, h, p) = setup(common::model_backend(), ProjectorOptions::default()).await;
     add(&h, "a", "", "text").await;
-    let wide = Arc::new(OtherModel { identity: ModelIdentity { name: "wide".into(), revision: "1".into(), dimension: 768 } });
-    let err = Projector::new(EventStore::new(pool.clone()), wide, ProjectorOptions::default()).step(Target::Active).await.unwrap_err();
-    assert!(matches!(err, ProjectorError::DimensionMismatch { table: 384, .. }), "{err}");
+    let wide = Arc::new(OtherModel {
+        identity: ModelIdentity {
+            name: "wide".into(),
+            revision: "1".into(),
+            dimension: 768,
+        },
+    });
+    let err = Projector::new(EventStore::new(pool.clone()), wide, ProjectorOptions::default())
+        .step(Target::Active)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ProjectorError::DimensionMismatch { table: 384, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("768-dimensional"), "{err}");
 
     p.run_until_caught_up(Target::Active).await.unwrap();
-    let other = Arc::new(OtherModel { identity: ModelIdentity { name: "other".into(), revision: "2".into(), dimension: 384 } });
-    let err = Projector::new(EventStore::new(pool.clone()), other, ProjectorOptions::default()).step(Target::Active).await.unwrap_err();
+    let other = Arc::new(OtherModel {
+        identity: ModelIdentity {
+            name: "other".into(),
+            revision: "2".into(),
+            dimension: 384,
+        },
+    });
+    let err = Projector::new(EventStore::new(pool.clone()), other, ProjectorOptions::default())
+        .step(Target::Active)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ProjectorError::ModelMismatch { .. }), "{err}");
     assert!(err.to_string().contains("recall rebuild"), "{err}");
 }
@@ -249,17 +346,37 @@ async fn wait_for_returns_once_projected_and_times_out_otherwise() {
     add(&h, "a", "", "text").await;
     p.run_until_caught_up(Target::Active).await.unwrap();
     add(&h, "b", "", "more text").await;
-    let err = projector::wait_for(&pool, 2, Duration::from_millis(200)).await.unwrap_err();
-    assert!(matches!(err, ProjectorError::WaitTimeout { position: 2, checkpoint: 1, .. }), "{err}");
+    let err = projector::wait_for(&pool, 2, Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProjectorError::WaitTimeout {
+                position: 2,
+                checkpoint: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn({
         let p = p.clone();
-        async move { p.run(Target::Active, async { stopped.await.ok(); }).await }
+        async move {
+            p.run(Target::Active, async {
+                stopped.await.ok();
+            })
+            .await
+        }
     });
     assert_eq!(projector::wait_for(&pool, 2, Duration::from_secs(60)).await.unwrap(), 2);
     add(&h, "c", "", "even more").await;
-    assert!(projector::wait_for(&pool, 3, Duration::from_secs(60)).await.unwrap() >= 3, "woken by NOTIFY");
+    assert!(
+        projector::wait_for(&pool, 3, Duration::from_secs(60)).await.unwrap() >= 3,
+        "woken by NOTIFY"
+    );
     stop.send(()).unwrap();
     worker.await.unwrap().unwrap();
 }
@@ -269,10 +386,23 @@ type Snapshot = Vec<(String, i32, i64, Option<i64>, i32, i32, String, String)>;
 /// Same rows, same offsets and text; embeddings equal up to float rounding (batch shapes differ).
 fn assert_same_read_model(a: &Snapshot, b: &Snapshot) {
     assert_eq!(a.len(), b.len());
-    let parse = |v: &str| -> Vec<f32> { v.trim_matches(['[', ']']).split(',').map(|x| x.parse().unwrap()).collect() };
+    let parse = |v: &str| -> Vec<f32> {
+        v.trim_matches(['[', ']'])
+            .split(',')
+            .map(|x| x.parse().unwrap())
+            .collect()
+    };
     for (x, y) in a.iter().zip(b) {
-        assert_eq!((&x.0, x.1, x.2, x.3, x.4, x.5, &x.6), (&y.0, y.1, y.2, y.3, y.4, y.5, &y.6));
-        assert!(cosine(&parse(&x.7), &parse(&y.7)) >= 0.99999, "embeddings of {} chunk {}", x.0, x.1);
+        assert_eq!(
+            (&x.0, x.1, x.2, x.3, x.4, x.5, &x.6),
+            (&y.0, y.1, y.2, y.3, y.4, y.5, &y.6)
+        );
+        assert!(
+            cosine(&parse(&x.7), &parse(&y.7)) >= 0.99999,
+            "embeddings of {} chunk {}",
+            x.0,
+            x.1
+        );
     }
 }
 
@@ -289,36 +419,81 @@ async fn read_model_snapshot(pool: &PgPool, generation: i64) -> Snapshot {
 
 #[tokio::test]
 async fn a_rebuild_yields_the_live_read_model_and_switches_over() {
-    let (pool, h, p) = setup(common::model_backend(), ProjectorOptions { batch_events: 3, ..Default::default() }).await;
+    let (pool, h, p) = setup(
+        common::model_backend(),
+        ProjectorOptions {
+            batch_events: 3,
+            ..Default::default()
+        },
+    )
+    .await;
     for i in 0..8 {
-        add(&h, &format!("d{i}"), "T", &format!("document number {i} about topic {}", i % 3)).await;
+        add(
+            &h,
+            &format!("d{i}"),
+            "T",
+            &format!("document number {i} about topic {}", i % 3),
+        )
+        .await;
     }
-    h.execute(&key("d1"), DocumentCommand::Remove { expected_version: None }, &CommandContext::default()).await.unwrap();
+    h.execute(
+        &key("d1"),
+        DocumentCommand::Remove { expected_version: None },
+        &CommandContext::default(),
+    )
+    .await
+    .unwrap();
     let live = p.run_until_caught_up(Target::Active).await.unwrap();
     let before = read_model_snapshot(&pool, live.generation).await;
 
-    let rebuilt = Projector::new(EventStore::new(pool.clone()), common::model_backend(), ProjectorOptions { batch_events: 5, ..Default::default() })
-        .rebuild()
-        .await
-        .unwrap();
+    let rebuilt = Projector::new(
+        EventStore::new(pool.clone()),
+        common::model_backend(),
+        ProjectorOptions {
+            batch_events: 5,
+            ..Default::default()
+        },
+    )
+    .rebuild()
+    .await
+    .unwrap();
     assert_ne!(rebuilt.generation, live.generation);
     assert_eq!(rebuilt.status, "active");
     let after = read_model_snapshot(&pool, rebuilt.generation).await;
     assert_eq!(before.len(), after.len());
     assert_same_read_model(&before, &after);
-    let gens: Vec<(i64, String)> = sqlx::query_as("SELECT generation, status FROM projections").fetch_all(&pool).await.unwrap();
-    assert_eq!(gens, vec![(rebuilt.generation, "active".to_string())], "the old generation is dropped");
+    let gens: Vec<(i64, String)> = sqlx::query_as("SELECT generation, status FROM projections")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        gens,
+        vec![(rebuilt.generation, "active".to_string())],
+        "the old generation is dropped"
+    );
 }
 
 /// Writers add, update and remove while the projector runs; afterwards every document's read model
 /// matches its own stream: the right version, removed or not, and current chunks with the current text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_while_projecting_lose_nothing_and_keep_order() {
-    let (pool, h, p) = setup(common::model_backend(), ProjectorOptions { batch_events: 8, ..Default::default() }).await;
+    let (pool, h, p) = setup(
+        common::model_backend(),
+        ProjectorOptions {
+            batch_events: 8,
+            ..Default::default()
+        },
+    )
+    .await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn({
         let p = p.clone();
-        async move { p.run(Target::Active, async { stopped.await.ok(); }).await }
+        async move {
+            p.run(Target::Active, async {
+                stopped.await.ok();
+            })
+            .await
+        }
     });
     let writers: Vec<_> = (0..4)
         .map(|w| {
@@ -329,8 +504,13 @@ async fn concurrent_writers_while_projecting_lose_nothing_and_keep_order() {
                 for i in 0..40 {
                     let id = format!("doc{}", rand::thread_rng().gen_range(0..12));
                     let command = match rand::thread_rng().gen_range(0..3) {
-                        0 => DocumentCommand::Add { content: content("T", &format!("writer {w} op {i} adds {id}")) },
-                        1 => DocumentCommand::Update { content: content("T", &format!("writer {w} op {i} rewrites {id}")), expected_version: None },
+                        0 => DocumentCommand::Add {
+                            content: content("T", &format!("writer {w} op {i} adds {id}")),
+                        },
+                        1 => DocumentCommand::Update {
+                            content: content("T", &format!("writer {w} op {i} rewrites {id}")),
+                            expected_version: None,
+                        },
                         _ => DocumentCommand::Remove { expected_version: None },
                     };
                     // Rejections (adding a live id, updating a removed one) are part of the mix.
@@ -343,7 +523,9 @@ async fn concurrent_writers_while_projecting_lose_nothing_and_keep_order() {
         w.await.unwrap();
     }
     let head = h.store().head().await.unwrap();
-    projector::wait_for(&pool, head, Duration::from_secs(120)).await.unwrap();
+    projector::wait_for(&pool, head, Duration::from_secs(120))
+        .await
+        .unwrap();
     stop.send(()).unwrap();
     worker.await.unwrap().unwrap();
 
@@ -374,6 +556,9 @@ async fn concurrent_writers_while_projecting_lose_nothing_and_keep_order() {
             }
         }
     }
-    let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks").fetch_one(&pool).await.unwrap();
+    let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert!(versions >= 12);
 }

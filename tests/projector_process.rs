@@ -42,13 +42,28 @@ fn content(text: String) -> DocumentContent {
 async fn fill(pool: &PgPool, n: usize) -> i64 {
     let h = CommandHandler::new(EventStore::new(pool.clone()));
     let ctx = CommandContext::default();
-    let adds = (0..n).map(|i| (key(i), DocumentCommand::Add { content: content(format!("Document {i} says something about topic {}.", i % 17)) })).collect();
+    let adds = (0..n)
+        .map(|i| {
+            (
+                key(i),
+                DocumentCommand::Add {
+                    content: content(format!("Document {i} says something about topic {}.", i % 17)),
+                },
+            )
+        })
+        .collect();
     for outcome in h.execute_batch(adds, &ctx).await.unwrap() {
         outcome.unwrap();
     }
     let mut changes = Vec::new();
     for i in (0..n).step_by(10) {
-        changes.push((key(i), DocumentCommand::Update { content: content(format!("Document {i}, revised.")), expected_version: Some(1) }));
+        changes.push((
+            key(i),
+            DocumentCommand::Update {
+                content: content(format!("Document {i}, revised.")),
+                expected_version: Some(1),
+            },
+        ));
     }
     for i in (5..n).step_by(25) {
         changes.push((key(i), DocumentCommand::Remove { expected_version: None }));
@@ -60,7 +75,11 @@ async fn fill(pool: &PgPool, n: usize) -> i64 {
 }
 
 async fn checkpoint(pool: &PgPool) -> i64 {
-    projector::active(pool).await.unwrap().map(|g| g.checkpoint).unwrap_or(0)
+    projector::active(pool)
+        .await
+        .unwrap()
+        .map(|g| g.checkpoint)
+        .unwrap_or(0)
 }
 
 type Snapshot = Vec<(String, i32, i64, Option<i64>, i32, i32, String, Vec<f32>)>;
@@ -74,7 +93,9 @@ async fn snapshot(pool: &PgPool, generation: i64) -> Snapshot {
     .fetch_all(pool)
     .await
     .unwrap();
-    rows.into_iter().map(|r| (r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7.to_vec())).collect()
+    rows.into_iter()
+        .map(|r| (r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7.to_vec()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,16 +131,31 @@ async fn sigkilled_projection_restarts_into_exactly_the_clean_read_model() {
     assert_eq!(crashed.checkpoint, head);
 
     // A clean, single run of the same log into a generation of its own.
-    let clean = projector::create_building(&pool, common::model_backend().embedder().identity()).await.unwrap();
-    let p = Projector::new(EventStore::new(pool.clone()), common::model_backend(), ProjectorOptions::default());
-    p.run_until_caught_up(Target::Generation(clean.generation)).await.unwrap();
+    let clean = projector::create_building(&pool, common::model_backend().embedder().identity())
+        .await
+        .unwrap();
+    let p = Projector::new(
+        EventStore::new(pool.clone()),
+        common::model_backend(),
+        ProjectorOptions::default(),
+    );
+    p.run_until_caught_up(Target::Generation(clean.generation))
+        .await
+        .unwrap();
 
     let a = snapshot(&pool, crashed.generation).await;
     let b = snapshot(&pool, clean.generation).await;
-    assert_eq!(a.len(), b.len(), "same number of chunk rows: no duplicates, nothing missing");
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "same number of chunk rows: no duplicates, nothing missing"
+    );
     assert!(a.len() >= 1000 + 100);
     for (x, y) in a.iter().zip(&b) {
-        assert_eq!((&x.0, x.1, x.2, x.3, x.4, x.5, &x.6), (&y.0, y.1, y.2, y.3, y.4, y.5, &y.6));
+        assert_eq!(
+            (&x.0, x.1, x.2, x.3, x.4, x.5, &x.6),
+            (&y.0, y.1, y.2, y.3, y.4, y.5, &y.6)
+        );
         let cos: f32 = x.7.iter().zip(&y.7).map(|(p, q)| p * q).sum();
         assert!(cos >= 0.99999, "embedding of {} chunk {} differs: {cos}", x.0, x.1);
     }

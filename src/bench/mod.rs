@@ -3,9 +3,11 @@
 
 mod append;
 mod embed;
+mod project;
 
 pub use append::{run_append_bench, AppendBenchConfig, AppendBenchReport};
 pub use embed::{run_embed_bench, EmbedBenchReport};
+pub use project::{run_project_bench, ProjectBenchReport};
 
 use std::time::Duration;
 

@@ -58,7 +58,11 @@ async fn projector(model: &ModelArgs, overlap: usize, options: ProjectorOptions)
     let store = open_store().await?;
     let model = model.clone();
     let embedder = tokio::task::spawn_blocking(move || model.load()).await??;
-    Ok(Projector::new(store, Arc::new(ModelBackend::new(embedder, overlap)), options))
+    Ok(Projector::new(
+        store,
+        Arc::new(ModelBackend::new(embedder, overlap)),
+        options,
+    ))
 }
 
 /// A progress line on a terminal: documents/s, tokens/s and the ETA to the head.
@@ -68,7 +72,12 @@ fn spawn_progress(projector: &Projector, head: i64, start: i64) -> Option<tokio:
     }
     let stats = projector.stats();
     let bar = indicatif::ProgressBar::new((head - start) as u64);
-    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} projecting [{elapsed_precise}] {wide_bar} {pos}/{len} events {msg}").expect("template"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} projecting [{elapsed_precise}] {wide_bar} {pos}/{len} events {msg}",
+        )
+        .expect("template"),
+    );
     let started = Instant::now();
     Some(tokio::spawn(async move {
         loop {
@@ -89,11 +98,18 @@ fn spawn_progress(projector: &Projector, head: i64, start: i64) -> Option<tokio:
 }
 
 pub async fn project(args: ProjectArgs) -> anyhow::Result<ExitCode> {
-    let options = ProjectorOptions { batch_events: args.batch.max(1), on_error: args.on_error, ..Default::default() };
+    let options = ProjectorOptions {
+        batch_events: args.batch.max(1),
+        on_error: args.on_error,
+        ..Default::default()
+    };
     let projector = projector(&args.model, args.overlap, options).await?;
     let store = open_store().await?;
     let head = store.head().await?;
-    let start = projector::active(store.pool()).await?.map(|g| g.checkpoint).unwrap_or(0);
+    let start = projector::active(store.pool())
+        .await?
+        .map(|g| g.checkpoint)
+        .unwrap_or(0);
     let progress = spawn_progress(&projector, head, start);
     let result = if args.until_caught_up {
         projector.run_until_caught_up(Target::Active).await.map(|g| {
@@ -110,7 +126,11 @@ pub async fn project(args: ProjectArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn rebuild(args: ProjectArgs) -> anyhow::Result<ExitCode> {
-    let options = ProjectorOptions { batch_events: args.batch.max(1), on_error: args.on_error, ..Default::default() };
+    let options = ProjectorOptions {
+        batch_events: args.batch.max(1),
+        on_error: args.on_error,
+        ..Default::default()
+    };
     let projector = projector(&args.model, args.overlap, options).await?;
     let store = open_store().await?;
     let progress = spawn_progress(&projector, store.head().await?, 0);
@@ -119,13 +139,19 @@ pub async fn rebuild(args: ProjectArgs) -> anyhow::Result<ExitCode> {
         p.abort();
     }
     let generation = generation.context("rebuilding")?;
-    eprintln!("generation {} is active, built with {} up to position {}", generation.generation, generation.model(), generation.checkpoint);
+    eprintln!(
+        "generation {} is active, built with {} up to position {}",
+        generation.generation,
+        generation.model(),
+        generation.checkpoint
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn wait(position: i64, timeout_secs: f64) -> anyhow::Result<ExitCode> {
     let store = open_store().await?;
-    let checkpoint = projector::wait_for(store.pool(), position, Duration::from_secs_f64(timeout_secs.max(0.0))).await?;
+    let checkpoint =
+        projector::wait_for(store.pool(), position, Duration::from_secs_f64(timeout_secs.max(0.0))).await?;
     println!("projected through position {checkpoint}");
     Ok(ExitCode::SUCCESS)
 }
@@ -160,9 +186,16 @@ pub async fn failures(args: FailuresArgs) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
-                println!("resolved {:?}; still failing {:?}", report.resolved, report.still_failing);
+                println!(
+                    "resolved {:?}; still failing {:?}",
+                    report.resolved, report.still_failing
+                );
             }
-            Ok(if report.still_failing.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.still_failing.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         None => {
             let store = open_store().await?;

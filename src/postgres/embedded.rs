@@ -254,11 +254,18 @@ impl EmbeddedServer {
         }
         self.owned_dir(&self.socket_dir(), 0o700)?;
         self.write_settings()?;
+        self.wait_for_orphans()?;
         if self.data_dir().join("postmaster.pid").exists() {
             // The server died without cleaning up (a crash or SIGKILL); its pid file is stale because
             // `running()` found no live postmaster, so remove it rather than trusting pid reuse checks.
             tracing::warn!("removing a stale postmaster.pid");
             let _ = fs::remove_file(self.data_dir().join("postmaster.pid"));
+        }
+        // The dead server's socket and its lock file may be left too. Its pid may still exist as an
+        // unreaped zombie, which PostgreSQL would take for a live postmaster, so clear them ourselves:
+        // we hold the home's lock and found no live server for this data directory.
+        for stale in [format!(".s.PGSQL.{PORT}"), format!(".s.PGSQL.{PORT}.lock")] {
+            let _ = fs::remove_file(self.socket_dir().join(stale));
         }
         if !self.log_file().exists() {
             File::create(self.log_file()).map_err(io("creating the server log"))?;
@@ -277,6 +284,43 @@ impl EmbeddedServer {
         self.run(cmd, "pg_ctl start").map_err(|e| self.with_log_tail(e))?;
         tracing::info!("embedded PostgreSQL started");
         Ok(())
+    }
+
+    /// After a crash, the dead postmaster's children may still be attached to its shared memory for a
+    /// moment; starting a new server under them would be unsafe, so wait for them to go (they exit as
+    /// soon as they notice the postmaster's death).
+    fn wait_for_orphans(&self) -> Result<(), EmbeddedError> {
+        let Ok(pidfile) = fs::read_to_string(self.data_dir().join("postmaster.pid")) else {
+            return Ok(());
+        };
+        // Line 7 holds "<shared memory key> <shared memory id>".
+        let Some(shmid) = pidfile
+            .lines()
+            .nth(6)
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|id| id.parse::<i32>().ok())
+        else {
+            return Ok(());
+        };
+        for _ in 0..200 {
+            // SAFETY: shmctl with IPC_STAT only fills the struct we own.
+            let attached = unsafe {
+                let mut ds: libc::shmid_ds = std::mem::zeroed();
+                if libc::shmctl(shmid, libc::IPC_STAT, &mut ds) != 0 {
+                    return Ok(()); // the segment is gone
+                }
+                ds.shm_nattch
+            };
+            if attached == 0 {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Err(EmbeddedError::CommandFailed {
+            command: "start".into(),
+            status: "old server processes still running".into(),
+            stderr: format!("processes of a crashed server are still attached to shared memory segment {shmid}; stop them (ps -u postgres, or the server user) and retry"),
+        })
     }
 
     fn with_log_tail(&self, error: EmbeddedError) -> EmbeddedError {

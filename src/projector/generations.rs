@@ -22,7 +22,10 @@ impl Generation {
     }
 
     fn admits(&self, identity: &ModelIdentity) -> Result<(), ProjectorError> {
-        if self.model_name == identity.name && self.model_revision == identity.revision && self.dimension as usize == identity.dimension {
+        if self.model_name == identity.name
+            && self.model_revision == identity.revision
+            && self.dimension as usize == identity.dimension
+        {
             Ok(())
         } else {
             Err(ProjectorError::ModelMismatch {
@@ -49,7 +52,10 @@ pub async fn table_dimension(pool: &PgPool) -> Result<usize, ProjectorError> {
 async fn check_dimension(pool: &PgPool, identity: &ModelIdentity) -> Result<(), ProjectorError> {
     let table = table_dimension(pool).await?;
     if table != identity.dimension {
-        return Err(ProjectorError::DimensionMismatch { model: identity.to_string(), table });
+        return Err(ProjectorError::DimensionMismatch {
+            model: identity.to_string(),
+            table,
+        });
     }
     Ok(())
 }
@@ -63,7 +69,11 @@ pub async fn load(pool: &PgPool, generation: i64) -> Result<Generation, Projecto
 }
 
 pub async fn active(pool: &PgPool) -> Result<Option<Generation>, ProjectorError> {
-    Ok(sqlx::query_as(&format!("SELECT {COLUMNS} FROM projections WHERE status = 'active'")).fetch_optional(pool).await?)
+    Ok(
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM projections WHERE status = 'active'"))
+            .fetch_optional(pool)
+            .await?,
+    )
 }
 
 /// The active generation, created (empty, at checkpoint 0) on first use; refused if another model built it.
@@ -111,7 +121,9 @@ pub async fn create_building(pool: &PgPool, identity: &ModelIdentity) -> Result<
 /// append can slip in between the check and the switch. Returns false when it is not caught up yet.
 pub async fn activate_if_caught_up(pool: &PgPool, generation: i64) -> Result<bool, ProjectorError> {
     let mut tx = pool.begin().await?;
-    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head FOR SHARE").fetch_one(&mut *tx).await?;
+    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head FOR SHARE")
+        .fetch_one(&mut *tx)
+        .await?;
     let checkpoint: i64 = sqlx::query_scalar("SELECT checkpoint FROM projections WHERE generation = $1 FOR UPDATE")
         .bind(generation)
         .fetch_one(&mut *tx)
@@ -123,15 +135,20 @@ pub async fn activate_if_caught_up(pool: &PgPool, generation: i64) -> Result<boo
     sqlx::query("UPDATE projections SET status = 'retired', updated_at = now() WHERE status = 'active'")
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE projections SET status = 'active', activated_at = now(), updated_at = now() WHERE generation = $1")
-        .bind(generation)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE projections SET status = 'active', activated_at = now(), updated_at = now() WHERE generation = $1",
+    )
+    .bind(generation)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(true)
 }
 
 /// Drops retired generations and their rows.
 pub async fn drop_retired(pool: &PgPool) -> Result<u64, ProjectorError> {
-    Ok(sqlx::query("DELETE FROM projections WHERE status = 'retired'").execute(pool).await?.rows_affected())
+    Ok(sqlx::query("DELETE FROM projections WHERE status = 'retired'")
+        .execute(pool)
+        .await?
+        .rows_affected())
 }

@@ -23,7 +23,9 @@ use tokio::task::JoinHandle;
 use crate::event_store::{EventStore, EventStoreError, NOTIFY_CHANNEL};
 
 pub use backend::{EmbedBackend, ModelBackend};
-pub use generations::{active, active_for, activate_if_caught_up, create_building, drop_retired, load, table_dimension, Generation};
+pub use generations::{
+    activate_if_caught_up, active, active_for, create_building, drop_retired, load, table_dimension, Generation,
+};
 pub use status::{status, ProjectionStatus, StatusReport};
 pub use write::PROJECTED_CHANNEL;
 
@@ -36,17 +38,34 @@ pub enum ProjectorError {
     #[error("the model {model} makes {model_dim}-dimensional vectors but chunks.embedding holds {table}; use a {table}-dimensional model", model_dim = .model.split('(').nth(1).unwrap_or("?").trim_end_matches(" dims)"))]
     DimensionMismatch { model: String, table: usize },
     #[error("generation {generation} of the read model was built with {stored}, not {offered}; run `recall rebuild` to re-embed everything with the new model")]
-    ModelMismatch { generation: i64, stored: String, offered: String },
+    ModelMismatch {
+        generation: i64,
+        stored: String,
+        offered: String,
+    },
     #[error("generation {generation} does not exist")]
     NoSuchGeneration { generation: i64 },
     #[error("there is no active read-model generation yet; run `recall project` first")]
     NoActiveGeneration,
-    #[error("generation {generation} moved past checkpoint {expected} under this projector (another instance wrote it)")]
+    #[error(
+        "generation {generation} moved past checkpoint {expected} under this projector (another instance wrote it)"
+    )]
     LostCheckpoint { generation: i64, expected: i64 },
     #[error("stopped at position {position} ({event_type} on {stream_id}): {error}; fix the cause and restart, or run with --on-error park")]
-    Stopped { position: i64, stream_id: String, event_type: String, error: String },
-    #[error("timed out after {waited:?} waiting for the projector to pass position {position} (it is at {checkpoint})")]
-    WaitTimeout { position: i64, checkpoint: i64, waited: Duration },
+    Stopped {
+        position: i64,
+        stream_id: String,
+        event_type: String,
+        error: String,
+    },
+    #[error(
+        "timed out after {waited:?} waiting for the projector to pass position {position} (it is at {checkpoint})"
+    )]
+    WaitTimeout {
+        position: i64,
+        checkpoint: i64,
+        waited: Duration,
+    },
     #[error("the embedding thread panicked: {0}")]
     Panicked(String),
 }
@@ -54,7 +73,10 @@ pub enum ProjectorError {
 impl ProjectorError {
     /// Errors that a retry may cure: connections, a lost race, a restarting server.
     fn is_transient(&self) -> bool {
-        matches!(self, ProjectorError::Database(_) | ProjectorError::Store(_) | ProjectorError::LostCheckpoint { .. })
+        matches!(
+            self,
+            ProjectorError::Database(_) | ProjectorError::Store(_) | ProjectorError::LostCheckpoint { .. }
+        )
     }
 }
 
@@ -78,7 +100,11 @@ pub struct ProjectorOptions {
 
 impl Default for ProjectorOptions {
     fn default() -> Self {
-        ProjectorOptions { batch_events: 64, on_error: OnError::Park, poll_interval: Duration::from_secs(1) }
+        ProjectorOptions {
+            batch_events: 256,
+            on_error: OnError::Park,
+            poll_interval: Duration::from_secs(1),
+        }
     }
 }
 
@@ -113,7 +139,13 @@ const LOCK_NAMESPACE: i32 = 0x7265_636c; // "recl"
 
 impl Projector {
     pub fn new(store: EventStore, backend: Arc<dyn EmbedBackend>, options: ProjectorOptions) -> Self {
-        Projector { pool: store.pool().clone(), store, backend, options, stats: Arc::default() }
+        Projector {
+            pool: store.pool().clone(),
+            store,
+            backend,
+            options,
+            stats: Arc::default(),
+        }
     }
 
     pub fn stats(&self) -> Arc<ProjectorStats> {
@@ -129,7 +161,9 @@ impl Projector {
             Target::Active => active_for(&self.pool, self.backend.identity()).await?,
             Target::Generation(g) => load(&self.pool, g).await?,
         };
-        if generation.model_name != self.backend.identity().name || generation.model_revision != self.backend.identity().revision {
+        if generation.model_name != self.backend.identity().name
+            || generation.model_revision != self.backend.identity().revision
+        {
             return Err(ProjectorError::ModelMismatch {
                 generation: generation.generation,
                 stored: generation.model(),
@@ -143,7 +177,10 @@ impl Projector {
     /// projected (0 when caught up). Tests drive the projector with this.
     pub async fn step(&self, target: Target) -> Result<usize, ProjectorError> {
         let generation = self.resolve(target).await?;
-        let events = self.store.read_all(generation.checkpoint, self.options.batch_events).await?;
+        let events = self
+            .store
+            .read_all(generation.checkpoint, self.options.batch_events)
+            .await?;
         if events.is_empty() {
             return Ok(0);
         }
@@ -160,7 +197,10 @@ impl Projector {
         }
     }
 
-    async fn prepare(&self, events: Vec<crate::event_store::RecordedEvent>) -> Result<prepare::PreparedBatch, ProjectorError> {
+    async fn prepare(
+        &self,
+        events: Vec<crate::event_store::RecordedEvent>,
+    ) -> Result<prepare::PreparedBatch, ProjectorError> {
         let backend = self.backend.clone();
         tokio::task::spawn_blocking(move || prepare::prepare(&*backend, &events))
             .await
@@ -173,20 +213,48 @@ impl Projector {
         if self.options.on_error == OnError::Park {
             return (batch, None);
         }
-        let Some(i) = batch.effects.iter().position(|e| matches!(e, prepare::Effect::Failed { .. })) else {
+        let Some(i) = batch
+            .effects
+            .iter()
+            .position(|e| matches!(e, prepare::Effect::Failed { .. }))
+        else {
             return (batch, None);
         };
         let failure = batch.effects.drain(i..).next();
-        let Some(prepare::Effect::Failed { position, stream_id, event_type, error, .. }) = failure else {
+        let Some(prepare::Effect::Failed {
+            position,
+            stream_id,
+            event_type,
+            error,
+            ..
+        }) = failure
+        else {
             unreachable!("found above")
         };
         batch.last_position = position - 1;
-        (batch, Some(ProjectorError::Stopped { position, stream_id, event_type, error }))
+        (
+            batch,
+            Some(ProjectorError::Stopped {
+                position,
+                stream_id,
+                event_type,
+                error,
+            }),
+        )
     }
 
-    async fn write(&self, generation: i64, expected: i64, batch: prepare::PreparedBatch) -> Result<usize, ProjectorError> {
+    async fn write(
+        &self,
+        generation: i64,
+        expected: i64,
+        batch: prepare::PreparedBatch,
+    ) -> Result<usize, ProjectorError> {
         let n = batch.effects.len();
-        let parked = batch.effects.iter().filter(|e| matches!(e, prepare::Effect::Failed { .. })).count();
+        let parked = batch
+            .effects
+            .iter()
+            .filter(|e| matches!(e, prepare::Effect::Failed { .. }))
+            .count();
         let checkpoint = write::write_batch(&self.pool, generation, expected, &batch).await?;
         self.stats.events.fetch_add(n as u64, Ordering::Relaxed);
         self.stats.tokens.fetch_add(batch.tokens as u64, Ordering::Relaxed);
@@ -207,7 +275,12 @@ impl Projector {
         self.run_with(target, false, shutdown).await
     }
 
-    async fn run_with(&self, target: Target, until_caught_up: bool, shutdown: impl Future<Output = ()>) -> Result<(), ProjectorError> {
+    async fn run_with(
+        &self,
+        target: Target,
+        until_caught_up: bool,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ProjectorError> {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -247,7 +320,10 @@ impl Projector {
                 break;
             }
             if !said {
-                tracing::warn!(generation = generation.generation, "another projector is active for this generation; waiting for it to stop");
+                tracing::warn!(
+                    generation = generation.generation,
+                    "another projector is active for this generation; waiting for it to stop"
+                );
                 said = true;
             }
             tokio::select! {
@@ -256,12 +332,19 @@ impl Projector {
             }
         }
         if said {
-            tracing::warn!(generation = generation.generation, "the other projector stopped; this one is now active");
+            tracing::warn!(
+                generation = generation.generation,
+                "the other projector stopped; this one is now active"
+            );
         }
         let id = generation.generation as i32;
         let result = self.pipeline(generation, target, until_caught_up, shutdown).await;
         // Release explicitly; if the connection is gone, the server released the lock with it.
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1, $2::int)").bind(LOCK_NAMESPACE).bind(id).execute(&mut *lock).await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1, $2::int)")
+            .bind(LOCK_NAMESPACE)
+            .bind(id)
+            .execute(&mut *lock)
+            .await;
         result.map(|_| ())
     }
 
@@ -291,7 +374,10 @@ impl Projector {
                 }
                 if target == Target::Active && active(&self.pool).await?.map(|a| a.generation) != Some(g) {
                     // A rebuild switched generations: start over on the new active one.
-                    return Err(ProjectorError::LostCheckpoint { generation: g, expected: checkpoint });
+                    return Err(ProjectorError::LostCheckpoint {
+                        generation: g,
+                        expected: checkpoint,
+                    });
                 }
                 tokio::select! {
                     _ = listener.recv() => {}
@@ -441,15 +527,20 @@ pub async fn wait_for(pool: &PgPool, position: i64, timeout: Duration) -> Result
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(PROJECTED_CHANNEL).await?;
     loop {
-        let checkpoint: Option<i64> =
-            sqlx::query_scalar("SELECT checkpoint FROM projections WHERE status = 'active'").fetch_optional(pool).await?;
+        let checkpoint: Option<i64> = sqlx::query_scalar("SELECT checkpoint FROM projections WHERE status = 'active'")
+            .fetch_optional(pool)
+            .await?;
         let checkpoint = checkpoint.unwrap_or(0);
         if checkpoint >= position {
             return Ok(checkpoint);
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
-            return Err(ProjectorError::WaitTimeout { position, checkpoint, waited: timeout });
+            return Err(ProjectorError::WaitTimeout {
+                position,
+                checkpoint,
+                waited: timeout,
+            });
         }
         // The notification wakes us at once; the short poll covers a missed one.
         let _ = tokio::time::timeout((deadline - now).min(Duration::from_millis(250)), listener.recv()).await;

@@ -112,7 +112,10 @@ pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> P
         }
     }
 
-    let inputs: Vec<Vec<u32>> = pending.iter().flat_map(|(_, chunks)| chunks.iter().map(|c| c.input_ids.clone())).collect();
+    let inputs: Vec<Vec<u32>> = pending
+        .iter()
+        .flat_map(|(_, chunks)| chunks.iter().map(|c| c.input_ids.clone()))
+        .collect();
     let tokens = inputs.iter().map(Vec::len).sum();
     let vectors = match backend.embed(&inputs) {
         Ok(v) => Some(v),
@@ -150,5 +153,9 @@ pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> P
             Err(e) => effects[effect_index] = failed(by_position[&position], format!("embedding failed: {e}")),
         }
     }
-    PreparedBatch { effects, last_position: events.last().map(|e| e.position).unwrap_or(0), tokens }
+    PreparedBatch {
+        effects,
+        last_position: events.last().map(|e| e.position).unwrap_or(0),
+        tokens,
+    }
 }

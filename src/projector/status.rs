@@ -27,7 +27,9 @@ pub struct StatusReport {
 }
 
 pub async fn status(pool: &PgPool) -> Result<StatusReport, ProjectorError> {
-    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head").fetch_one(pool).await?;
+    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
+        .fetch_one(pool)
+        .await?;
     let rows: Vec<(i64, String, String, String, i32, i64, Option<f64>, i64, i64, i64)> = sqlx::query_as(
         "SELECT p.generation, p.status, p.model_name, p.model_revision, p.dimension, p.checkpoint,
                 (SELECT extract(epoch FROM now() - e.recorded_at)::float8 FROM events e WHERE e.position = p.checkpoint + 1),
@@ -40,18 +42,22 @@ pub async fn status(pool: &PgPool) -> Result<StatusReport, ProjectorError> {
     .await?;
     let projections = rows
         .into_iter()
-        .map(|(generation, status, name, revision, dimension, checkpoint, lag, documents, chunks, failures)| ProjectionStatus {
-            generation,
-            status,
-            model: format!("{name}@{revision}"),
-            dimension,
-            checkpoint,
-            lag_events: head - checkpoint,
-            lag_seconds: lag.unwrap_or(0.0).max(0.0),
-            documents,
-            current_chunks: chunks,
-            parked_failures: failures,
-        })
+        .map(
+            |(generation, status, name, revision, dimension, checkpoint, lag, documents, chunks, failures)| {
+                ProjectionStatus {
+                    generation,
+                    status,
+                    model: format!("{name}@{revision}"),
+                    dimension,
+                    checkpoint,
+                    lag_events: head - checkpoint,
+                    lag_seconds: lag.unwrap_or(0.0).max(0.0),
+                    documents,
+                    current_chunks: chunks,
+                    parked_failures: failures,
+                }
+            },
+        )
         .collect();
     Ok(StatusReport { head, projections })
 }
@@ -63,12 +69,30 @@ impl StatusReport {
         out.push_str("# HELP recall_log_head_position Position of the last committed event.\n# TYPE recall_log_head_position gauge\n");
         out.push_str(&format!("recall_log_head_position {}\n", self.head));
         let gauges: [(&str, &str, fn(&ProjectionStatus) -> f64); 6] = [
-            ("recall_projection_checkpoint", "Last log position projected.", |p| p.checkpoint as f64),
-            ("recall_projection_lag_events", "Events not yet projected.", |p| p.lag_events as f64),
-            ("recall_projection_lag_seconds", "Age of the oldest event not yet projected.", |p| p.lag_seconds),
-            ("recall_projection_documents", "Live documents in the read model.", |p| p.documents as f64),
-            ("recall_projection_chunks", "Current chunks in the read model.", |p| p.current_chunks as f64),
-            ("recall_projection_parked_failures", "Events parked by the projector.", |p| p.parked_failures as f64),
+            ("recall_projection_checkpoint", "Last log position projected.", |p| {
+                p.checkpoint as f64
+            }),
+            ("recall_projection_lag_events", "Events not yet projected.", |p| {
+                p.lag_events as f64
+            }),
+            (
+                "recall_projection_lag_seconds",
+                "Age of the oldest event not yet projected.",
+                |p| p.lag_seconds,
+            ),
+            (
+                "recall_projection_documents",
+                "Live documents in the read model.",
+                |p| p.documents as f64,
+            ),
+            ("recall_projection_chunks", "Current chunks in the read model.", |p| {
+                p.current_chunks as f64
+            }),
+            (
+                "recall_projection_parked_failures",
+                "Events parked by the projector.",
+                |p| p.parked_failures as f64,
+            ),
         ];
         for (name, help, value) in gauges {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));

@@ -39,7 +39,11 @@ struct DocumentRows {
 }
 
 /// Applies the effects of a batch inside `tx`; does not touch the checkpoint.
-pub(crate) async fn apply_effects(tx: &mut PgConnection, generation: i64, effects: &[Effect]) -> Result<(), ProjectorError> {
+pub(crate) async fn apply_effects(
+    tx: &mut PgConnection,
+    generation: i64,
+    effects: &[Effect],
+) -> Result<(), ProjectorError> {
     // Current chunks of a document close at the position of the first change to it in this batch; the
     // chunks this batch adds close at the next change within the batch.
     let mut superseded: Vec<(String, String, i64)> = Vec::new();
@@ -50,9 +54,12 @@ pub(crate) async fn apply_effects(tx: &mut PgConnection, generation: i64, effect
     let mut failures = Vec::new();
     for effect in effects {
         let (scope, id, position) = match effect {
-            Effect::Upsert { scope, id, position, .. } | Effect::Remove { scope, id, position, .. } => {
-                (scope, id, *position)
+            Effect::Upsert {
+                scope, id, position, ..
             }
+            | Effect::Remove {
+                scope, id, position, ..
+            } => (scope, id, *position),
             Effect::Failed { .. } => {
                 failures.push(effect);
                 continue;
@@ -71,7 +78,13 @@ pub(crate) async fn apply_effects(tx: &mut PgConnection, generation: i64, effect
             }
         }
         let doc_row = match effect {
-            Effect::Upsert { version, title, metadata, chunks, .. } => {
+            Effect::Upsert {
+                version,
+                title,
+                metadata,
+                chunks,
+                ..
+            } => {
                 let open = open_rows.get_mut(&key).expect("inserted above");
                 for c in chunks {
                     open.push(rows.scope.len());
@@ -86,7 +99,15 @@ pub(crate) async fn apply_effects(tx: &mut PgConnection, generation: i64, effect
                     rows.tokens.push(c.tokens);
                     rows.embedding.push(Vector::from(c.embedding.clone()));
                 }
-                (scope.clone(), id.clone(), title.clone(), metadata.clone(), *version, false, position)
+                (
+                    scope.clone(),
+                    id.clone(),
+                    title.clone(),
+                    metadata.clone(),
+                    *version,
+                    false,
+                    position,
+                )
             }
             Effect::Remove { version, .. } => {
                 // Keep what the document last said, when this batch has it.
@@ -174,7 +195,14 @@ pub(crate) async fn apply_effects(tx: &mut PgConnection, generation: i64, effect
         .await?;
     }
     for failure in failures {
-        if let Effect::Failed { position, event_id, stream_id, event_type, error } = failure {
+        if let Effect::Failed {
+            position,
+            event_id,
+            stream_id,
+            event_type,
+            error,
+        } = failure
+        {
             tracing::warn!(position, %stream_id, %event_type, %error, "parking an event the projector cannot apply");
             sqlx::query(
                 "INSERT INTO projection_failures (generation, position, event_id, stream_id, event_type, error)

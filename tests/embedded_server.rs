@@ -1,0 +1,78 @@
+//! The embedded PostgreSQL lifecycle on a home of its own: first-use initdb, sharing between concurrent
+//! starters, recovery from a SIGKILLed server that left its postmaster.pid behind, and stop.
+
+use recall::postgres::{create_database_if_missing, open_with, EmbeddedServer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initialises_is_shared_survives_a_killed_server_and_stops() {
+    let home = tempfile::Builder::new()
+        .prefix("recall-embedded-")
+        .tempdir_in(std::env::temp_dir())
+        .unwrap();
+    // The server may run as `nobody`: the home must be reachable by it.
+    std::fs::set_permissions(home.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let server = EmbeddedServer::locate(home.path().to_path_buf()).unwrap();
+    assert!(!server.status().initialised);
+
+    // Two starters at once: one initialises and starts, the other finds it running.
+    let starters: Vec<_> = (0..2)
+        .map(|_| {
+            let s = server.clone();
+            std::thread::spawn(move || s.ensure_running())
+        })
+        .collect();
+    for s in starters {
+        s.join().unwrap().unwrap();
+    }
+    let status = server.status();
+    assert!(status.initialised && status.running, "{status:?}");
+    let first_pid = status.pid.unwrap();
+
+    create_database_if_missing(&server.connect_options("postgres"), "recall")
+        .await
+        .unwrap();
+    let pool = open_with(server.connect_options("recall"), 2).await.unwrap();
+    let version: String = sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(!version.is_empty(), "pgvector is installed by the migrations");
+    let listen: String = sqlx::query_scalar("SHOW listen_addresses")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(listen, "", "no TCP listener");
+    let sync: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(sync, "on");
+    pool.close().await;
+
+    // A crash: the postmaster dies without cleaning up; its pid file stays.
+    // SAFETY: sending a signal to a pid we just read from the server's own pid file.
+    assert_eq!(unsafe { libc::kill(first_pid as i32, libc::SIGKILL) }, 0);
+    for _ in 0..100 {
+        if !server.status().running {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        home.path().join("pgdata/postmaster.pid").exists(),
+        "the stale pid file is left behind"
+    );
+    assert!(!server.status().running);
+    // The killed server's children may still be attached to its shared memory; the start waits for them.
+    server.ensure_running().unwrap();
+    let status = server.status();
+    assert!(status.running && status.pid != Some(first_pid), "{status:?}");
+    let pool = open_with(server.connect_options("recall"), 1).await.unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&pool).await.unwrap();
+    assert_eq!(one, 1);
+    pool.close().await;
+
+    assert!(server.stop().unwrap());
+    assert!(!server.status().running);
+    assert!(!server.stop().unwrap(), "stopping a stopped server is a no-op");
+}
