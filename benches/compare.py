@@ -52,7 +52,17 @@ def main():
     os.makedirs(a.work, exist_ok=True)
     plain = os.path.join(a.work, "model.onnx")
     if not os.path.exists(plain):
-        model = st[0].auto_model.eval()
+        class Encoder(torch.nn.Module):
+            # Keyword arguments only: BertModel.forward's positional order changes between releases.
+            def __init__(self, bert):
+                super().__init__()
+                self.bert = bert
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+                return out.last_hidden_state
+
+        model = Encoder(st[0].auto_model.eval())
         dummy = tok(["a b c"], return_tensors="pt")
         torch.onnx.export(model, (dummy["input_ids"], dummy["attention_mask"], dummy["token_type_ids"]), plain,
                           input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["last_hidden_state"],

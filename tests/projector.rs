@@ -303,21 +303,28 @@ impl EmbedBackend for OtherModel {
     }
 }
 
+/// One projector step with a model of the given name and dimension; it must be refused.
+async fn step_with_model(pool: &PgPool, name: &str, dimension: usize) -> ProjectorError {
+    let identity = ModelIdentity {
+        name: name.into(),
+        revision: "1".into(),
+        dimension,
+    };
+    Projector::new(
+        EventStore::new(pool.clone()),
+        Arc::new(OtherModel { identity }),
+        ProjectorOptions::default(),
+    )
+    .step(Target::Active)
+    .await
+    .unwrap_err()
+}
+
 #[tokio::test]
 async fn another_dimension_or_another_model_is_refused() {
     let (pool, h, p) = setup(common::model_backend(), ProjectorOptions::default()).await;
     add(&h, "a", "", "text").await;
-    let wide = Arc::new(OtherModel {
-        identity: ModelIdentity {
-            name: "wide".into(),
-            revision: "1".into(),
-            dimension: 768,
-        },
-    });
-    let err = Projector::new(EventStore::new(pool.clone()), wide, ProjectorOptions::default())
-        .step(Target::Active)
-        .await
-        .unwrap_err();
+    let err = step_with_model(&pool, "wide", 768).await;
     assert!(
         matches!(err, ProjectorError::DimensionMismatch { table: 384, .. }),
         "{err}"
@@ -325,17 +332,7 @@ async fn another_dimension_or_another_model_is_refused() {
     assert!(err.to_string().contains("768-dimensional"), "{err}");
 
     p.run_until_caught_up(Target::Active).await.unwrap();
-    let other = Arc::new(OtherModel {
-        identity: ModelIdentity {
-            name: "other".into(),
-            revision: "2".into(),
-            dimension: 384,
-        },
-    });
-    let err = Projector::new(EventStore::new(pool.clone()), other, ProjectorOptions::default())
-        .step(Target::Active)
-        .await
-        .unwrap_err();
+    let err = step_with_model(&pool, "other", 384).await;
     assert!(matches!(err, ProjectorError::ModelMismatch { .. }), "{err}");
     assert!(err.to_string().contains("recall rebuild"), "{err}");
 }

@@ -64,6 +64,20 @@ async fn scratch_database(name: &str) -> anyhow::Result<(sqlx::PgPool, sqlx::pos
     Ok((pool, admin))
 }
 
+/// Runs `work` on a fresh scratch database and drops the database afterwards, whatever `work` returned.
+async fn on_scratch_database<T, F, Fut>(work: F) -> anyhow::Result<T>
+where
+    F: FnOnce(sqlx::PgPool) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let name = format!("recall_bench_{}", std::process::id());
+    let (pool, admin) = scratch_database(&name).await.context("creating the scratch database")?;
+    let result = work(pool.clone()).await;
+    pool.close().await;
+    drop_database(&admin, &name).await?;
+    result
+}
+
 async fn drop_database(admin: &sqlx::postgres::PgConnectOptions, name: &str) -> anyhow::Result<()> {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect_with(admin).await?;
@@ -124,14 +138,12 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 documents.push((item.key, item.content));
             }
             documents.truncate(limit.unwrap_or(usize::MAX));
-            let name = format!("recall_bench_{}", std::process::id());
-            let (pool, admin) = scratch_database(&name).await.context("creating the scratch database")?;
             let embedder = tokio::task::spawn_blocking(move || model.load()).await??;
             let backend = std::sync::Arc::new(recall::projector::ModelBackend::new(embedder, 32));
-            let report = recall::bench::run_project_bench(EventStore::new(pool.clone()), backend, documents).await;
-            pool.close().await;
-            drop_database(&admin, &name).await?;
-            let report = report?;
+            let report = on_scratch_database(|pool| async move {
+                Ok(recall::bench::run_project_bench(EventStore::new(pool), backend, documents).await?)
+            })
+            .await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -155,9 +167,6 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             batch,
             json,
         } => {
-            let name = format!("recall_bench_{}", std::process::id());
-            let (pool, admin) = scratch_database(&name).await.context("creating the scratch database")?;
-            let handler = CommandHandler::new(EventStore::new(pool.clone()));
             let config = AppendBenchConfig {
                 single_commands: single,
                 clients,
@@ -165,10 +174,10 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 bulk_documents: bulk,
                 bulk_batch: batch,
             };
-            let report = run_append_bench(&handler, config).await;
-            pool.close().await;
-            drop_database(&admin, &name).await?;
-            let report = report?;
+            let report = on_scratch_database(|pool| async move {
+                Ok(run_append_bench(&CommandHandler::new(EventStore::new(pool)), config).await?)
+            })
+            .await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

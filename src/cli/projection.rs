@@ -97,48 +97,61 @@ fn spawn_progress(projector: &Projector, head: i64, start: i64) -> Option<tokio:
     }))
 }
 
+impl ProjectArgs {
+    async fn projector(&self) -> anyhow::Result<Projector> {
+        let options = ProjectorOptions {
+            batch_events: self.batch.max(1),
+            on_error: self.on_error,
+            ..Default::default()
+        };
+        projector(&self.model, self.overlap, options).await
+    }
+}
+
+/// Runs `work` with a progress line from `start` to `head`, removing the line afterwards.
+async fn with_progress<T>(
+    projector: &Projector,
+    head: i64,
+    start: i64,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let progress = spawn_progress(projector, head, start);
+    let result = work.await;
+    if let Some(p) = progress {
+        p.abort();
+    }
+    result
+}
+
 pub async fn project(args: ProjectArgs) -> anyhow::Result<ExitCode> {
-    let options = ProjectorOptions {
-        batch_events: args.batch.max(1),
-        on_error: args.on_error,
-        ..Default::default()
-    };
-    let projector = projector(&args.model, args.overlap, options).await?;
+    let projector = args.projector().await?;
     let store = open_store().await?;
     let head = store.head().await?;
     let start = projector::active(store.pool())
         .await?
         .map(|g| g.checkpoint)
         .unwrap_or(0);
-    let progress = spawn_progress(&projector, head, start);
-    let result = if args.until_caught_up {
-        projector.run_until_caught_up(Target::Active).await.map(|g| {
-            eprintln!("caught up: generation {} at position {}", g.generation, g.checkpoint);
-        })
-    } else {
-        projector.run(Target::Active, shutdown_signal()).await
+    let work = async {
+        if args.until_caught_up {
+            projector.run_until_caught_up(Target::Active).await.map(|g| {
+                eprintln!("caught up: generation {} at position {}", g.generation, g.checkpoint);
+            })
+        } else {
+            projector.run(Target::Active, shutdown_signal()).await
+        }
     };
-    if let Some(p) = progress {
-        p.abort();
-    }
-    result.context("projecting")?;
+    with_progress(&projector, head, start, work)
+        .await
+        .context("projecting")?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn rebuild(args: ProjectArgs) -> anyhow::Result<ExitCode> {
-    let options = ProjectorOptions {
-        batch_events: args.batch.max(1),
-        on_error: args.on_error,
-        ..Default::default()
-    };
-    let projector = projector(&args.model, args.overlap, options).await?;
-    let store = open_store().await?;
-    let progress = spawn_progress(&projector, store.head().await?, 0);
-    let generation = projector.rebuild().await;
-    if let Some(p) = progress {
-        p.abort();
-    }
-    let generation = generation.context("rebuilding")?;
+    let projector = args.projector().await?;
+    let head = open_store().await?.head().await?;
+    let generation = with_progress(&projector, head, 0, projector.rebuild())
+        .await
+        .context("rebuilding")?;
     eprintln!(
         "generation {} is active, built with {} up to position {}",
         generation.generation,

@@ -16,6 +16,18 @@ struct Norm {
     beta: Vec<f32>,
 }
 
+impl Norm {
+    /// The fused `layer_norm(x + bias + residual)` with this norm's parameters.
+    fn after<'a>(&'a self, bias: &'a [f32], eps: f32) -> BiasResidualLayerNorm<'a> {
+        BiasResidualLayerNorm {
+            bias,
+            gamma: &self.gamma,
+            beta: &self.beta,
+            eps,
+        }
+    }
+}
+
 /// A weight matrix in both layouts: the tensor for the general GEMM on large batches, and packed panels
 /// for a few rows.
 struct Weight {
@@ -145,6 +157,13 @@ impl PackedBert {
 
     /// Mean-pooled, L2-normalised embeddings of the given inputs (each with its special tokens), in order.
     pub(crate) fn embed(&self, inputs: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        // Enter the thread pool once for the whole forward pass: every parallel kernel inside then runs
+        // as worker-local work, instead of each of its ~50 calls handing a job to the pool and sleeping
+        // until it is done (which costs a thread wake-up each, and dominates a short query).
+        rayon::scope(|_| self.forward(inputs))
+    }
+
+    fn forward(&self, inputs: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let h = self.hidden;
         let mut offsets = Vec::with_capacity(inputs.len() + 1);
         offsets.push(0usize);
@@ -188,27 +207,17 @@ impl PackedBert {
                 heads: self.heads,
                 qkv_bias: &layer.qkv_bias,
             })?;
-            let attended = layer.attention_out_t.apply(&context)?.apply_op2_no_bwd(
-                &x,
-                &BiasResidualLayerNorm {
-                    bias: &layer.attention_out_bias,
-                    gamma: &layer.attention_norm.gamma,
-                    beta: &layer.attention_norm.beta,
-                    eps: self.eps,
-                },
-            )?;
+            let attended = layer
+                .attention_out_t
+                .apply(&context)?
+                .apply_op2_no_bwd(&x, &layer.attention_norm.after(&layer.attention_out_bias, self.eps))?;
             let intermediate = layer.intermediate_t.apply(&attended)?.apply_op1_no_bwd(&BiasGelu {
                 bias: &layer.intermediate_bias,
             })?;
-            x = layer.output_t.apply(&intermediate)?.apply_op2_no_bwd(
-                &attended,
-                &BiasResidualLayerNorm {
-                    bias: &layer.output_bias,
-                    gamma: &layer.output_norm.gamma,
-                    beta: &layer.output_norm.beta,
-                    eps: self.eps,
-                },
-            )?;
+            x = layer
+                .output_t
+                .apply(&intermediate)?
+                .apply_op2_no_bwd(&attended, &layer.output_norm.after(&layer.output_bias, self.eps))?;
         }
         let x = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         Ok(offsets
