@@ -1,0 +1,117 @@
+//! The projector and the command path survive PostgreSQL going away and coming back: on a server of
+//! their own, SIGKILLed mid-stream and restarted, everything committed is projected in the end.
+
+mod common;
+
+use std::time::Duration;
+
+use recall::commands::{CommandContext, CommandHandler};
+use recall::domain::{DocumentCommand, DocumentContent, DocumentId, DocumentKey, Limits, Metadata, Scope, Text, Title};
+use recall::event_store::EventStore;
+use recall::postgres::{create_database_if_missing, open_with, EmbeddedServer};
+use recall::projector::{self, Projector, ProjectorOptions, Target};
+
+fn add(i: usize) -> (DocumentKey, DocumentCommand) {
+    let content = DocumentContent {
+        title: Title::parse("Reconnect").unwrap(),
+        text: Text::parse(format!("Document {i} before and after the outage."), &Limits::default()).unwrap(),
+        metadata: Metadata::default(),
+    };
+    (
+        DocumentKey::new(Scope::default(), DocumentId::parse(&format!("r{i}")).unwrap()),
+        DocumentCommand::Add { content },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_projector_recovers_on_its_own_after_the_database_restarts() {
+    let home = tempfile::Builder::new()
+        .prefix("recall-reconnect-")
+        .tempdir_in(std::env::temp_dir())
+        .unwrap();
+    std::fs::set_permissions(home.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let server = EmbeddedServer::locate(home.path().to_path_buf()).unwrap();
+    let s = server.clone();
+    tokio::task::spawn_blocking(move || s.ensure_running())
+        .await
+        .unwrap()
+        .unwrap();
+    create_database_if_missing(&server.connect_options("postgres"), "recall")
+        .await
+        .unwrap();
+    let pool = open_with(server.connect_options("recall"), 8).await.unwrap();
+    let store = EventStore::new(pool.clone());
+    let handler = CommandHandler::new(store.clone());
+    let ctx = CommandContext::default();
+
+    let p = Projector::new(
+        store.clone(),
+        common::model_backend(),
+        ProjectorOptions {
+            poll_interval: Duration::from_millis(200),
+            ..Default::default()
+        },
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn({
+        let p = p.clone();
+        async move {
+            p.run(Target::Active, async {
+                stopped.await.ok();
+            })
+            .await
+        }
+    });
+    for i in 0..20 {
+        let (k, c) = add(i);
+        handler.execute(&k, c, &ctx).await.unwrap();
+    }
+    projector::wait_for(&pool, 20, Duration::from_secs(60)).await.unwrap();
+
+    // The server dies hard and comes back.
+    let pid = server.status().pid.unwrap();
+    // SAFETY: signalling the embedded server's own postmaster.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (k, c) = add(100);
+    assert!(
+        handler.execute(&k, c, &ctx).await.is_err(),
+        "commands fail while the database is down"
+    );
+    let s = server.clone();
+    tokio::task::spawn_blocking(move || s.ensure_running())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Commands work again once stale connections have been replaced; then the projector catches up by itself.
+    let mut appended = 20;
+    for i in 20..40 {
+        let (k, c) = add(i);
+        for attempt in 0.. {
+            match handler.execute(&k, c.clone(), &ctx).await {
+                Ok(_) => break,
+                Err(e) if attempt < 20 => {
+                    tracing::info!(%e, "retrying after the restart");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("commands did not recover: {e}"),
+            }
+        }
+        appended += 1;
+    }
+    let head = store.head().await.unwrap();
+    assert_eq!(head, appended);
+    projector::wait_for(&pool, head, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let documents: i64 = sqlx::query_scalar("SELECT count(*) FROM documents")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(documents, 40);
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+    pool.close().await;
+    server.stop().unwrap();
+}
