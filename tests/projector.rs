@@ -358,24 +358,14 @@ async fn wait_for_returns_once_projected_and_times_out_otherwise() {
         "{err}"
     );
 
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn({
-        let p = p.clone();
-        async move {
-            p.run(Target::Active, async {
-                stopped.await.ok();
-            })
-            .await
-        }
-    });
+    let worker = p.spawn(Target::Active);
     assert_eq!(projector::wait_for(&pool, 2, Duration::from_secs(60)).await.unwrap(), 2);
     add(&h, "c", "", "even more").await;
     assert!(
         projector::wait_for(&pool, 3, Duration::from_secs(60)).await.unwrap() >= 3,
         "woken by NOTIFY"
     );
-    stop.send(()).unwrap();
-    worker.await.unwrap().unwrap();
+    worker.stop().await.unwrap();
 }
 
 type Snapshot = Vec<(String, i32, i64, Option<i64>, i32, i32, String, String)>;
@@ -482,16 +472,7 @@ async fn concurrent_writers_while_projecting_lose_nothing_and_keep_order() {
         },
     )
     .await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn({
-        let p = p.clone();
-        async move {
-            p.run(Target::Active, async {
-                stopped.await.ok();
-            })
-            .await
-        }
-    });
+    let worker = p.spawn(Target::Active);
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let h = h.clone();
@@ -523,8 +504,7 @@ async fn concurrent_writers_while_projecting_lose_nothing_and_keep_order() {
     projector::wait_for(&pool, head, Duration::from_secs(120))
         .await
         .unwrap();
-    stop.send(()).unwrap();
-    worker.await.unwrap().unwrap();
+    worker.stop().await.unwrap();
 
     for i in 0..12 {
         let k = key(&format!("doc{i}"));

@@ -52,16 +52,7 @@ async fn the_projector_recovers_on_its_own_after_the_database_restarts() {
             ..Default::default()
         },
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn({
-        let p = p.clone();
-        async move {
-            p.run(Target::Active, async {
-                stopped.await.ok();
-            })
-            .await
-        }
-    });
+    let worker = p.spawn(Target::Active);
     for i in 0..20 {
         let (k, c) = add(i);
         handler.execute(&k, c, &ctx).await.unwrap();
@@ -110,8 +101,7 @@ async fn the_projector_recovers_on_its_own_after_the_database_restarts() {
         .await
         .unwrap();
     assert_eq!(documents, 40);
-    stop.send(()).unwrap();
-    worker.await.unwrap().unwrap();
+    worker.stop().await.unwrap();
     pool.close().await;
     server.stop().unwrap();
 }

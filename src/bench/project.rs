@@ -77,17 +77,7 @@ pub async fn run_project_bench(
     let projection = t.elapsed();
 
     // Single documents on an idle system, with the projector running and waiting on NOTIFY.
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn({
-        let projector = projector.clone();
-        async move {
-            projector
-                .run(Target::Active, async {
-                    stopped.await.ok();
-                })
-                .await
-        }
-    });
+    let worker = projector.spawn(Target::Active);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut visible = Vec::new();
     let mut embed = Vec::new();
@@ -130,8 +120,7 @@ pub async fn run_project_bench(
         embed.push(e);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = stop.send(());
-    worker.await.map_err(|e| ProjectorError::Panicked(e.to_string()))??;
+    worker.stop().await?;
 
     let raw_rate = tokens as f64 / raw.as_secs_f64();
     let projection_rate = tokens as f64 / projection.as_secs_f64();

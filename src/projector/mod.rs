@@ -489,6 +489,36 @@ impl Projector {
     }
 }
 
+/// A projector running on a task of its own (as `recall serve` and the benchmarks run it).
+pub struct RunningProjector {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ProjectorError>>,
+}
+
+impl RunningProjector {
+    /// Asks it to finish its current batch and stop; returns how its run ended.
+    pub async fn stop(self) -> Result<(), ProjectorError> {
+        let _ = self.stop.send(());
+        self.task.await.map_err(|e| ProjectorError::Panicked(e.to_string()))?
+    }
+}
+
+impl Projector {
+    /// Starts `run` on a task of its own.
+    pub fn spawn(&self, target: Target) -> RunningProjector {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let projector = self.clone();
+        let task = tokio::spawn(async move {
+            projector
+                .run(target, async {
+                    stopped.await.ok();
+                })
+                .await
+        });
+        RunningProjector { stop, task }
+    }
+}
+
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct RetryReport {
     pub resolved: Vec<i64>,
