@@ -6,6 +6,7 @@
 //! - [`commands`]: the write path: load a stream, decide, append; no model, no vectors.
 //! - [`event_store`]: the append-only log: expected versions, gapless positions, hash chain, readers, NOTIFY.
 //! - [`projector`]: tails the log into the pgvector read model: checkpoints, parked failures, rebuild.
+//! - [`search`]: dense search over current chunks, or as of a past position, with a receipt.
 //! - [`embed`]: model files, tokenizer, token-aware chunker, token-budget batches, Candle BERT, pooling.
 //! - [`postgres`]: the pool, migrations and the embedded server's lifecycle.
 //! - [`bench`]: the measurement drivers behind `recall bench`.
@@ -21,3 +22,4 @@ pub mod event_store;
 pub mod ingest;
 pub mod postgres;
 pub mod projector;
+pub mod search;

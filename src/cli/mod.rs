@@ -5,6 +5,7 @@ mod bench;
 mod documents;
 mod embed;
 mod projection;
+mod search;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +58,8 @@ enum Command {
     },
     /// List the events the projector parked, or retry them.
     Failures(projection::FailuresArgs),
+    /// Search the read model for the chunks nearest a question (or each query of a JSONL file).
+    Search(search::SearchArgs),
     /// Embed JSONL or plain lines with the model; one JSON object a line out.
     Embed(embed::EmbedArgs),
     /// Recompute the hash chain and name the first position that does not match.
@@ -139,6 +142,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Wait { position, timeout } => projection::wait(position, timeout).await,
         Command::Status { json, prometheus } => projection::status(json, prometheus).await,
         Command::Failures(args) => projection::failures(args).await,
+        Command::Search(args) => search::run(args).await,
         Command::Embed(args) => tokio::task::spawn_blocking(move || embed::run(args)).await?,
         Command::Verify { json } => documents::verify(json).await,
         Command::Db { action } => db(action).await,

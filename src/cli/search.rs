@@ -1,0 +1,110 @@
+//! `recall search`: one question, or a BEIR-style queries file, against the read model.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::json;
+
+use recall::domain::Scope;
+use recall::search::{search, SearchRequest};
+
+use super::embed::ModelArgs;
+use super::open_store;
+
+#[derive(Args)]
+pub struct SearchArgs {
+    /// The question.
+    #[arg(required_unless_present = "queries")]
+    query: Option<String>,
+    /// A JSONL file of queries ({"_id", "text"} a line); one JSON line of results per query.
+    #[arg(long, conflicts_with = "query")]
+    queries: Option<std::path::PathBuf>,
+    #[arg(short, long, default_value_t = 10)]
+    k: usize,
+    #[arg(long)]
+    scope: Option<String>,
+    /// Metadata the documents must contain, as a JSON object.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Replay a search as of this log position (a receipt).
+    #[arg(long)]
+    as_of: Option<i64>,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
+    let request = SearchRequest {
+        k: args.k,
+        scope: args.scope.as_deref().map(Scope::parse).transpose()?,
+        filter: args
+            .filter
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .context("--filter is not valid JSON")?,
+        as_of: args.as_of,
+    };
+    let store = open_store().await?;
+    let model = args.model.clone();
+    let embedder = tokio::task::spawn_blocking(move || model.load()).await??;
+    let queries: Vec<(Option<String>, String)> = match (&args.query, &args.queries) {
+        (Some(q), _) => vec![(None, q.clone())],
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let mut out = Vec::new();
+            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+                let id = v
+                    .get("_id")
+                    .or_else(|| v.get("id"))
+                    .map(|id| id.as_str().map(str::to_owned).unwrap_or_else(|| id.to_string()));
+                let q = v["text"]
+                    .as_str()
+                    .with_context(|| format!("{}:{}: no \"text\"", path.display(), i + 1))?;
+                out.push((id, q.to_owned()));
+            }
+            out
+        }
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let texts: Vec<String> = queries.iter().map(|(_, q)| q.clone()).collect();
+    let vectors = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        embedder.encode(&refs)
+    })
+    .await??;
+    for ((id, _), vector) in queries.iter().zip(vectors) {
+        let response = search(store.pool(), &vector, &request).await?;
+        if args.json || args.queries.is_some() {
+            let mut line = serde_json::to_value(&response)?;
+            if let Some(id) = id {
+                line["query_id"] = json!(id);
+            }
+            println!("{line}");
+        } else {
+            println!(
+                "receipt: position {} (replay with --as-of {})",
+                response.position, response.position
+            );
+            for (rank, hit) in response.results.iter().enumerate() {
+                let snippet: String = hit.text.chars().take(160).collect();
+                println!(
+                    "{:>2}. {:.4}  {}:{} #{}  {}\n    {}",
+                    rank + 1,
+                    hit.score,
+                    hit.scope,
+                    hit.document_id,
+                    hit.chunk_index,
+                    hit.title,
+                    snippet.replace('\n', " ")
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
