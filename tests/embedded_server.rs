@@ -1,17 +1,13 @@
 //! The embedded PostgreSQL lifecycle on a home of its own: first-use initdb, sharing between concurrent
 //! starters, recovery from a SIGKILLed server that left its postmaster.pid behind, and stop.
 
-use recall::postgres::{create_database_if_missing, open_with, EmbeddedServer};
+mod common;
+
+use recall::postgres::{create_database_if_missing, open_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initialises_is_shared_survives_a_killed_server_and_stops() {
-    let home = tempfile::Builder::new()
-        .prefix("recall-embedded-")
-        .tempdir_in(std::env::temp_dir())
-        .unwrap();
-    // The server may run as `nobody`: the home must be reachable by it.
-    std::fs::set_permissions(home.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let server = EmbeddedServer::locate(home.path().to_path_buf()).unwrap();
+    let (home, server) = common::private_server("recall-embedded-");
     assert!(!server.status().initialised);
 
     // Two starters at once: one initialises and starts, the other finds it running.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use recall::commands::{CommandContext, CommandHandler};
 use recall::domain::{DocumentCommand, DocumentContent, DocumentId, DocumentKey, Limits, Metadata, Scope, Text, Title};
 use recall::event_store::EventStore;
-use recall::postgres::{create_database_if_missing, open_with, EmbeddedServer};
+use recall::postgres::{create_database_if_missing, open_with};
 use recall::projector::{self, Projector, ProjectorOptions, Target};
 
 fn add(i: usize) -> (DocumentKey, DocumentCommand) {
@@ -25,12 +25,7 @@ fn add(i: usize) -> (DocumentKey, DocumentCommand) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_projector_recovers_on_its_own_after_the_database_restarts() {
-    let home = tempfile::Builder::new()
-        .prefix("recall-reconnect-")
-        .tempdir_in(std::env::temp_dir())
-        .unwrap();
-    std::fs::set_permissions(home.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let server = EmbeddedServer::locate(home.path().to_path_buf()).unwrap();
+    let (_home, server) = common::private_server("recall-reconnect-");
     let s = server.clone();
     tokio::task::spawn_blocking(move || s.ensure_running())
         .await

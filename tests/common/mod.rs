@@ -76,3 +76,15 @@ pub fn model_backend() -> std::sync::Arc<recall::projector::ModelBackend> {
         })
         .clone()
 }
+
+/// An embedded server with a home of its own (for tests that kill or stop it), not yet started.
+pub fn private_server(prefix: &str) -> (tempfile::TempDir, EmbeddedServer) {
+    let home = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(std::env::temp_dir())
+        .unwrap();
+    // The server may run as `nobody`: the home must be reachable by it.
+    std::fs::set_permissions(home.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let server = EmbeddedServer::locate(home.path().to_path_buf()).unwrap();
+    (home, server)
+}
