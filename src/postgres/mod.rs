@@ -1,5 +1,5 @@
 //! Where the data lives: a private, embedded PostgreSQL cluster under `RECALL_HOME` by default, or any
-//! PostgreSQL 14+ with pgvector named by `DATABASE_URL`. Either way the pool comes back migrated.
+//! PostgreSQL 14+ with pgvector 0.8+ named by `DATABASE_URL`. Either way the pool comes back migrated.
 
 mod embedded;
 
@@ -34,7 +34,7 @@ pub enum PostgresError {
         #[source]
         source: sqlx::Error,
     },
-    #[error("applying migrations failed: {0}; the server needs PostgreSQL 14+ with the pgvector extension available")]
+    #[error("applying migrations failed: {0}; the server needs PostgreSQL 14+ with the pgvector extension (0.8 or later) available")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
