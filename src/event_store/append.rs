@@ -98,7 +98,7 @@ impl EventStore {
         &self,
         tx: &mut sqlx::PgConnection,
         requests: &[AppendRequest],
-    ) -> Result<Vec<Result<Appended, AppendRejection>>, EventStoreError> {
+    ) -> Result<AppendResults, EventStoreError> {
         append_in(tx, requests, true).await
     }
 }
@@ -128,132 +128,130 @@ async fn append_in(
     tx: &mut sqlx::PgConnection,
     requests: &[AppendRequest],
     look_up_event_ids: bool,
-) -> Result<Vec<Result<Appended, AppendRejection>>, EventStoreError> {
-    {
-        let classify = EventStoreError::classify;
-        let (head, last_hash): (i64, Vec<u8>) = sqlx::query_as("SELECT position, last_hash FROM log_head FOR UPDATE")
-            .fetch_one(&mut *tx)
+) -> Result<AppendResults, EventStoreError> {
+    let classify = EventStoreError::classify;
+    let (head, last_hash): (i64, Vec<u8>) = sqlx::query_as("SELECT position, last_hash FROM log_head FOR UPDATE")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(classify)?;
+
+    // Read after the lock is held: this statement's snapshot sees every earlier append.
+    let stream_ids: Vec<String> = requests.iter().map(|r| r.stream_id.clone()).collect();
+    let mut versions: HashMap<String, u64> = sqlx::query_as::<_, (String, i64)>(
+        // One index probe per stream, whatever the statistics say: with `stream_id = ANY($1)` a generic
+        // plan may scan the whole log once per array element.
+        "SELECT s.id, v.version FROM unnest($1::text[]) AS s(id)
+     CROSS JOIN LATERAL (SELECT max(version) AS version FROM events e WHERE e.stream_id = s.id) v
+     WHERE v.version IS NOT NULL",
+    )
+    .bind(&stream_ids)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(classify)?
+    .into_iter()
+    .map(|(s, v)| (s, v as u64))
+    .collect();
+
+    let stored = if look_up_event_ids {
+        let ids: Vec<Uuid> = requests
+            .iter()
+            .flat_map(|r| r.events.iter().map(|e| e.event_id))
+            .collect();
+        stored_event_ids(tx, &ids).await?
+    } else {
+        HashMap::new()
+    };
+
+    let recorded_at = Utc::now().trunc_subsecs(6);
+    let mut position = head;
+    let mut previous = last_hash;
+    let mut columns = Columns::default();
+    let mut results = Vec::with_capacity(requests.len());
+    for request in requests {
+        if let Some(ack) = acknowledge_retry(request, &stored)? {
+            results.push(Ok(ack));
+            continue;
+        }
+        let actual = versions.get(&request.stream_id).copied().unwrap_or(0);
+        if !request.expected.admits(actual) {
+            results.push(Err(AppendRejection {
+                stream_id: request.stream_id.clone(),
+                expected: request.expected,
+                actual,
+            }));
+            continue;
+        }
+        let mut version = actual;
+        for event in &request.events {
+            position += 1;
+            version += 1;
+            let hash = HashInput {
+                position,
+                stream_id: &request.stream_id,
+                scope: &request.scope,
+                version: version as i64,
+                event_type: &event.event_type,
+                schema_version: event.schema_version,
+                event_id: event.event_id,
+                causation_id: event.causation_id,
+                correlation_id: event.correlation_id,
+                actor: event.actor.as_deref(),
+                recorded_at_micros: recorded_at.timestamp_micros(),
+                payload: &event.payload,
+                metadata: &event.metadata,
+            }
+            .chain(&previous);
+            previous = hash.to_vec();
+            columns.push(position, version as i64, request, event, recorded_at, previous.clone());
+        }
+        versions.insert(request.stream_id.clone(), version);
+        results.push(Ok(Appended {
+            position,
+            version,
+            already_appended: false,
+        }));
+    }
+
+    // A retry whose expected version no longer holds (it already moved the stream) is still a retry.
+    let rejected: Vec<usize> = (0..results.len()).filter(|&i| results[i].is_err()).collect();
+    if !look_up_event_ids && !rejected.is_empty() {
+        let ids: Vec<Uuid> = rejected
+            .iter()
+            .flat_map(|&i| requests[i].events.iter().map(|e| e.event_id))
+            .collect();
+        let stored = stored_event_ids(tx, &ids).await?;
+        for i in rejected {
+            if let Some(ack) = acknowledge_retry(&requests[i], &stored)? {
+                results[i] = Ok(ack);
+            }
+        }
+    }
+
+    if position > head {
+        let c = columns;
+        sqlx::query(INSERT_AND_MOVE_HEAD)
+            .bind(c.position)
+            .bind(c.event_id)
+            .bind(c.stream_id)
+            .bind(c.scope)
+            .bind(c.version)
+            .bind(c.event_type)
+            .bind(c.schema_version)
+            .bind(c.payload)
+            .bind(c.metadata)
+            .bind(c.causation_id)
+            .bind(c.correlation_id)
+            .bind(c.actor)
+            .bind(c.recorded_at)
+            .bind(c.hash)
+            .bind(position)
+            .bind(&previous)
+            .bind(NOTIFY_CHANNEL)
+            .execute(&mut *tx)
             .await
             .map_err(classify)?;
-
-        // Read after the lock is held: this statement's snapshot sees every earlier append.
-        let stream_ids: Vec<String> = requests.iter().map(|r| r.stream_id.clone()).collect();
-        let mut versions: HashMap<String, u64> = sqlx::query_as::<_, (String, i64)>(
-            // One index probe per stream, whatever the statistics say: with `stream_id = ANY($1)` a generic
-            // plan may scan the whole log once per array element.
-            "SELECT s.id, v.version FROM unnest($1::text[]) AS s(id)
-         CROSS JOIN LATERAL (SELECT max(version) AS version FROM events e WHERE e.stream_id = s.id) v
-         WHERE v.version IS NOT NULL",
-        )
-        .bind(&stream_ids)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(classify)?
-        .into_iter()
-        .map(|(s, v)| (s, v as u64))
-        .collect();
-
-        let stored = if look_up_event_ids {
-            let ids: Vec<Uuid> = requests
-                .iter()
-                .flat_map(|r| r.events.iter().map(|e| e.event_id))
-                .collect();
-            stored_event_ids(tx, &ids).await?
-        } else {
-            HashMap::new()
-        };
-
-        let recorded_at = Utc::now().trunc_subsecs(6);
-        let mut position = head;
-        let mut previous = last_hash;
-        let mut columns = Columns::default();
-        let mut results = Vec::with_capacity(requests.len());
-        for request in requests {
-            if let Some(ack) = acknowledge_retry(request, &stored)? {
-                results.push(Ok(ack));
-                continue;
-            }
-            let actual = versions.get(&request.stream_id).copied().unwrap_or(0);
-            if !request.expected.admits(actual) {
-                results.push(Err(AppendRejection {
-                    stream_id: request.stream_id.clone(),
-                    expected: request.expected,
-                    actual,
-                }));
-                continue;
-            }
-            let mut version = actual;
-            for event in &request.events {
-                position += 1;
-                version += 1;
-                let hash = HashInput {
-                    position,
-                    stream_id: &request.stream_id,
-                    scope: &request.scope,
-                    version: version as i64,
-                    event_type: &event.event_type,
-                    schema_version: event.schema_version,
-                    event_id: event.event_id,
-                    causation_id: event.causation_id,
-                    correlation_id: event.correlation_id,
-                    actor: event.actor.as_deref(),
-                    recorded_at_micros: recorded_at.timestamp_micros(),
-                    payload: &event.payload,
-                    metadata: &event.metadata,
-                }
-                .chain(&previous);
-                previous = hash.to_vec();
-                columns.push(position, version as i64, request, event, recorded_at, previous.clone());
-            }
-            versions.insert(request.stream_id.clone(), version);
-            results.push(Ok(Appended {
-                position,
-                version,
-                already_appended: false,
-            }));
-        }
-
-        // A retry whose expected version no longer holds (it already moved the stream) is still a retry.
-        let rejected: Vec<usize> = (0..results.len()).filter(|&i| results[i].is_err()).collect();
-        if !look_up_event_ids && !rejected.is_empty() {
-            let ids: Vec<Uuid> = rejected
-                .iter()
-                .flat_map(|&i| requests[i].events.iter().map(|e| e.event_id))
-                .collect();
-            let stored = stored_event_ids(tx, &ids).await?;
-            for i in rejected {
-                if let Some(ack) = acknowledge_retry(&requests[i], &stored)? {
-                    results[i] = Ok(ack);
-                }
-            }
-        }
-
-        if position > head {
-            let c = columns;
-            sqlx::query(INSERT_AND_MOVE_HEAD)
-                .bind(c.position)
-                .bind(c.event_id)
-                .bind(c.stream_id)
-                .bind(c.scope)
-                .bind(c.version)
-                .bind(c.event_type)
-                .bind(c.schema_version)
-                .bind(c.payload)
-                .bind(c.metadata)
-                .bind(c.causation_id)
-                .bind(c.correlation_id)
-                .bind(c.actor)
-                .bind(c.recorded_at)
-                .bind(c.hash)
-                .bind(position)
-                .bind(&previous)
-                .bind(NOTIFY_CHANNEL)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-        }
-        Ok(results)
     }
+    Ok(results)
 }
 
 impl Columns {

@@ -21,7 +21,7 @@ impl Generation {
         format!("{}@{}", self.model_name, self.model_revision)
     }
 
-    fn admits(&self, identity: &ModelIdentity) -> Result<(), ProjectorError> {
+    pub(crate) fn admits(&self, identity: &ModelIdentity) -> Result<(), ProjectorError> {
         if self.model_name == identity.name
             && self.model_revision == identity.revision
             && self.dimension as usize == identity.dimension
@@ -53,7 +53,8 @@ async fn check_dimension(pool: &PgPool, identity: &ModelIdentity) -> Result<(), 
     let table = table_dimension(pool).await?;
     if table != identity.dimension {
         return Err(ProjectorError::DimensionMismatch {
-            model: identity.to_string(),
+            model: format!("{}@{}", identity.name, identity.revision),
+            dimension: identity.dimension,
             table,
         });
     }

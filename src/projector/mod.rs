@@ -35,8 +35,12 @@ pub enum ProjectorError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Store(#[from] EventStoreError),
-    #[error("the model {model} makes {model_dim}-dimensional vectors but chunks.embedding holds {table}; use a {table}-dimensional model", model_dim = .model.split('(').nth(1).unwrap_or("?").trim_end_matches(" dims)"))]
-    DimensionMismatch { model: String, table: usize },
+    #[error("the model {model} makes {dimension}-dimensional vectors but chunks.embedding holds {table}; use a {table}-dimensional model")]
+    DimensionMismatch {
+        model: String,
+        dimension: usize,
+        table: usize,
+    },
     #[error("generation {generation} of the read model was built with {stored}, not {offered}; run `recall rebuild` to re-embed everything with the new model")]
     ModelMismatch {
         generation: i64,
@@ -161,15 +165,7 @@ impl Projector {
             Target::Active => active_for(&self.pool, self.backend.identity()).await?,
             Target::Generation(g) => load(&self.pool, g).await?,
         };
-        if generation.model_name != self.backend.identity().name
-            || generation.model_revision != self.backend.identity().revision
-        {
-            return Err(ProjectorError::ModelMismatch {
-                generation: generation.generation,
-                stored: generation.model(),
-                offered: format!("{}@{}", self.backend.identity().name, self.backend.identity().revision),
-            });
-        }
+        generation.admits(self.backend.identity())?;
         Ok(generation)
     }
 
