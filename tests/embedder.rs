@@ -1,7 +1,11 @@
 //! The embedder against sentence-transformers' own outputs for all-MiniLM-L6-v2 (the real model, from
 //! models/ via scripts/setup), padding invariance, and chunking properties with the real tokenizer.
 
+mod common;
+
 use std::sync::OnceLock;
+
+use common::cosine;
 
 use proptest::prelude::*;
 use recall::embed::{Chunker, EmbedError, Embedder, EmbedderOptions, ModelFiles, ModelSource};
@@ -30,13 +34,6 @@ struct Reference {
 fn references() -> Vec<Reference> {
     let raw = include_str!("fixtures/minilm-reference.jsonl");
     raw.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb)
 }
 
 #[test]

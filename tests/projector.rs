@@ -51,11 +51,6 @@ async fn add(h: &CommandHandler, id: &str, title: &str, text: &str) {
     .unwrap();
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()
-        / (a.iter().map(|x| x * x).sum::<f32>().sqrt() * b.iter().map(|x| x * x).sum::<f32>().sqrt())
-}
-
 fn long_text() -> String {
     (0..60)
         .map(|i| format!("Sentence number {i} talks about vector databases and event sourcing in some detail. "))
@@ -154,7 +149,7 @@ async fn adds_updates_and_removes_project_with_their_history() {
         .encode(&["Sorting Use sorted() for a new list."])
         .unwrap()
         .remove(0);
-    assert!(cosine(&stored.to_vec(), &expected) >= 0.9999);
+    assert!(common::cosine(&stored.to_vec(), &expected) >= 0.9999);
 
     let status = projector::status(&pool).await.unwrap();
     assert_eq!(status.head, 5);
@@ -385,7 +380,7 @@ fn assert_same_read_model(a: &Snapshot, b: &Snapshot) {
             (&y.0, y.1, y.2, y.3, y.4, y.5, &y.6)
         );
         assert!(
-            cosine(&parse(&x.7), &parse(&y.7)) >= 0.99999,
+            common::cosine(&parse(&x.7), &parse(&y.7)) >= 0.99999,
             "embeddings of {} chunk {}",
             x.0,
             x.1

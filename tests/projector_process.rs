@@ -156,7 +156,7 @@ async fn sigkilled_projection_restarts_into_exactly_the_clean_read_model() {
             (&x.0, x.1, x.2, x.3, x.4, x.5, &x.6),
             (&y.0, y.1, y.2, y.3, y.4, y.5, &y.6)
         );
-        let cos: f32 = x.7.iter().zip(&y.7).map(|(p, q)| p * q).sum();
+        let cos = common::cosine(&x.7, &y.7);
         assert!(cos >= 0.99999, "embedding of {} chunk {} differs: {cos}", x.0, x.1);
     }
     let docs = |g: i64| {

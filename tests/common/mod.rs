@@ -88,3 +88,11 @@ pub fn private_server(prefix: &str) -> (tempfile::TempDir, EmbeddedServer) {
     let server = EmbeddedServer::locate(home.path().to_path_buf()).unwrap();
     (home, server)
 }
+
+/// Cosine similarity of two vectors.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
