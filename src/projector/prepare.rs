@@ -1,8 +1,6 @@
 //! Turning a batch of events into read-model effects, embeddings included. This is the model's part of
 //! projection and runs on a blocking thread, outside any database transaction.
 
-use std::collections::HashMap;
-
 use crate::domain::DocumentEvent;
 use crate::event_store::RecordedEvent;
 
@@ -44,16 +42,6 @@ pub(crate) enum Effect {
     },
 }
 
-impl Effect {
-    pub fn position(&self) -> i64 {
-        match self {
-            Effect::Upsert { position, .. } | Effect::Remove { position, .. } | Effect::Failed { position, .. } => {
-                *position
-            }
-        }
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PreparedBatch {
     pub effects: Vec<Effect>,
@@ -76,7 +64,7 @@ fn failed(event: &RecordedEvent, error: String) -> Effect {
 pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> PreparedBatch {
     let mut effects = Vec::with_capacity(events.len());
     // (effect index, chunk inputs) for the events that need embeddings.
-    let mut pending: Vec<(usize, Vec<crate::embed::Chunk>)> = Vec::new();
+    let mut pending: Vec<(usize, &RecordedEvent, Vec<crate::embed::Chunk>)> = Vec::new();
     for event in events {
         let decoded = match DocumentEvent::decode(&event.event_type, event.schema_version, &event.payload) {
             Ok(d) => d,
@@ -89,7 +77,7 @@ pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> P
             DocumentEvent::Added { scope, id, content } | DocumentEvent::Updated { scope, id, content } => {
                 match backend.chunk(content.title.as_str(), content.text.as_str()) {
                     Ok(chunks) => {
-                        pending.push((effects.len(), chunks));
+                        pending.push((effects.len(), event, chunks));
                         effects.push(Effect::Upsert {
                             scope: scope.to_string(),
                             id: id.to_string(),
@@ -114,7 +102,7 @@ pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> P
 
     let inputs: Vec<Vec<u32>> = pending
         .iter()
-        .flat_map(|(_, chunks)| chunks.iter().map(|c| c.input_ids.clone()))
+        .flat_map(|(_, _, chunks)| chunks.iter().map(|c| c.input_ids.clone()))
         .collect();
     let tokens = inputs.iter().map(Vec::len).sum();
     let vectors = match backend.embed(&inputs) {
@@ -124,15 +112,13 @@ pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> P
             None
         }
     };
-    let by_position: HashMap<i64, &RecordedEvent> = events.iter().map(|e| (e.position, e)).collect();
     let mut next = 0;
-    for (effect_index, chunks) in pending {
+    for (effect_index, event, chunks) in pending {
         let embedded = match &vectors {
             Some(all) => Ok(all[next..next + chunks.len()].to_vec()),
             None => backend.embed(&chunks.iter().map(|c| c.input_ids.clone()).collect::<Vec<_>>()),
         };
         next += chunks.len();
-        let position = effects[effect_index].position();
         match embedded {
             Ok(vectors) => {
                 if let Effect::Upsert { chunks: out, .. } = &mut effects[effect_index] {
@@ -150,7 +136,7 @@ pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> P
                         .collect();
                 }
             }
-            Err(e) => effects[effect_index] = failed(by_position[&position], format!("embedding failed: {e}")),
+            Err(e) => effects[effect_index] = failed(event, format!("embedding failed: {e}")),
         }
     }
     PreparedBatch {
