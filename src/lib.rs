@@ -7,6 +7,7 @@
 //! - [`event_store`]: the append-only log: expected versions, gapless positions, hash chain, readers, NOTIFY.
 //! - [`projector`]: tails the log into the pgvector read model: checkpoints, parked failures, rebuild.
 //! - [`search`]: dense search over current chunks, or as of a past position, with a receipt.
+//! - [`api`]: the HTTP API over commands, the read model and search (`recall serve`).
 //! - [`embed`]: model files, tokenizer, token-aware chunker, token-budget batches, Candle BERT, pooling.
 //! - [`postgres`]: the pool, migrations and the embedded server's lifecycle.
 //! - [`bench`]: the measurement drivers behind `recall bench`.
@@ -14,6 +15,7 @@
 //! Commands enter through [`commands::CommandHandler`], become events in [`event_store::EventStore`],
 //! and everything downstream reads the log by position.
 
+pub mod api;
 pub mod bench;
 pub mod commands;
 pub mod domain;

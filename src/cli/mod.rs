@@ -6,6 +6,7 @@ mod documents;
 mod embed;
 mod projection;
 mod search;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +59,8 @@ enum Command {
     },
     /// List the events the projector parked, or retry them.
     Failures(projection::FailuresArgs),
+    /// Serve the HTTP API, with the projector in the same process unless --no-projector.
+    Serve(serve::ServeArgs),
     /// Search the read model for the chunks nearest a question (or each query of a JSONL file).
     Search(search::SearchArgs),
     /// Embed JSONL or plain lines with the model; one JSON object a line out.
@@ -142,6 +145,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Wait { position, timeout } => projection::wait(position, timeout).await,
         Command::Status { json, prometheus } => projection::status(json, prometheus).await,
         Command::Failures(args) => projection::failures(args).await,
+        Command::Serve(args) => serve::run(args).await,
         Command::Search(args) => search::run(args).await,
         Command::Embed(args) => tokio::task::spawn_blocking(move || embed::run(args)).await?,
         Command::Verify { json } => documents::verify(json).await,

@@ -8,6 +8,7 @@ mod chunker;
 mod files;
 mod kernels;
 mod model;
+mod pool;
 mod small_matmul;
 
 use thiserror::Error;
@@ -15,6 +16,7 @@ use thiserror::Error;
 pub use chunker::{Chunk, ChunkOptions, Chunker};
 pub use files::{ModelFiles, ModelIdentity, ModelSource, DEFAULT_MODEL};
 pub use model::{DevicePreference, Embedder, EmbedderOptions, EncoderKind};
+pub use pool::ComputePool;
 
 #[derive(Debug, Error)]
 pub enum EmbedError {

@@ -100,19 +100,10 @@ pub enum EventStoreError {
 impl EventStoreError {
     /// Connection-level failures become `Unavailable`, which callers may retry; the rest stay as they are.
     fn classify(error: sqlx::Error) -> Self {
-        match &error {
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
-                EventStoreError::Unavailable(error)
-            }
-            sqlx::Error::Database(db)
-                if db
-                    .code()
-                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53100") =>
-            {
-                // 08: connection exceptions, 57P: admin shutdown, 53100: disk full.
-                EventStoreError::Unavailable(error)
-            }
-            _ => EventStoreError::Database(error),
+        if crate::postgres::is_unavailable(&error) {
+            EventStoreError::Unavailable(error)
+        } else {
+            EventStoreError::Database(error)
         }
     }
 }

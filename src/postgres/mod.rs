@@ -79,6 +79,19 @@ pub fn default_home() -> PathBuf {
     home.join(".local/share/recall")
 }
 
+/// Whether an error means the server cannot be reached or cannot take writes right now (as opposed to
+/// a problem with the statement), so that the caller may answer "retry later".
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        // 08: connection exceptions, 57P: admin shutdown, 53: insufficient resources (disk full, memory).
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")),
+        _ => false,
+    }
+}
+
 /// Connection options for a target, starting the embedded server (and creating its database) if needed.
 pub async fn connect_options(target: &DatabaseTarget) -> Result<PgConnectOptions, PostgresError> {
     match target {

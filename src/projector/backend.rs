@@ -1,7 +1,9 @@
 //! What the projector needs from a model: its identity, a chunker and a batch embedder. The trait keeps
 //! Candle out of the projector and lets tests put a failing model in front of it.
 
-use crate::embed::{Chunk, Chunker, EmbedError, Embedder, ModelIdentity};
+use std::sync::Arc;
+
+use crate::embed::{Chunk, Chunker, ComputePool, EmbedError, Embedder, ModelIdentity};
 
 pub trait EmbedBackend: Send + Sync + 'static {
     fn identity(&self) -> &ModelIdentity;
@@ -12,18 +14,29 @@ pub trait EmbedBackend: Send + Sync + 'static {
 
 /// The real model with its token-aware chunker.
 pub struct ModelBackend {
-    embedder: Embedder,
+    embedder: Arc<Embedder>,
     chunker: Chunker,
+    pool: Option<ComputePool>,
 }
 
 impl ModelBackend {
     /// `overlap` is in word pieces; chunks embed as "title text".
     pub fn new(embedder: Embedder, overlap: usize) -> Self {
-        let chunker = embedder.chunker(overlap, true);
-        ModelBackend { embedder, chunker }
+        Self::shared(Arc::new(embedder), overlap, None)
     }
 
-    pub fn embedder(&self) -> &Embedder {
+    /// A backend over a model that others (the query path) also use, embedding on its own `pool` when
+    /// given one so that its batches and their work do not share threads.
+    pub fn shared(embedder: Arc<Embedder>, overlap: usize, pool: Option<ComputePool>) -> Self {
+        let chunker = embedder.chunker(overlap, true);
+        ModelBackend {
+            embedder,
+            chunker,
+            pool,
+        }
+    }
+
+    pub fn embedder(&self) -> &Arc<Embedder> {
         &self.embedder
     }
 }
@@ -38,6 +51,9 @@ impl EmbedBackend for ModelBackend {
     }
 
     fn embed(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        self.embedder.embed_inputs(inputs)
+        match &self.pool {
+            Some(pool) => pool.install(|| self.embedder.embed_inputs(inputs)),
+            None => self.embedder.embed_inputs(inputs),
+        }
     }
 }

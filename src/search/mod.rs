@@ -2,6 +2,10 @@
 //! chunks), or the chunks that were current at a past log position (`as_of`), with the position the read
 //! model reflected as the answer's receipt.
 
+mod encoder;
+
+pub use encoder::QueryEncoder;
+
 use serde::Serialize;
 use sqlx::PgPool;
 use thiserror::Error;

@@ -1,0 +1,178 @@
+//! Every failure the API reports, as `{"error": {"code", "message"}}` with a status that says whose
+//! move it is. Messages say what was wrong and what to do; database internals stay in the server log.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::commands::CommandError;
+use crate::domain::DomainError;
+use crate::event_store::EventStoreError;
+use crate::postgres::is_unavailable;
+use crate::projector::ProjectorError;
+use crate::search::SearchError;
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_SECS: u64 = 1;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// A database failure: "retry later" when the server is unreachable, else an internal error whose
+    /// details go to the log only.
+    pub fn database(error: &sqlx::Error) -> Self {
+        if is_unavailable(error) {
+            tracing::warn!(%error, "database unavailable");
+            Self::unavailable("the database is unavailable; retry shortly")
+        } else {
+            Self::internal(error)
+        }
+    }
+
+    pub fn internal(error: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%error, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an internal error occurred; it has been logged on the server",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = axum::Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let mut response = (self.status, body).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"recall\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(error: DomainError) -> Self {
+        let (status, code) = match &error {
+            DomainError::AlreadyExists { .. } => (StatusCode::CONFLICT, "already_exists"),
+            DomainError::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
+            DomainError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            DomainError::Removed { .. } => (StatusCode::GONE, "removed"),
+            DomainError::TextTooLong { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "text_too_long"),
+            _ => (StatusCode::BAD_REQUEST, "invalid_document"),
+        };
+        ApiError::new(status, code, error.to_string())
+    }
+}
+
+impl From<EventStoreError> for ApiError {
+    fn from(error: EventStoreError) -> Self {
+        match &error {
+            EventStoreError::Unavailable(_) | EventStoreError::WriterGone => {
+                tracing::warn!(%error, "event store unavailable");
+                ApiError::unavailable("the event log is unavailable; nothing was written; retry shortly")
+            }
+            EventStoreError::EventIdReused { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "idempotency_key_reused", error.to_string())
+            }
+            EventStoreError::Database(e) => ApiError::database(e),
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(error: CommandError) -> Self {
+        match error {
+            CommandError::Rejected(e) => e.into(),
+            CommandError::Store(e) => e.into(),
+            CommandError::Contended { .. } => ApiError::unavailable(error.to_string()),
+            CommandError::Corrupt { .. } => ApiError::internal(&error),
+        }
+    }
+}
+
+impl From<SearchError> for ApiError {
+    fn from(error: SearchError) -> Self {
+        match &error {
+            SearchError::BadK { .. } | SearchError::BadAsOf(_) | SearchError::BadFilter => {
+                ApiError::bad_request(error.to_string())
+            }
+            SearchError::AsOfAhead { .. } => ApiError::new(StatusCode::CONFLICT, "as_of_ahead", error.to_string()),
+            SearchError::NoReadModel => ApiError::unavailable(
+                "there is no read model yet: the projector has not started; retry shortly or run `recall project`",
+            ),
+            SearchError::Database(e) => ApiError::database(e),
+        }
+    }
+}
+
+impl From<ProjectorError> for ApiError {
+    fn from(error: ProjectorError) -> Self {
+        match &error {
+            ProjectorError::WaitTimeout { .. } => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "wait_timeout", error.to_string())
+            }
+            ProjectorError::Database(e) => ApiError::database(e),
+            ProjectorError::Store(_) => ApiError::unavailable(error.to_string()),
+            _ => ApiError::internal(&error),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let (status, code) = match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            // Syntax errors, wrong types, unknown and missing fields: all the client's to fix.
+            _ => (StatusCode::BAD_REQUEST, "invalid_json"),
+        };
+        let message = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                "the request body is over the size limit; send a smaller document or raise --max-body-bytes".into()
+            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "send the body as JSON with `Content-Type: application/json`".into(),
+            _ => rejection.body_text(),
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", rejection.body_text())
+    }
+}

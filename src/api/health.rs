@@ -1,0 +1,71 @@
+//! Liveness, readiness, metrics and the OpenAPI document.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::{ApiError, AppState, ProjectorState};
+use crate::postgres::MIGRATOR;
+use crate::projector;
+
+/// The process is up and serving HTTP.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready for every endpoint: the database answers, its migrations are this build's, the model is
+/// loaded and the in-process projector (if any) has not failed.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let database = match sqlx::query_scalar::<_, Option<i64>>("SELECT max(version) FROM _sqlx_migrations WHERE success")
+        .fetch_one(state.pool())
+        .await
+    {
+        Ok(applied) if applied == MIGRATOR.iter().map(|m| m.version).max() => Ok("ok".to_owned()),
+        Ok(applied) => Err(format!(
+            "migrations applied up to {applied:?}, but this build has {:?}; restart recall to migrate",
+            MIGRATOR.iter().map(|m| m.version).max()
+        )),
+        Err(e) => Err(format!("unreachable: {e}")),
+    };
+    let model = match state.inner.queries.get() {
+        Some(_) => Ok("ok".to_owned()),
+        None => Err("still loading".to_owned()),
+    };
+    let projector = match state.projector() {
+        ProjectorState::External => Ok("external".to_owned()),
+        ProjectorState::Starting => Ok("starting".to_owned()),
+        ProjectorState::Running(_) => Ok("running".to_owned()),
+        ProjectorState::Failed(e) => Err(format!("stopped: {e}")),
+    };
+    let ready = database.is_ok() && model.is_ok() && projector.is_ok();
+    let show = |r: Result<String, String>| r.unwrap_or_else(|e| e);
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": {"database": show(database), "model": show(model), "projector": show(projector)},
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// The Prometheus text exposition: this process's counters and histograms, then the read model's
+/// lag and parked failures as the database reports them.
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let stats = match state.projector() {
+        ProjectorState::Running(stats) => Some(stats),
+        _ => None,
+    };
+    let mut text = state.metrics().render(stats.as_deref());
+    let report = projector::status(state.pool()).await?;
+    text.push_str(&report.to_prometheus());
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+pub async fn openapi_document() -> Json<serde_json::Value> {
+    Json(super::openapi())
+}

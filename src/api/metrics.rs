@@ -1,0 +1,185 @@
+//! Prometheus text-format metrics kept in atomics: commands by outcome, append and search latency
+//! histograms, HTTP responses by status. The projector's lag and parked failures are read from the
+//! database at scrape time, so they are right even when the projector runs in another process.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::projector::ProjectorStats;
+
+/// Latency buckets in seconds, from a fast append to a slow wait.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.04, 0.06, 0.1, 0.25, 1.0, 5.0,
+];
+
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    commands: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    responses: Mutex<BTreeMap<u16, u64>>,
+    pub append_latency: Histogram,
+    pub search_latency: Histogram,
+    pub query_embed_latency: Histogram,
+    /// The projector's token count and when it was last read, for a tokens/s rate between scrapes.
+    token_sample: Mutex<Option<(Instant, u64)>>,
+}
+
+impl Metrics {
+    /// Counts a command (`add`, `update`, `remove`) by outcome (`appended`, `unchanged`, or an error code).
+    pub fn command(&self, command: &'static str, outcome: &'static str) {
+        *self
+            .commands
+            .lock()
+            .expect("metrics lock")
+            .entry((command, outcome))
+            .or_default() += 1;
+    }
+
+    pub fn response(&self, status: u16) {
+        *self.responses.lock().expect("metrics lock").entry(status).or_default() += 1;
+    }
+
+    /// The text exposition; `projector` is the in-process projector's counters when there is one.
+    pub fn render(&self, projector: Option<&ProjectorStats>) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP recall_commands_total Document commands by command and outcome.\n");
+        out.push_str("# TYPE recall_commands_total counter\n");
+        for ((command, outcome), n) in self.commands.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "recall_commands_total{{command=\"{command}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP recall_http_responses_total HTTP responses by status code.\n");
+        out.push_str("# TYPE recall_http_responses_total counter\n");
+        for (status, n) in self.responses.lock().expect("metrics lock").iter() {
+            let _ = writeln!(out, "recall_http_responses_total{{status=\"{status}\"}} {n}");
+        }
+        for (name, help, histogram) in [
+            (
+                "recall_command_seconds",
+                "Time to decide and append a command (until its event is committed).",
+                &self.append_latency,
+            ),
+            (
+                "recall_search_seconds",
+                "Search requests end to end: query embedding and index search.",
+                &self.search_latency,
+            ),
+            (
+                "recall_query_embedding_seconds",
+                "Embedding one query on the query path.",
+                &self.query_embed_latency,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            histogram.render(&mut out, name, "");
+        }
+        if let Some(stats) = projector {
+            let tokens = stats.tokens.load(Ordering::Relaxed);
+            let now = Instant::now();
+            let rate = {
+                let mut sample = self.token_sample.lock().expect("metrics lock");
+                let rate = match *sample {
+                    Some((at, before)) if now > at => tokens.saturating_sub(before) as f64 / (now - at).as_secs_f64(),
+                    _ => 0.0,
+                };
+                *sample = Some((now, tokens));
+                rate
+            };
+            for (name, kind, help, value) in [
+                (
+                    "recall_projector_events_total",
+                    "counter",
+                    "Events this process's projector has applied.",
+                    stats.events.load(Ordering::Relaxed) as f64,
+                ),
+                (
+                    "recall_projector_tokens_total",
+                    "counter",
+                    "Word pieces this process's projector has embedded.",
+                    tokens as f64,
+                ),
+                (
+                    "recall_projector_tokens_per_second",
+                    "gauge",
+                    "Embedding throughput of the projector since the previous scrape.",
+                    rate,
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_count_everything() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(10));
+        let mut out = String::new();
+        h.render(&mut out, "x", "");
+        assert!(out.contains("x_bucket{le=\"0.0005\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.005\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"5\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count 3\n"), "{out}");
+    }
+
+    #[test]
+    fn commands_are_counted_by_outcome() {
+        let m = Metrics::default();
+        m.command("add", "appended");
+        m.command("add", "appended");
+        m.command("update", "version_conflict");
+        let out = m.render(None);
+        assert!(out.contains("recall_commands_total{command=\"add\",outcome=\"appended\"} 2\n"));
+        assert!(out.contains("recall_commands_total{command=\"update\",outcome=\"version_conflict\"} 1\n"));
+    }
+}

@@ -1,0 +1,83 @@
+//! `POST /v1/search`: embed the question on the query path, search the read model, answer with a receipt.
+
+use std::time::Instant;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{ApiError, AppState};
+use crate::domain::Scope;
+use crate::projector;
+use crate::search::{self, SearchRequest, SearchResponse, MAX_K};
+
+/// Longest accepted question; the model reads at most its first 256 word pieces anyway.
+const MAX_QUERY_BYTES: usize = 16 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchBody {
+    query: String,
+    k: Option<usize>,
+    scope: Option<String>,
+    filter: Option<Value>,
+    as_of: Option<i64>,
+    wait_for: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchParams {
+    wait_for: Option<i64>,
+}
+
+pub async fn search(
+    State(state): State<AppState>,
+    params: Result<Query<SearchParams>, QueryRejection>,
+    body: Result<Json<SearchBody>, JsonRejection>,
+) -> Result<Json<SearchResponse>, ApiError> {
+    let Query(params) = params?;
+    let Json(body) = body?;
+    if body.query.trim().is_empty() {
+        return Err(ApiError::bad_request("query is empty; send the question as \"query\""));
+    }
+    if body.query.len() > MAX_QUERY_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "query is {} bytes, over the limit of {MAX_QUERY_BYTES}; ask a shorter question",
+            body.query.len()
+        )));
+    }
+    let k = body.k.unwrap_or(10);
+    if k == 0 || k > MAX_K {
+        return Err(ApiError::bad_request(format!(
+            "k must be between 1 and {MAX_K}, not {k}"
+        )));
+    }
+    if body.filter.as_ref().is_some_and(|f| !f.is_object()) {
+        return Err(ApiError::bad_request(
+            "filter must be a JSON object of metadata keys and values, such as {\"topic\": \"rust\"}",
+        ));
+    }
+    let request = SearchRequest {
+        k,
+        scope: body.scope.as_deref().map(Scope::parse).transpose()?,
+        filter: body.filter,
+        as_of: body.as_of,
+    };
+    if let Some(position) = body.wait_for.or(params.wait_for) {
+        projector::wait_for(state.pool(), position, state.config().wait_timeout).await?;
+    }
+    let encoder = state.query_encoder()?;
+    let question = body.query;
+    let started = Instant::now();
+    let vector = tokio::task::spawn_blocking(move || encoder.encode(&question))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(|e| ApiError::internal(&e))?;
+    state.metrics().query_embed_latency.observe(started.elapsed());
+    let response = search::search(state.pool(), &vector, &request).await?;
+    state.metrics().search_latency.observe(started.elapsed());
+    Ok(Json(response))
+}

@@ -1,0 +1,176 @@
+//! `recall serve`: the HTTP API and, by default, the projector in one process. The listener is up at
+//! once, so commands are taken while the model loads; searches and readiness wait for the model.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tokio::sync::{oneshot, watch};
+
+use recall::api::{self, ApiConfig, AppState, ProjectorState};
+use recall::commands::CommandHandler;
+use recall::embed::ComputePool;
+use recall::event_store::EventStore;
+use recall::projector::{ModelBackend, Projector, ProjectorOptions, Target};
+use recall::search::QueryEncoder;
+
+use super::embed::ModelArgs;
+use super::{open_store, WriteSettings};
+
+/// The projector's model threads run at this nice value, so that a query's threads (at 0) get the
+/// cores first when both want them.
+const PROJECTOR_NICENESS: i32 = 10;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on. A non-loopback address requires RECALL_API_TOKEN.
+    #[arg(long, env = "RECALL_LISTEN", default_value = "127.0.0.1:7878")]
+    listen: SocketAddr,
+    /// Serve without the in-process projector (run `recall project` elsewhere).
+    #[arg(long)]
+    no_projector: bool,
+    /// Largest request body in bytes (default: twice the text limit plus 1 MiB).
+    #[arg(long, env = "RECALL_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Longest a `wait_for` holds a request, in seconds, before it answers 504.
+    #[arg(long, env = "RECALL_WAIT_TIMEOUT", default_value_t = 30.0)]
+    wait_timeout: f64,
+    /// Events per projector batch.
+    #[arg(long, default_value_t = 64)]
+    batch: i64,
+    /// Word pieces shared by consecutive chunks.
+    #[arg(long, default_value_t = 32)]
+    overlap: usize,
+    #[command(flatten)]
+    settings: WriteSettings,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let tokens = api::parse_tokens(&std::env::var("RECALL_API_TOKEN").unwrap_or_default());
+    if !args.listen.ip().is_loopback() && tokens.is_empty() {
+        anyhow::bail!(
+            "refusing to listen on {} without authentication: set RECALL_API_TOKEN (one or more tokens, comma-separated) \
+             or listen on a loopback address such as 127.0.0.1:7878",
+            args.listen
+        );
+    }
+    let limits = args.settings.limits();
+    let config = ApiConfig {
+        tokens,
+        max_body_bytes: args
+            .max_body_bytes
+            .unwrap_or_else(|| api::default_max_body_bytes(&limits)),
+        wait_timeout: Duration::from_secs_f64(args.wait_timeout.max(0.0)),
+        limits,
+        actor: args.settings.actor.clone(),
+    };
+    let store = open_store().await?;
+    let state = AppState::new(CommandHandler::new(store.clone()), config);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}; is another recall serving there?", args.listen))?;
+    eprintln!(
+        "recall: serving http://{} (API under /v1, spec at /openapi.json)",
+        listener.local_addr()?
+    );
+
+    let (stop, stopped) = watch::channel(false);
+    let (fatal, fatal_rx) = oneshot::channel::<anyhow::Error>();
+    let background = tokio::spawn(model_and_projector(state.clone(), store, args, stopped, fatal));
+    let failure = Arc::new(std::sync::Mutex::new(None));
+    let failed = failure.clone();
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = shutdown_signal() => tracing::info!("shutting down: finishing in-flight requests"),
+                Ok(error) = fatal_rx => *failed.lock().expect("failure slot") = Some(error),
+            }
+        })
+        .await
+        .context("serving HTTP")?;
+    let _ = stop.send(true);
+    background.await.context("the projector task")?;
+    let failure = failure.lock().expect("failure slot").take();
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Loads the model, opens the query path, then runs the projector until `stop` turns true. A model that
+/// cannot load stops the server (`fatal`); a projector that stops with an error leaves the API serving
+/// commands and says so in /readyz and the log.
+async fn model_and_projector(
+    state: AppState,
+    store: EventStore,
+    args: ServeArgs,
+    mut stop: watch::Receiver<bool>,
+    fatal: oneshot::Sender<anyhow::Error>,
+) {
+    if !args.no_projector {
+        state.set_projector(ProjectorState::Starting);
+    }
+    let model = args.model.clone();
+    let threads = args
+        .model
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let embedder = Arc::new(model.load()?);
+        let queries = QueryEncoder::new(embedder.clone(), ComputePool::new("recall-query", threads, 0)?);
+        Ok((embedder, queries))
+    })
+    .await;
+    let (embedder, queries) = match loaded {
+        Ok(Ok(loaded)) => loaded,
+        Ok(Err(error)) => return drop(fatal.send(error)),
+        Err(panic) => return drop(fatal.send(anyhow::anyhow!("loading the model panicked: {panic}"))),
+    };
+    state.set_query_encoder(Arc::new(queries));
+    tracing::info!("model loaded; searches are open");
+    if args.no_projector {
+        return;
+    }
+    let pool = match ComputePool::new("recall-project", threads, PROJECTOR_NICENESS) {
+        Ok(pool) => pool,
+        Err(error) => return drop(fatal.send(error.into())),
+    };
+    let projector = Projector::new(
+        store,
+        Arc::new(ModelBackend::shared(embedder, args.overlap, Some(pool))),
+        ProjectorOptions {
+            batch_events: args.batch.max(1),
+            ..Default::default()
+        },
+    );
+    state.set_projector(ProjectorState::Running(projector.stats()));
+    let result = projector
+        .run(Target::Active, async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(%error, "the projector stopped; commands are still taken, but the read model is not updated");
+        state.set_projector(ProjectorState::Failed(error.to_string()));
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,47 @@
+//! Thread pools for model work. Candle's CPU kernels and recall's own run on whichever rayon pool the
+//! calling code is installed in, so giving bulk projection and queries a pool each keeps a query from
+//! queueing behind a projector batch; a higher nice value on the bulk pool's threads lets the kernel's
+//! scheduler hand the cores to the query whenever both want them.
+
+use super::EmbedError;
+
+pub struct ComputePool {
+    pool: rayon::ThreadPool,
+}
+
+impl ComputePool {
+    /// `threads` workers named `name-N`, each at the given nice value (0 is normal; higher yields to others).
+    pub fn new(name: &'static str, threads: usize, niceness: i32) -> Result<Self, EmbedError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(move |i| format!("{name}-{i}"))
+            .start_handler(move |_| set_thread_niceness(niceness))
+            .build()
+            .map_err(|e| EmbedError::Model(candle_core::Error::Msg(format!("cannot start the {name} threads: {e}"))))?;
+        Ok(ComputePool { pool })
+    }
+
+    /// Runs `work` on this pool's threads (blocking the caller until it is done).
+    pub fn install<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(work)
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+}
+
+fn set_thread_niceness(niceness: i32) {
+    if niceness == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority have no memory-safety preconditions; on Linux the nice value of
+    // PRIO_PROCESS with a thread id applies to that thread only.
+    unsafe {
+        let tid = libc::gettid();
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, niceness) != 0 {
+            tracing::debug!(niceness, "could not change a model thread's priority");
+        }
+    }
+}

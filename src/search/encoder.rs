@@ -1,0 +1,28 @@
+//! The query side's own path to the model: the same weights as the projector, but a thread pool of its
+//! own at normal priority, so a question is embedded at once even while the projector is busy.
+
+use std::sync::Arc;
+
+use crate::embed::{ComputePool, EmbedError, Embedder};
+
+pub struct QueryEncoder {
+    embedder: Arc<Embedder>,
+    pool: ComputePool,
+}
+
+impl QueryEncoder {
+    pub fn new(embedder: Arc<Embedder>, pool: ComputePool) -> Self {
+        QueryEncoder { embedder, pool }
+    }
+
+    pub fn embedder(&self) -> &Arc<Embedder> {
+        &self.embedder
+    }
+
+    /// One query's vector (the text truncated at the model's max_seq_length, as sentence-transformers
+    /// does). Blocking: call it from a blocking thread.
+    pub fn encode(&self, query: &str) -> Result<Vec<f32>, EmbedError> {
+        let mut vectors = self.pool.install(|| self.embedder.encode(&[query]))?;
+        Ok(vectors.remove(0))
+    }
+}
