@@ -42,9 +42,9 @@ enum Command {
     Project(projection::ProjectArgs),
     /// Re-embed the whole log into a new read-model generation, then switch to it.
     Rebuild(projection::ProjectArgs),
-    /// Wait until the projector has passed a log position.
+    /// Wait until the projector has passed a log position (default: the log's current head).
     Wait {
-        position: i64,
+        position: Option<i64>,
         /// Seconds to wait before giving up.
         #[arg(long, default_value_t = 30.0)]
         timeout: f64,

@@ -161,8 +161,12 @@ pub async fn rebuild(args: ProjectArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn wait(position: i64, timeout_secs: f64) -> anyhow::Result<ExitCode> {
+pub async fn wait(position: Option<i64>, timeout_secs: f64) -> anyhow::Result<ExitCode> {
     let store = open_store().await?;
+    let position = match position {
+        Some(p) => p,
+        None => store.head().await?,
+    };
     let checkpoint =
         projector::wait_for(store.pool(), position, Duration::from_secs_f64(timeout_secs.max(0.0))).await?;
     println!("projected through position {checkpoint}");
