@@ -7,7 +7,7 @@ use recall::commands::{CommandContext, CommandHandler};
 use recall::domain::{DocumentCommand, DocumentContent, DocumentId, DocumentKey, Limits, Metadata, Scope, Text, Title};
 use recall::event_store::EventStore;
 use recall::projector::{Projector, ProjectorOptions, Target};
-use recall::search::{search, SearchError, SearchRequest};
+use recall::search::{search, Query, SearchError, SearchMode, SearchRequest};
 
 fn key(scope: &str, id: &str) -> DocumentKey {
     DocumentKey::new(Scope::parse(scope).unwrap(), DocumentId::parse(id).unwrap())
@@ -24,9 +24,16 @@ fn content(title: &str, text: &str, topic: &str) -> DocumentContent {
 fn request(k: usize) -> SearchRequest {
     SearchRequest {
         k,
-        scope: None,
-        filter: None,
-        as_of: None,
+        mode: SearchMode::Dense,
+        ..SearchRequest::default()
+    }
+}
+
+/// A dense query: its vector alone.
+fn query(vector: &[f32]) -> Query<'_> {
+    Query {
+        text: "",
+        vector: Some(vector),
     }
 }
 
@@ -85,7 +92,7 @@ async fn search_finds_the_right_document_respects_scopes_and_replays_as_of_recei
     p.run_until_caught_up(Target::Active).await.unwrap();
 
     let q = embed("how do I sort a list in python");
-    let live = search(&pool, &q, &request(3)).await.unwrap();
+    let live = search(&pool, query(&q), &request(3)).await.unwrap();
     assert_eq!(live.position, 4);
     assert_eq!(live.results.len(), 3);
     assert_eq!(
@@ -98,7 +105,7 @@ async fn search_finds_the_right_document_respects_scopes_and_replays_as_of_recei
     // Scope isolation: the other scope's "sort" never shows up in "kb", and vice versa.
     let kb = search(
         &pool,
-        &q,
+        query(&q),
         &SearchRequest {
             scope: Some(Scope::parse("kb").unwrap()),
             ..request(10)
@@ -110,7 +117,7 @@ async fn search_finds_the_right_document_respects_scopes_and_replays_as_of_recei
     assert!(kb.results.iter().all(|r| r.scope == "kb"));
     let other = search(
         &pool,
-        &q,
+        query(&q),
         &SearchRequest {
             scope: Some(Scope::parse("other").unwrap()),
             ..request(10)
@@ -125,7 +132,7 @@ async fn search_finds_the_right_document_respects_scopes_and_replays_as_of_recei
 
     let filtered = search(
         &pool,
-        &q,
+        query(&q),
         &SearchRequest {
             filter: Some(serde_json::json!({"topic": "cooking"})),
             ..request(10)
@@ -163,7 +170,7 @@ async fn search_finds_the_right_document_respects_scopes_and_replays_as_of_recei
     .unwrap();
     p.run_until_caught_up(Target::Active).await.unwrap();
 
-    let now = search(&pool, &q, &request(3)).await.unwrap();
+    let now = search(&pool, query(&q), &request(3)).await.unwrap();
     assert_eq!(now.position, 6);
     assert!(
         now.results.iter().all(|r| r.document_id != "http"),
@@ -173,7 +180,7 @@ async fn search_finds_the_right_document_respects_scopes_and_replays_as_of_recei
 
     let then = search(
         &pool,
-        &q,
+        query(&q),
         &SearchRequest {
             as_of: Some(receipt),
             ..request(3)
@@ -201,17 +208,17 @@ async fn search_finds_the_right_document_respects_scopes_and_replays_as_of_recei
     }
 
     assert!(matches!(
-        search(&pool, &q, &request(0)).await,
+        search(&pool, query(&q), &request(0)).await,
         Err(SearchError::BadK { .. })
     ));
     assert!(matches!(
-        search(&pool, &q, &request(101)).await,
+        search(&pool, query(&q), &request(1001)).await,
         Err(SearchError::BadK { .. })
     ));
     assert!(matches!(
         search(
             &pool,
-            &q,
+            query(&q),
             &SearchRequest {
                 as_of: Some(99),
                 ..request(3)
@@ -223,7 +230,7 @@ async fn search_finds_the_right_document_respects_scopes_and_replays_as_of_recei
     assert!(matches!(
         search(
             &pool,
-            &q,
+            query(&q),
             &SearchRequest {
                 as_of: Some(-1),
                 ..request(3)
@@ -287,4 +294,184 @@ async fn the_search_command_answers_beir_style_query_files_one_line_each() {
         (Some("q2"), Some("b"))
     );
     assert_eq!(lines[0]["position"], 2);
+}
+
+fn lexical(k: usize) -> SearchRequest {
+    SearchRequest {
+        k,
+        mode: SearchMode::Lexical,
+        ..SearchRequest::default()
+    }
+}
+
+fn words(text: &str) -> Query<'_> {
+    Query { text, vector: None }
+}
+
+#[tokio::test]
+async fn lexical_and_hybrid_search_rank_by_bm25_fuse_and_keep_scopes_filters_and_receipts() {
+    let (pool, _) = common::fresh_database().await;
+    let store = EventStore::new(pool.clone());
+    let h = CommandHandler::new(store.clone());
+    let ctx = CommandContext::default();
+    let docs = [
+        (
+            "kb",
+            "err",
+            "Deploy failures",
+            "The deploy fails with error ERR_4471 when the certificate chain is incomplete.",
+            "ops",
+        ),
+        (
+            "kb",
+            "cert",
+            "TLS certificates",
+            "Renew TLS certificates before they expire to keep HTTPS working for every visitor of the site.",
+            "ops",
+        ),
+        (
+            "kb",
+            "cats",
+            "Pets",
+            "Cats sleep for most of the day and hunt at dawn and dusk, and they like warm windows in the afternoon.",
+            "pets",
+        ),
+        (
+            "kb",
+            "cats2",
+            "Pets",
+            "Cats, cats, cats: a guide for owners of cats.",
+            "pets",
+        ),
+        (
+            "other",
+            "err",
+            "Other deploy",
+            "ERR_4471 also appears in the other tenant's logs.",
+            "ops",
+        ),
+    ];
+    for (scope, id, title, text, topic) in docs {
+        h.execute(
+            &key(scope, id),
+            DocumentCommand::Add {
+                content: content(title, text, topic),
+            },
+            &ctx,
+        )
+        .await
+        .unwrap();
+    }
+    let p = Projector::new(store.clone(), common::model_backend(), ProjectorOptions::default());
+    p.run_until_caught_up(Target::Active).await.unwrap();
+    let kb = |r: SearchRequest| SearchRequest {
+        scope: Some(Scope::parse("kb").unwrap()),
+        ..r
+    };
+    let ids = |r: &recall::search::SearchResponse| {
+        r.results
+            .iter()
+            .map(|h| format!("{}/{}", h.scope, h.document_id))
+            .collect::<Vec<_>>()
+    };
+
+    // Only chunks holding a query word come back; the other scope's copy never does.
+    let code = search(&pool, words("ERR_4471"), &kb(lexical(10))).await.unwrap();
+    assert_eq!(ids(&code), ["kb/err"]);
+    let everywhere = search(&pool, words("ERR_4471"), &lexical(10)).await.unwrap();
+    assert_eq!(everywhere.results.len(), 2, "{:?}", ids(&everywhere));
+    // Term frequency counts (cats2 says it four times), stemming matches "cat" to "cats".
+    let cats = search(&pool, words("cat"), &kb(lexical(10))).await.unwrap();
+    assert_eq!(ids(&cats), ["kb/cats2", "kb/cats"]);
+    assert!(cats.results[0].score > cats.results[1].score);
+    // A rare word outweighs a common one: "certificate" is in two documents, "renew" in one.
+    let rare = search(&pool, words("renew certificate"), &kb(lexical(10)))
+        .await
+        .unwrap();
+    assert_eq!(ids(&rare)[0], "kb/cert");
+    // Stop words alone match nothing, without an error.
+    assert!(search(&pool, words("the of and"), &lexical(10))
+        .await
+        .unwrap()
+        .results
+        .is_empty());
+    // Filters apply.
+    let filtered = search(
+        &pool,
+        words("cat certificate"),
+        &SearchRequest {
+            filter: Some(serde_json::json!({"topic": "ops"})),
+            ..kb(lexical(10))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ids(&filtered),
+        ["kb/cert", "kb/err"],
+        "no pets, and the title's mention counts too"
+    );
+
+    // Hybrid: the exact code and the meaning both count; dense needs the vector.
+    let question = "why does the deploy fail with ERR_4471";
+    let v = embed(question);
+    let hybrid = search(
+        &pool,
+        Query {
+            text: question,
+            vector: Some(&v),
+        },
+        &kb(SearchRequest {
+            mode: SearchMode::Hybrid,
+            ..request(3)
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&hybrid)[0], "kb/err");
+    assert!(hybrid.results.len() <= 3);
+    assert!(matches!(
+        search(
+            &pool,
+            words(question),
+            &SearchRequest {
+                mode: SearchMode::Hybrid,
+                ..request(3)
+            }
+        )
+        .await,
+        Err(SearchError::NoVector { .. })
+    ));
+
+    // An update removes the code; the old receipt still finds it, with the old text and score.
+    let receipt = code.position;
+    h.execute(
+        &key("kb", "err"),
+        DocumentCommand::Update {
+            content: content("Deploy failures", "Deploys now succeed.", "ops"),
+            expected_version: None,
+        },
+        &ctx,
+    )
+    .await
+    .unwrap();
+    p.run_until_caught_up(Target::Active).await.unwrap();
+    assert!(search(&pool, words("ERR_4471"), &kb(lexical(10)))
+        .await
+        .unwrap()
+        .results
+        .is_empty());
+    let replay = search(
+        &pool,
+        words("ERR_4471"),
+        &kb(SearchRequest {
+            as_of: Some(receipt),
+            ..lexical(10)
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&replay), ["kb/err"]);
+    assert_eq!(replay.results[0].text, code.results[0].text);
+    assert!((replay.results[0].score - code.results[0].score).abs() < 1e-9);
 }

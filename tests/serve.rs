@@ -30,10 +30,7 @@ fn serve(url: &str, token: &str) -> (Child, String) {
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let base = loop {
-        let line = lines
-            .next()
-            .expect("recall serve exited before it listened")
-            .unwrap();
+        let line = lines.next().expect("recall serve exited before it listened").unwrap();
         if let Some(rest) = line.split("serving ").nth(1) {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
@@ -97,7 +94,10 @@ fn serve_answers_on_a_real_socket_with_its_own_projector_and_exits_cleanly_on_si
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "recall serve did not stop on SIGTERM");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "recall serve did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "recall serve exited with {status}");
@@ -113,5 +113,8 @@ fn serve_refuses_a_non_loopback_address_without_a_token() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("refusing to listen on 0.0.0.0:0") && stderr.contains("RECALL_API_TOKEN"), "{stderr}");
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0") && stderr.contains("RECALL_API_TOKEN"),
+        "{stderr}"
+    );
 }

@@ -135,6 +135,7 @@ impl From<SearchError> for ApiError {
                 "there is no read model yet: the projector has not started; retry shortly or run `recall project`",
             ),
             SearchError::Database(e) => ApiError::database(e),
+            SearchError::NoVector { .. } => ApiError::internal(&error),
         }
     }
 }

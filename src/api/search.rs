@@ -11,7 +11,10 @@ use serde_json::Value;
 use super::{ApiError, AppState};
 use crate::domain::Scope;
 use crate::projector;
-use crate::search::{self, SearchRequest, SearchResponse, MAX_K};
+use crate::search::{self, SearchMode, SearchRequest, SearchResponse};
+
+/// The most results one request may ask for.
+const MAX_K: usize = 100;
 
 /// Longest accepted question; the model reads at most its first 256 word pieces anyway.
 const MAX_QUERY_BYTES: usize = 16 * 1024;
@@ -21,6 +24,7 @@ const MAX_QUERY_BYTES: usize = 16 * 1024;
 pub struct SearchBody {
     query: String,
     k: Option<usize>,
+    mode: Option<SearchMode>,
     scope: Option<String>,
     filter: Option<Value>,
     as_of: Option<i64>,
@@ -62,22 +66,33 @@ pub async fn search(
     }
     let request = SearchRequest {
         k,
+        mode: body.mode.unwrap_or_default(),
         scope: body.scope.as_deref().map(Scope::parse).transpose()?,
         filter: body.filter,
         as_of: body.as_of,
+        first_chunk_only: false,
     };
     if let Some(position) = body.wait_for.or(params.wait_for) {
         projector::wait_for(state.pool(), position, state.config().wait_timeout).await?;
     }
-    let encoder = state.query_encoder()?;
-    let question = body.query;
     let started = Instant::now();
-    let vector = tokio::task::spawn_blocking(move || encoder.encode(&question))
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-        .map_err(|e| ApiError::internal(&e))?;
-    state.metrics().query_embed_latency.observe(started.elapsed());
-    let response = search::search(state.pool(), &vector, &request).await?;
+    let vector = if request.mode.needs_vector() {
+        let encoder = state.query_encoder()?;
+        let question = body.query.clone();
+        let vector = tokio::task::spawn_blocking(move || encoder.encode(&question))
+            .await
+            .map_err(|e| ApiError::internal(&e))?
+            .map_err(|e| ApiError::internal(&e))?;
+        state.metrics().query_embed_latency.observe(started.elapsed());
+        Some(vector)
+    } else {
+        None
+    };
+    let query = search::Query {
+        text: &body.query,
+        vector: vector.as_deref(),
+    };
+    let response = search::search(state.pool(), query, &request).await?;
     state.metrics().search_latency.observe(started.elapsed());
     Ok(Json(response))
 }

@@ -4,10 +4,12 @@
 mod append;
 mod embed;
 mod project;
+mod search;
 
 pub use append::{run_append_bench, AppendBenchConfig, AppendBenchReport};
 pub use embed::{run_embed_bench, EmbedBenchReport};
 pub use project::{run_project_bench, ProjectBenchReport};
+pub use search::{run_search_bench, SearchBenchConfig, SearchBenchError, SearchBenchReport};
 
 use std::time::Duration;
 

@@ -39,6 +39,37 @@ pub enum BenchCommand {
         #[command(flatten)]
         model: super::embed::ModelArgs,
     },
+    /// Search over HTTP with 100k+ chunks: latency, HNSW recall@10 against exact search, and command and
+    /// search latency idle beside the same while the projector works through a backlog.
+    Search {
+        /// BEIR-style corpus JSONL ({"_id", "title", "text"}).
+        #[arg(long)]
+        corpus: std::path::PathBuf,
+        /// BEIR-style queries JSONL ({"_id", "text"}).
+        #[arg(long)]
+        queries: std::path::PathBuf,
+        /// Corpus documents to project (then multiplied to --chunks).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Current chunks to reach with perturbed copies of the projected ones.
+        #[arg(long, default_value_t = 100_000)]
+        chunks: usize,
+        /// Further documents appended to keep the projector busy during the loaded phase.
+        #[arg(long, default_value_t = 1000)]
+        backlog: usize,
+        /// Searches and commands per phase.
+        #[arg(long, default_value_t = 300)]
+        requests: usize,
+        /// Milliseconds between a client's requests.
+        #[arg(long, default_value_t = 20)]
+        pause_ms: u64,
+        #[arg(long, default_value_t = 200)]
+        recall_queries: usize,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        model: super::embed::ModelArgs,
+    },
     /// Event-log throughput and latency: one client, many clients, bulk ingest.
     Append {
         #[arg(long, default_value_t = 2000)]
@@ -87,8 +118,84 @@ async fn drop_database(admin: &sqlx::postgres::PgConnectOptions, name: &str) -> 
     Ok(())
 }
 
+/// A BEIR-style corpus as documents of one scope.
+pub(super) fn read_corpus(
+    corpus: &std::path::Path,
+    scope: &str,
+) -> anyhow::Result<Vec<(recall::domain::DocumentKey, recall::domain::DocumentContent)>> {
+    let text = std::fs::read_to_string(corpus).with_context(|| format!("cannot read {}", corpus.display()))?;
+    let scope = recall::domain::Scope::parse(scope)?;
+    let limits = recall::domain::Limits::default();
+    let mut documents = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let item = recall::ingest::parse_jsonl_line(line, i + 1, &corpus.display().to_string(), &scope, &limits)?;
+        documents.push((item.key, item.content));
+    }
+    Ok(documents)
+}
+
 pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
     match what {
+        BenchCommand::Search {
+            corpus,
+            queries,
+            limit,
+            chunks,
+            backlog,
+            requests,
+            pause_ms,
+            recall_queries,
+            json,
+            model,
+        } => {
+            let mut base = read_corpus(&corpus, "bench")?;
+            let mut extra = base.split_off(limit.min(base.len()));
+            if extra.len() < backlog {
+                // A short corpus: the backlog re-adds the same texts under a scope of their own.
+                let again = read_corpus(&corpus, "bench-backlog")?;
+                extra.extend(again.into_iter().cycle().take(backlog - extra.len()));
+            }
+            extra.truncate(backlog);
+            let questions: Vec<String> = super::search::read_queries(&queries)?
+                .into_iter()
+                .map(|(_, q)| q)
+                .collect();
+            anyhow::ensure!(!questions.is_empty(), "{} holds no queries", queries.display());
+            let threads = model
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let embedder = std::sync::Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
+            let config = recall::bench::SearchBenchConfig {
+                chunks,
+                requests,
+                pause: std::time::Duration::from_millis(pause_ms),
+                recall_queries,
+                threads,
+            };
+            let report = on_scratch_database(|pool| async move {
+                Ok(
+                    recall::bench::run_search_bench(EventStore::new(pool), embedder, base, extra, questions, config)
+                        .await?,
+                )
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{} documents projected, {} current chunks; HNSW recall@10 {:.4} over {} queries",
+                    report.documents, report.chunks, report.recall_at_10, report.recall_queries
+                );
+                for (name, phase) in [("idle", &report.idle), ("projector busy", &report.under_projection)] {
+                    println!(
+                        "{name:>15}: dense search p50 {:.1} ms p99 {:.1} ms | hybrid search p50 {:.1} ms p99 {:.1} ms | command p50 {:.2} ms p99 {:.2} ms | {} events projected meanwhile{}",
+                        phase.dense_search.p50_ms, phase.dense_search.p99_ms, phase.hybrid_search.p50_ms, phase.hybrid_search.p99_ms, phase.command.p50_ms, phase.command.p99_ms,
+                        phase.projected_during, if phase.backlog_throughout { ", backlog left at the end" } else { "" }
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         BenchCommand::Embed {
             corpus,
             limit,
@@ -128,15 +235,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             json,
             model,
         } => {
-            let text = std::fs::read_to_string(&corpus).with_context(|| format!("cannot read {}", corpus.display()))?;
-            let scope = recall::domain::Scope::parse("bench")?;
-            let limits = recall::domain::Limits::default();
-            let mut documents = Vec::new();
-            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let item =
-                    recall::ingest::parse_jsonl_line(line, i + 1, &corpus.display().to_string(), &scope, &limits)?;
-                documents.push((item.key, item.content));
-            }
+            let mut documents = read_corpus(&corpus, "bench")?;
             documents.truncate(limit.unwrap_or(usize::MAX));
             let embedder = tokio::task::spawn_blocking(move || model.load()).await??;
             let backend = std::sync::Arc::new(recall::projector::ModelBackend::new(embedder, 32));

@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use recall::domain::Scope;
-use recall::search::{search, SearchRequest};
+use recall::search::{search, Query, SearchMode, SearchRequest};
 
 use super::embed::ModelArgs;
 use super::open_store;
@@ -22,6 +22,9 @@ pub struct SearchArgs {
     queries: Option<std::path::PathBuf>,
     #[arg(short, long, default_value_t = 10)]
     k: usize,
+    /// dense (embeddings), lexical (BM25) or hybrid (both, fused by reciprocal rank).
+    #[arg(long, value_enum, default_value = "hybrid")]
+    mode: SearchMode,
     #[arg(long)]
     scope: Option<String>,
     /// Metadata the documents must contain, as a JSON object.
@@ -36,6 +39,25 @@ pub struct SearchArgs {
     model: ModelArgs,
 }
 
+/// BEIR-style queries: `{"_id", "text"}` a line.
+pub(super) fn read_queries(path: &std::path::Path) -> anyhow::Result<Vec<(Option<String>, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+        let id = v
+            .get("_id")
+            .or_else(|| v.get("id"))
+            .map(|id| id.as_str().map(str::to_owned).unwrap_or_else(|| id.to_string()));
+        let q = v["text"]
+            .as_str()
+            .with_context(|| format!("{}:{}: no \"text\"", path.display(), i + 1))?;
+        out.push((id, q.to_owned()));
+    }
+    Ok(out)
+}
+
 pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
     let request = SearchRequest {
         k: args.k,
@@ -47,39 +69,37 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
             .transpose()
             .context("--filter is not valid JSON")?,
         as_of: args.as_of,
+        mode: args.mode,
+        first_chunk_only: false,
     };
     let store = open_store().await?;
-    let model = args.model.clone();
-    let embedder = tokio::task::spawn_blocking(move || model.load()).await??;
     let queries: Vec<(Option<String>, String)> = match (&args.query, &args.queries) {
         (Some(q), _) => vec![(None, q.clone())],
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let mut out = Vec::new();
-            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let v: serde_json::Value =
-                    serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
-                let id = v
-                    .get("_id")
-                    .or_else(|| v.get("id"))
-                    .map(|id| id.as_str().map(str::to_owned).unwrap_or_else(|| id.to_string()));
-                let q = v["text"]
-                    .as_str()
-                    .with_context(|| format!("{}:{}: no \"text\"", path.display(), i + 1))?;
-                out.push((id, q.to_owned()));
-            }
-            out
-        }
+        (None, Some(path)) => read_queries(path)?,
         (None, None) => unreachable!("clap requires one"),
     };
-    let texts: Vec<String> = queries.iter().map(|(_, q)| q.clone()).collect();
-    let vectors = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        embedder.encode(&refs)
-    })
-    .await??;
-    for ((id, _), vector) in queries.iter().zip(vectors) {
-        let response = search(store.pool(), &vector, &request).await?;
+    // Lexical search needs no model; the others embed every question in one go.
+    let vectors = if args.mode.needs_vector() {
+        let texts: Vec<String> = queries.iter().map(|(_, q)| q.clone()).collect();
+        let model = args.model.clone();
+        tokio::task::spawn_blocking(move || {
+            let embedder = model.load()?;
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            anyhow::Ok(embedder.encode(&refs)?)
+        })
+        .await??
+        .into_iter()
+        .map(Some)
+        .collect()
+    } else {
+        vec![None; queries.len()]
+    };
+    for ((id, text), vector) in queries.iter().zip(vectors) {
+        let query = Query {
+            text,
+            vector: vector.as_deref(),
+        };
+        let response = search(store.pool(), query, &request).await?;
         if args.json || args.queries.is_some() {
             let mut line = serde_json::to_value(&response)?;
             if let Some(id) = id {

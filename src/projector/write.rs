@@ -25,6 +25,7 @@ struct ChunkRows {
     text: Vec<String>,
     tokens: Vec<i32>,
     embedding: Vec<Vector>,
+    title: Vec<String>,
 }
 
 #[derive(Default)]
@@ -98,6 +99,7 @@ pub(crate) async fn apply_effects(
                     rows.text.push(c.text.clone());
                     rows.tokens.push(c.tokens);
                     rows.embedding.push(Vector::from(c.embedding.clone()));
+                    rows.title.push(title.clone());
                 }
                 (
                     scope.clone(),
@@ -145,9 +147,9 @@ pub(crate) async fn apply_effects(
     if !rows.scope.is_empty() {
         sqlx::query(
             "INSERT INTO chunks (generation, scope, document_id, valid_from, chunk_index, valid_to, char_start,
-                                 char_end, text, tokens, embedding)
+                                 char_end, text, tokens, embedding, title)
              SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::int[], $6::bigint[], $7::int[],
-                                      $8::int[], $9::text[], $10::int[], $11::vector[])",
+                                      $8::int[], $9::text[], $10::int[], $11::vector[], $12::text[])",
         )
         .bind(generation)
         .bind(rows.scope)
@@ -160,6 +162,7 @@ pub(crate) async fn apply_effects(
         .bind(rows.text)
         .bind(rows.tokens)
         .bind(rows.embedding)
+        .bind(rows.title)
         .execute(&mut *tx)
         .await?;
     }

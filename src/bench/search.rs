@@ -1,0 +1,310 @@
+//! `recall bench search`: the query API measured as agents use it, over HTTP on loopback against an
+//! in-process `recall serve`: search latency with 100k+ chunks loaded, the HNSW index's recall@10
+//! against an exact scan, and command and search latency on an idle system beside the same while the
+//! projector saturates the CPU with a backlog.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use thiserror::Error;
+
+use crate::api::{self, ApiConfig, AppState, ProjectorState};
+use crate::commands::{CommandContext, CommandError, CommandHandler};
+use crate::domain::{DocumentCommand, DocumentContent, DocumentKey};
+use crate::embed::{ComputePool, EmbedError, Embedder};
+use crate::event_store::EventStore;
+use crate::projector::{self, ModelBackend, Projector, ProjectorError, ProjectorOptions, Target};
+use crate::search::{self, Query, QueryEncoder, SearchError, SearchMode, SearchRequest};
+
+use super::Latency;
+
+#[derive(Debug, Error)]
+pub enum SearchBenchError {
+    #[error(transparent)]
+    Projector(#[from] ProjectorError),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error(transparent)]
+    Search(#[from] SearchError),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("HTTP: {0}")]
+    Http(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchBenchConfig {
+    /// Current chunks to reach by adding perturbed copies of the projected ones.
+    pub chunks: usize,
+    /// Requests of each kind per phase.
+    pub requests: usize,
+    /// Think time between a client's requests, as an agent would leave.
+    pub pause: Duration,
+    /// Queries whose HNSW top 10 is compared with the exact top 10.
+    pub recall_queries: usize,
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Phase {
+    pub dense_search: Latency,
+    pub hybrid_search: Latency,
+    pub command: Latency,
+    /// Events the projector applied during the phase (0 when idle).
+    pub projected_during: u64,
+    /// Whether the projector still had a backlog when the phase ended.
+    pub backlog_throughout: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SearchBenchReport {
+    pub documents: usize,
+    pub chunks: i64,
+    pub recall_at_10: f64,
+    pub recall_queries: usize,
+    pub idle: Phase,
+    pub under_projection: Phase,
+}
+
+/// `base` is projected and multiplied up to `config.chunks`; `backlog` is appended afterwards to keep the
+/// projector busy while the loaded phase is measured. `queries` are questions (reused round-robin).
+pub async fn run_search_bench(
+    store: EventStore,
+    embedder: Arc<Embedder>,
+    base: Vec<(DocumentKey, DocumentContent)>,
+    backlog: Vec<(DocumentKey, DocumentContent)>,
+    queries: Vec<String>,
+    config: SearchBenchConfig,
+) -> Result<SearchBenchReport, SearchBenchError> {
+    let pool = store.pool().clone();
+    let handler = CommandHandler::new(store.clone());
+    append_all(&handler, &base).await?;
+    let projector = Projector::new(
+        store.clone(),
+        Arc::new(ModelBackend::shared(
+            embedder.clone(),
+            32,
+            Some(ComputePool::new("bench-project", config.threads, 10)?),
+        )),
+        ProjectorOptions {
+            batch_events: 64,
+            ..Default::default()
+        },
+    );
+    tracing::info!(documents = base.len(), "projecting the base corpus");
+    projector.run_until_caught_up(Target::Active).await?;
+    let chunks = multiply_chunks(&pool, config.chunks).await?;
+
+    let encoder = Arc::new(QueryEncoder::new(
+        embedder,
+        ComputePool::new("bench-query", config.threads, 0)?,
+    ));
+    let (recall_at_10, recall_queries) = hnsw_recall(&pool, &encoder, &queries, config.recall_queries).await?;
+
+    let state = AppState::new(handler.clone(), ApiConfig::default());
+    state.set_query_encoder(encoder);
+    state.set_projector(ProjectorState::Running(projector.stats()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| SearchBenchError::Http(e.to_string()))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| SearchBenchError::Http(e.to_string()))?;
+    let server = tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
+
+    // Idle: the projector runs, as in `recall serve`, but has nothing to do but the phase's own commands.
+    let worker = projector.spawn(Target::Active);
+    let idle = phase(&pool, address, &queries, &config).await?;
+    append_all(&handler, &backlog).await?;
+    // Let the projector reach full speed on the backlog before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let under_projection = phase(&pool, address, &queries, &config).await?;
+    worker.stop().await?;
+    server.abort();
+    Ok(SearchBenchReport {
+        documents: base.len(),
+        chunks,
+        recall_at_10,
+        recall_queries,
+        idle,
+        under_projection,
+    })
+}
+
+async fn append_all(
+    handler: &CommandHandler,
+    documents: &[(DocumentKey, DocumentContent)],
+) -> Result<(), CommandError> {
+    let ctx = CommandContext::default();
+    for batch in documents.chunks(1000) {
+        let commands = batch
+            .iter()
+            .map(|(k, c)| (k.clone(), DocumentCommand::Add { content: c.clone() }))
+            .collect();
+        handler.execute_batch(commands, &ctx).await?;
+    }
+    Ok(())
+}
+
+/// Adds copies of every current chunk (and its document) with uniform noise of +-0.04 per dimension
+/// (cosine ~0.9 to the original) until there are `target` current chunks, then rebuilds the HNSW index
+/// the way a bulk load would. Returns the number of current chunks.
+async fn multiply_chunks(pool: &sqlx::PgPool, target: usize) -> Result<i64, sqlx::Error> {
+    let current: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks WHERE valid_to IS NULL")
+        .fetch_one(pool)
+        .await?;
+    let copies = ((target as i64 - current).max(0) as u64).div_ceil(current.max(1) as u64) as i64;
+    tracing::info!(current, copies, "multiplying chunks");
+    sqlx::query("DROP INDEX chunks_current_embedding_idx")
+        .execute(pool)
+        .await?;
+    for copy in 1..=copies {
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO documents (generation, scope, id, title, metadata, version, removed, position)
+             SELECT generation, scope, id || '~' || $1, title, metadata, version, removed, position
+             FROM documents WHERE NOT removed AND id NOT LIKE '%~%'",
+        )
+        .bind(copy.to_string())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO chunks (generation, scope, document_id, valid_from, chunk_index, valid_to, char_start,
+                                 char_end, text, tokens, embedding)
+             SELECT c.generation, c.scope, c.document_id || '~' || $1, c.valid_from, c.chunk_index, NULL,
+                    c.char_start, c.char_end, c.text, c.tokens,
+                    (SELECT array_agg(x + (random()::real - 0.5) * 0.08 ORDER BY i)
+                     FROM unnest(c.embedding::real[]) WITH ORDINALITY AS u(x, i))::vector
+             FROM chunks c WHERE c.valid_to IS NULL AND c.document_id NOT LIKE '%~%'",
+        )
+        .bind(copy.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SET maintenance_work_mem = '1GB'")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "CREATE INDEX chunks_current_embedding_idx ON chunks USING hnsw (embedding vector_cosine_ops)
+         WHERE valid_to IS NULL",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("ANALYZE chunks").execute(&mut *conn).await?;
+    sqlx::query_scalar("SELECT count(*) FROM chunks WHERE valid_to IS NULL")
+        .fetch_one(pool)
+        .await
+}
+
+/// Mean overlap of the index's top 10 with the exact top 10.
+async fn hnsw_recall(
+    pool: &sqlx::PgPool,
+    encoder: &Arc<QueryEncoder>,
+    queries: &[String],
+    n: usize,
+) -> Result<(f64, usize), SearchBenchError> {
+    let request = SearchRequest {
+        k: 10,
+        mode: SearchMode::Dense,
+        ..SearchRequest::default()
+    };
+    let mut total = 0.0;
+    let n = n.min(queries.len());
+    for query in &queries[..n] {
+        let vector = {
+            let (encoder, query) = (encoder.clone(), query.clone());
+            tokio::task::spawn_blocking(move || encoder.encode(&query))
+                .await
+                .map_err(|e| ProjectorError::Panicked(e.to_string()))??
+        };
+        let key = |h: &search::SearchHit| (h.scope.clone(), h.document_id.clone(), h.chunk_index);
+        let q = Query {
+            text: query,
+            vector: Some(&vector),
+        };
+        let approximate: Vec<_> = search::search(pool, q, &request)
+            .await?
+            .results
+            .iter()
+            .map(key)
+            .collect();
+        let exact: Vec<_> = search::search_exact(pool, q, &request)
+            .await?
+            .results
+            .iter()
+            .map(key)
+            .collect();
+        total += exact.iter().filter(|e| approximate.contains(e)).count() as f64 / exact.len().max(1) as f64;
+    }
+    Ok((total / n.max(1) as f64, n))
+}
+
+/// One client alternating a search and a command with think time between, over HTTP.
+async fn phase(
+    pool: &sqlx::PgPool,
+    address: SocketAddr,
+    queries: &[String],
+    config: &SearchBenchConfig,
+) -> Result<Phase, SearchBenchError> {
+    let before = projector::status(pool).await?;
+    let base = format!("http://{address}");
+    let (queries, requests, pause) = (queries.to_vec(), config.requests, config.pause);
+    let (dense, hybrid, command) = tokio::task::spawn_blocking(move || -> Result<_, SearchBenchError> {
+        let agent = ureq::AgentBuilder::new().build();
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let timed = |path: &str, body: serde_json::Value| -> Result<Duration, SearchBenchError> {
+            let started = Instant::now();
+            agent
+                .post(&format!("{base}{path}"))
+                .send_json(body)
+                .map_err(|e| SearchBenchError::Http(e.to_string()))?;
+            let elapsed = started.elapsed();
+            std::thread::sleep(pause);
+            Ok(elapsed)
+        };
+        let (mut dense, mut hybrid, mut commands) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..requests {
+            let question = &queries[i % queries.len()];
+            dense.push(timed(
+                "/v1/search",
+                json!({"query": question, "k": 10, "mode": "dense"}),
+            )?);
+            hybrid.push(timed(
+                "/v1/search",
+                json!({"query": question, "k": 10, "mode": "hybrid"}),
+            )?);
+            commands.push(timed(
+                "/v1/documents",
+                json!({"scope": "bench-commands", "id": format!("{tag}-{i}"),
+                       "text": format!("A note written by the benchmark's agent, number {i}.")}),
+            )?);
+        }
+        Ok((dense, hybrid, commands))
+    })
+    .await
+    .map_err(|e| ProjectorError::Panicked(e.to_string()))??;
+    let after = projector::status(pool).await?;
+    let checkpoint = |r: &projector::StatusReport| {
+        r.projections
+            .iter()
+            .find(|p| p.status == "active")
+            .map_or(0, |p| p.checkpoint)
+    };
+    let still_behind = after
+        .projections
+        .iter()
+        .any(|p| p.status == "active" && p.lag_events > 0);
+    Ok(Phase {
+        dense_search: Latency::from_samples(dense),
+        hybrid_search: Latency::from_samples(hybrid),
+        command: Latency::from_samples(command),
+        projected_during: (checkpoint(&after) - checkpoint(&before)).max(0) as u64,
+        backlog_throughout: still_behind,
+    })
+}

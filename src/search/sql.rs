@@ -1,0 +1,116 @@
+//! The search statements. Every one takes the same parameters, so the caller binds them alike:
+//! $1 query vector, $2 generation, $3 scope (or NULL), $4 metadata filter (or NULL), $5 how many,
+//! $6 first chunks only, $7 the position searched (the checkpoint, or as_of), $8 the query text.
+
+use std::sync::LazyLock;
+
+use super::SearchMode;
+
+/// Which chunks a search sees, with the title and metadata they had. Live: the current chunks and
+/// documents. As of a position: the chunks valid then, with the title and metadata of their own event.
+fn candidates(as_of: bool) -> &'static str {
+    if as_of {
+        "SELECT c.scope, c.document_id, c.chunk_index, c.embedding, c.lexemes, c.text, c.char_start, c.char_end,
+                coalesce(e.payload->>'title', '') AS title,
+                coalesce((e.payload->'metadata')::jsonb, '{}'::jsonb) AS metadata
+         FROM chunks c
+         JOIN events e ON e.position = c.valid_from
+         WHERE c.generation = $2 AND c.valid_from <= $7 AND (c.valid_to IS NULL OR c.valid_to > $7)
+           AND ($3::text IS NULL OR c.scope = $3)
+           AND ($4::jsonb IS NULL OR coalesce((e.payload->'metadata')::jsonb, '{}'::jsonb) @> $4)
+           AND (NOT $6::boolean OR c.chunk_index = 0)"
+    } else {
+        "SELECT c.scope, c.document_id, c.chunk_index, c.embedding, c.lexemes, c.text, c.char_start, c.char_end,
+                d.title, d.metadata
+         FROM chunks c
+         JOIN documents d ON d.generation = c.generation AND d.scope = c.scope AND d.id = c.document_id
+         WHERE c.valid_to IS NULL AND c.generation = $2
+           AND ($3::text IS NULL OR c.scope = $3)
+           AND ($4::jsonb IS NULL OR d.metadata @> $4)
+           AND (NOT $6::boolean OR c.chunk_index = 0)"
+    }
+}
+
+/// Nearest first. Live, the planner walks the HNSW index over current chunks (scanning on past
+/// filtered-out rows until enough are found); as of a past position it scans the chunks valid then.
+fn dense(as_of: bool) -> String {
+    // A plain subquery, which the planner flattens, so that the live ORDER BY reaches the index.
+    format!(
+        "SELECT c.scope, c.document_id, c.chunk_index, 1 - (c.embedding <=> $1::vector) AS score, c.title, c.text,
+                c.char_start, c.char_end, c.metadata
+         FROM ({candidates}) c
+         ORDER BY c.embedding <=> $1::vector
+         LIMIT $5",
+        candidates = candidates(as_of)
+    )
+}
+
+/// BM25 (k1 = 1.2, b = 0.75, Lucene's idf) over "title text" in English: any chunk holding one of the
+/// question's stemmed words is a candidate (the GIN index finds them), so a term's document frequency
+/// is counted among the candidates; the number of chunks and their mean length come from lexical_stats.
+/// A chunk's length is its number of distinct lexemes.
+///
+/// The term frequency comes from PostgreSQL itself: ts_rank of a one-lexeme query is
+/// 0.1 * H(tf) / (pi^2 / 6) with H(tf) = sum of 1/j^2 for j = 1..tf (its calc_rank_or), and
+/// H(tf) ~ pi^2/6 - 1 / (tf + 0.5) inverts that to within a few percent, without unnesting every
+/// candidate's tsvector.
+fn lexical(as_of: bool) -> String {
+    format!(
+        "WITH terms AS (
+             SELECT lexeme, quoted::tsquery AS q, quoted
+             FROM (SELECT DISTINCT t.lexeme,
+                          '''' || replace(replace(t.lexeme, '\\', '\\\\'), '''', '''''') || '''' AS quoted
+                   FROM unnest(to_tsvector('english', $8)) AS t) quoted_terms
+         ),
+         any_term AS (SELECT string_agg(quoted, ' | ')::tsquery AS q FROM terms),
+         stats AS (
+             SELECT greatest(sum(chunks), 1)::float8 AS n,
+                    greatest(sum(lengths)::float8 / greatest(sum(chunks), 1), 1) AS avglen
+             FROM ({stats}) s
+         ),
+         candidates AS MATERIALIZED (
+             SELECT * FROM ({candidates}) c
+             WHERE c.lexemes @@ (SELECT q FROM any_term)
+         ),
+         matched AS (
+             SELECT m.scope, m.document_id, m.chunk_index, t.lexeme, length(m.lexemes) AS len,
+                    greatest(1.0 / greatest(1.6449340668 - ts_rank(m.lexemes, t.q, 0) * 16.449340668, 1e-6) - 0.5, 1.0)
+                        AS tf
+             FROM candidates m JOIN terms t ON m.lexemes @@ t.q
+         ),
+         df AS (SELECT lexeme, count(*)::float8 AS df FROM matched GROUP BY lexeme),
+         scores AS (
+             SELECT m.scope, m.document_id, m.chunk_index,
+                    sum(ln(1 + (s.n - df.df + 0.5) / (df.df + 0.5))
+                        * m.tf * 2.2 / (m.tf + 1.2 * (0.25 + 0.75 * m.len / s.avglen))) AS score
+             FROM matched m JOIN df USING (lexeme) CROSS JOIN stats s
+             GROUP BY m.scope, m.document_id, m.chunk_index
+         )
+         SELECT c.scope, c.document_id, c.chunk_index, s.score, c.title, c.text, c.char_start, c.char_end, c.metadata
+         FROM scores s JOIN candidates c USING (scope, document_id, chunk_index)
+         ORDER BY s.score DESC, c.scope, c.document_id, c.chunk_index
+         LIMIT $5",
+        candidates = candidates(as_of),
+        stats = stats(as_of)
+    )
+}
+
+/// The number of chunks and the sum of their lengths: kept current in lexical_stats; as of a past
+/// position, counted over the chunks valid then, so that a replay scores exactly as the original did.
+fn stats(as_of: bool) -> &'static str {
+    if as_of {
+        "SELECT count(*) AS chunks, coalesce(sum(length(lexemes)), 0) AS lengths
+         FROM chunks
+         WHERE generation = $2 AND valid_from <= $7 AND (valid_to IS NULL OR valid_to > $7)
+           AND ($3::text IS NULL OR scope = $3)"
+    } else {
+        "SELECT chunks, lengths FROM lexical_stats WHERE generation = $2 AND ($3::text IS NULL OR scope = $3)"
+    }
+}
+
+static QUERIES: LazyLock<[String; 4]> = LazyLock::new(|| [dense(false), dense(true), lexical(false), lexical(true)]);
+
+pub(super) fn query(mode: SearchMode, as_of: bool) -> &'static str {
+    let lexical = mode == SearchMode::Lexical;
+    &QUERIES[usize::from(lexical) * 2 + usize::from(as_of)]
+}
