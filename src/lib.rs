@@ -10,6 +10,7 @@
 //! - [`api`]: the HTTP API over commands, the read model and search (`recall serve`).
 //! - [`embed`]: model files, tokenizer, token-aware chunker, token-budget batches, Candle BERT, pooling.
 //! - [`postgres`]: the pool, migrations and the embedded server's lifecycle.
+//! - [`eval`]: BEIR-style retrieval metrics (nDCG@10, Recall@100, MRR@10) over qrels.
 //! - [`bench`]: the measurement drivers behind `recall bench`.
 //!
 //! Commands enter through [`commands::CommandHandler`], become events in [`event_store::EventStore`],
@@ -20,6 +21,7 @@ pub mod bench;
 pub mod commands;
 pub mod domain;
 pub mod embed;
+pub mod eval;
 pub mod event_store;
 pub mod ingest;
 pub mod postgres;

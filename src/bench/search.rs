@@ -1,7 +1,8 @@
 //! `recall bench search`: the query API measured as agents use it, over HTTP on loopback against an
-//! in-process `recall serve`: search latency with 100k+ chunks loaded, the HNSW index's recall@10
-//! against an exact scan, and command and search latency on an idle system beside the same while the
-//! projector saturates the CPU with a backlog.
+//! in-process `recall serve`: search latency with 100k+ chunks loaded (a corpus cut into short chunks,
+//! every one a real embedding), the HNSW index's recall@10 against an exact scan, and command and
+//! search latency on an idle system beside the same while the projector saturates the CPU with a
+//! backlog.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use thiserror::Error;
 use crate::api::{self, ApiConfig, AppState, ProjectorState};
 use crate::commands::{CommandContext, CommandError, CommandHandler};
 use crate::domain::{DocumentCommand, DocumentContent, DocumentKey};
-use crate::embed::{ComputePool, EmbedError, Embedder};
+use crate::embed::{ChunkOptions, ComputePool, EmbedError, Embedder};
 use crate::event_store::EventStore;
 use crate::projector::{self, ModelBackend, Projector, ProjectorError, ProjectorOptions, Target};
 use crate::search::{self, Query, QueryEncoder, SearchError, SearchMode, SearchRequest};
@@ -32,14 +33,17 @@ pub enum SearchBenchError {
     Embed(#[from] EmbedError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Postgres(#[from] crate::postgres::PostgresError),
     #[error("HTTP: {0}")]
     Http(String),
 }
 
 #[derive(Debug, Clone)]
 pub struct SearchBenchConfig {
-    /// Current chunks to reach by adding perturbed copies of the projected ones.
-    pub chunks: usize,
+    /// Chunk length in word pieces (special tokens included): shorter chunks make more of them from
+    /// the same corpus, each a real embedding of real text.
+    pub chunk_tokens: usize,
     /// Requests of each kind per phase.
     pub requests: usize,
     /// Think time between a client's requests, as an agent would leave.
@@ -83,11 +87,17 @@ pub async fn run_search_bench(
     let pool = store.pool().clone();
     let handler = CommandHandler::new(store.clone());
     append_all(&handler, &base).await?;
+    // As in `recall serve`: the projector's model threads and database processes yield to the API's.
+    let background = crate::postgres::open_background((*pool.connect_options()).clone(), 4, 10).await?;
     let projector = Projector::new(
-        store.clone(),
+        EventStore::new(background),
         Arc::new(ModelBackend::shared(
             embedder.clone(),
-            32,
+            embedder.chunker_with(ChunkOptions {
+                max_tokens: config.chunk_tokens,
+                overlap: 0,
+                title_prefix: false,
+            }),
             Some(ComputePool::new("bench-project", config.threads, 10)?),
         )),
         ProjectorOptions {
@@ -97,7 +107,10 @@ pub async fn run_search_bench(
     );
     tracing::info!(documents = base.len(), "projecting the base corpus");
     projector.run_until_caught_up(Target::Active).await?;
-    let chunks = multiply_chunks(&pool, config.chunks).await?;
+    let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks WHERE valid_to IS NULL")
+        .fetch_one(&pool)
+        .await?;
+    sqlx::query("VACUUM ANALYZE chunks").execute(&pool).await?;
 
     let encoder = Arc::new(QueryEncoder::new(
         embedder,
@@ -148,58 +161,6 @@ async fn append_all(
         handler.execute_batch(commands, &ctx).await?;
     }
     Ok(())
-}
-
-/// Adds copies of every current chunk (and its document) with uniform noise of +-0.04 per dimension
-/// (cosine ~0.9 to the original) until there are `target` current chunks, then rebuilds the HNSW index
-/// the way a bulk load would. Returns the number of current chunks.
-async fn multiply_chunks(pool: &sqlx::PgPool, target: usize) -> Result<i64, sqlx::Error> {
-    let current: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks WHERE valid_to IS NULL")
-        .fetch_one(pool)
-        .await?;
-    let copies = ((target as i64 - current).max(0) as u64).div_ceil(current.max(1) as u64) as i64;
-    tracing::info!(current, copies, "multiplying chunks");
-    sqlx::query("DROP INDEX chunks_current_embedding_idx")
-        .execute(pool)
-        .await?;
-    for copy in 1..=copies {
-        let mut tx = pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO documents (generation, scope, id, title, metadata, version, removed, position)
-             SELECT generation, scope, id || '~' || $1, title, metadata, version, removed, position
-             FROM documents WHERE NOT removed AND id NOT LIKE '%~%'",
-        )
-        .bind(copy.to_string())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO chunks (generation, scope, document_id, valid_from, chunk_index, valid_to, char_start,
-                                 char_end, text, tokens, embedding)
-             SELECT c.generation, c.scope, c.document_id || '~' || $1, c.valid_from, c.chunk_index, NULL,
-                    c.char_start, c.char_end, c.text, c.tokens,
-                    (SELECT array_agg(x + (random()::real - 0.5) * 0.08 ORDER BY i)
-                     FROM unnest(c.embedding::real[]) WITH ORDINALITY AS u(x, i))::vector
-             FROM chunks c WHERE c.valid_to IS NULL AND c.document_id NOT LIKE '%~%'",
-        )
-        .bind(copy.to_string())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-    }
-    let mut conn = pool.acquire().await?;
-    sqlx::query("SET maintenance_work_mem = '1GB'")
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "CREATE INDEX chunks_current_embedding_idx ON chunks USING hnsw (embedding vector_cosine_ops)
-         WHERE valid_to IS NULL",
-    )
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("ANALYZE chunks").execute(&mut *conn).await?;
-    sqlx::query_scalar("SELECT count(*) FROM chunks WHERE valid_to IS NULL")
-        .fetch_one(pool)
-        .await
 }
 
 /// Mean overlap of the index's top 10 with the exact top 10.
@@ -268,6 +229,10 @@ async fn phase(
             std::thread::sleep(pause);
             Ok(elapsed)
         };
+        // Warm the caches and connections first, as a running service would be.
+        for question in queries.iter().take(20) {
+            timed("/v1/search", json!({"query": question, "k": 10}))?;
+        }
         let (mut dense, mut hybrid, mut commands) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..requests {
             let question = &queries[i % queries.len()];

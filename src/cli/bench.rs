@@ -48,12 +48,12 @@ pub enum BenchCommand {
         /// BEIR-style queries JSONL ({"_id", "text"}).
         #[arg(long)]
         queries: std::path::PathBuf,
-        /// Corpus documents to project (then multiplied to --chunks).
-        #[arg(long, default_value_t = 1000)]
-        limit: usize,
-        /// Current chunks to reach with perturbed copies of the projected ones.
-        #[arg(long, default_value_t = 100_000)]
-        chunks: usize,
+        /// Corpus documents to project (default: all but the backlog).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Chunk length in word pieces, special tokens included (SciFact at 14 gives over 100k chunks).
+        #[arg(long, default_value_t = 14)]
+        chunk_tokens: usize,
         /// Further documents appended to keep the projector busy during the loaded phase.
         #[arg(long, default_value_t = 1000)]
         backlog: usize,
@@ -140,7 +140,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             corpus,
             queries,
             limit,
-            chunks,
+            chunk_tokens,
             backlog,
             requests,
             pause_ms,
@@ -149,7 +149,8 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             model,
         } => {
             let mut base = read_corpus(&corpus, "bench")?;
-            let mut extra = base.split_off(limit.min(base.len()));
+            let keep = limit.unwrap_or(base.len().saturating_sub(backlog)).min(base.len());
+            let mut extra = base.split_off(keep);
             if extra.len() < backlog {
                 // A short corpus: the backlog re-adds the same texts under a scope of their own.
                 let again = read_corpus(&corpus, "bench-backlog")?;
@@ -166,7 +167,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let embedder = std::sync::Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
             let config = recall::bench::SearchBenchConfig {
-                chunks,
+                chunk_tokens,
                 requests,
                 pause: std::time::Duration::from_millis(pause_ms),
                 recall_queries,

@@ -4,6 +4,7 @@
 mod bench;
 mod documents;
 mod embed;
+mod eval;
 mod projection;
 mod search;
 mod serve;
@@ -63,6 +64,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Search the read model for the chunks nearest a question (or each query of a JSONL file).
     Search(search::SearchArgs),
+    /// Retrieval quality on a BEIR dataset (corpus, queries, qrels): nDCG@10, Recall@100, MRR@10.
+    Eval(eval::EvalArgs),
     /// Embed JSONL or plain lines with the model; one JSON object a line out.
     Embed(embed::EmbedArgs),
     /// Recompute the hash chain and name the first position that does not match.
@@ -147,6 +150,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Failures(args) => projection::failures(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Search(args) => search::run(args).await,
+        Command::Eval(args) => eval::run(args).await,
         Command::Embed(args) => tokio::task::spawn_blocking(move || embed::run(args)).await?,
         Command::Verify { json } => documents::verify(json).await,
         Command::Db { action } => db(action).await,

@@ -140,9 +140,17 @@ async fn model_and_projector(
         Ok(pool) => pool,
         Err(error) => return drop(fatal.send(error.into())),
     };
+    let store = match projector_store(&store).await {
+        Ok(store) => store,
+        Err(error) => return drop(fatal.send(error)),
+    };
     let projector = Projector::new(
         store,
-        Arc::new(ModelBackend::shared(embedder, args.overlap, Some(pool))),
+        Arc::new(ModelBackend::shared(
+            embedder.clone(),
+            embedder.chunker(args.overlap, true),
+            Some(pool),
+        )),
         ProjectorOptions {
             batch_events: args.batch.max(1),
             ..Default::default()
@@ -158,6 +166,15 @@ async fn model_and_projector(
         tracing::error!(%error, "the projector stopped; commands are still taken, but the read model is not updated");
         state.set_projector(ProjectorState::Failed(error.to_string()));
     }
+}
+
+/// The projector's own connections, whose server processes yield the CPU to the API's.
+async fn projector_store(api: &EventStore) -> anyhow::Result<EventStore> {
+    let options = (*api.pool().connect_options()).clone();
+    let pool = recall::postgres::open_background(options, 4, PROJECTOR_NICENESS)
+        .await
+        .context("connecting the projector")?;
+    Ok(EventStore::new(pool))
 }
 
 async fn shutdown_signal() {

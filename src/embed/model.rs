@@ -172,15 +172,22 @@ impl Embedder {
 
     /// A chunker for this model; `overlap` is in word pieces.
     pub fn chunker(&self, overlap: usize, title_prefix: bool) -> Chunker {
+        self.chunker_with(ChunkOptions {
+            max_tokens: self.max_seq_length(),
+            overlap,
+            title_prefix,
+        })
+    }
+
+    /// A chunker with other settings (chunks shorter than the model's sequence length, say); a
+    /// `max_tokens` over max_seq_length is cut down to it.
+    pub fn chunker_with(&self, options: ChunkOptions) -> Chunker {
+        let max_tokens = options.max_tokens.min(self.max_seq_length());
         Chunker::new(
             self.tokenizer.clone(),
             self.cls,
             self.sep,
-            ChunkOptions {
-                max_tokens: self.max_seq_length(),
-                overlap,
-                title_prefix,
-            },
+            ChunkOptions { max_tokens, ..options },
         )
     }
 

@@ -145,8 +145,39 @@ pub async fn open(target: &DatabaseTarget, max_connections: u32) -> Result<PgPoo
 }
 
 pub async fn open_with(options: PgConnectOptions, max_connections: u32) -> Result<PgPool, PostgresError> {
+    open_pool(options, max_connections, 0).await
+}
+
+/// A pool for background work (the projector): when the server is on this machine (a Unix socket), each
+/// connection's server process runs at `niceness`, so that its index maintenance yields the CPU to the
+/// processes serving commands and searches.
+pub async fn open_background(
+    options: PgConnectOptions,
+    max_connections: u32,
+    niceness: i32,
+) -> Result<PgPool, PostgresError> {
+    open_pool(options, max_connections, niceness).await
+}
+
+async fn open_pool(options: PgConnectOptions, max_connections: u32, niceness: i32) -> Result<PgPool, PostgresError> {
     let target = format!("{}/{}", options.get_host(), options.get_database().unwrap_or(""));
+    // A TCP server's process ids mean nothing here, even on localhost behind a container boundary.
+    let local = options.get_socket().is_some();
     let pool = PgPoolOptions::new()
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if niceness != 0 && local {
+                    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    // SAFETY: setpriority has no memory-safety preconditions; failure only leaves the priority.
+                    if unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, niceness) } != 0 {
+                        tracing::debug!(pid, "could not lower a database process's priority");
+                    }
+                }
+                Ok(())
+            })
+        })
         .max_connections(max_connections)
         // A ping before every checkout costs a round trip per query; a dead connection shows up as an
         // error on first use instead, which callers already handle.

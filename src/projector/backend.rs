@@ -22,13 +22,13 @@ pub struct ModelBackend {
 impl ModelBackend {
     /// `overlap` is in word pieces; chunks embed as "title text".
     pub fn new(embedder: Embedder, overlap: usize) -> Self {
-        Self::shared(Arc::new(embedder), overlap, None)
+        let chunker = embedder.chunker(overlap, true);
+        Self::shared(Arc::new(embedder), chunker, None)
     }
 
     /// A backend over a model that others (the query path) also use, embedding on its own `pool` when
     /// given one so that its batches and their work do not share threads.
-    pub fn shared(embedder: Arc<Embedder>, overlap: usize, pool: Option<ComputePool>) -> Self {
-        let chunker = embedder.chunker(overlap, true);
+    pub fn shared(embedder: Arc<Embedder>, chunker: Chunker, pool: Option<ComputePool>) -> Self {
         ModelBackend {
             embedder,
             chunker,

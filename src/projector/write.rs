@@ -247,6 +247,12 @@ pub(crate) async fn write_batch(
     batch: &PreparedBatch,
 ) -> Result<i64, ProjectorError> {
     let mut tx = pool.begin().await?;
+    // The read model is derived: a crash that loses this commit only means re-projecting its events from
+    // the older checkpoint. Not waiting for the flush keeps the projector's large WAL writes from
+    // delaying the command path's own commits, which do wait.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
     let moved = sqlx::query(
         "UPDATE projections SET checkpoint = $3, updated_at = now()
          WHERE generation = $1 AND checkpoint = $2 AND status <> 'retired'",

@@ -1,0 +1,180 @@
+//! `recall eval`: BEIR-style retrieval quality of the running pipeline on a corpus, its queries and qrels.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::json;
+
+use recall::commands::{CommandContext, CommandHandler};
+use recall::domain::DocumentCommand;
+use recall::eval::{self, Qrels};
+use recall::projector::{self, ModelBackend, Projector, ProjectorOptions, Target};
+use recall::search::{search, Query, SearchMode, SearchRequest};
+
+use super::bench::read_corpus;
+use super::embed::ModelArgs;
+use super::open_store;
+use super::search::read_queries;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// BEIR corpus JSONL ({"_id", "title", "text"}).
+    #[arg(long)]
+    corpus: std::path::PathBuf,
+    /// BEIR queries JSONL ({"_id", "text"}).
+    #[arg(long)]
+    queries: std::path::PathBuf,
+    /// BEIR qrels TSV (query-id, corpus-id, score); graded scores are used as graded gains.
+    #[arg(long)]
+    qrels: std::path::PathBuf,
+    #[arg(long, value_enum, default_value = "hybrid")]
+    mode: SearchMode,
+    /// The scope holding the corpus (default: eval-<the corpus's folder name>).
+    #[arg(long)]
+    scope: Option<String>,
+    /// Rank documents by their first chunk only: the BEIR/MTEB protocol, which embeds each document
+    /// truncated at the model's max_seq_length (use it to compare with published numbers).
+    #[arg(long)]
+    first_chunk_only: bool,
+    /// Seconds to wait for the corpus to be projected.
+    #[arg(long, default_value_t = 3600.0)]
+    wait_timeout: f64,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let scope = match &args.scope {
+        Some(s) => s.clone(),
+        None => {
+            let folder = args
+                .corpus
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.parent()?.file_name()?.to_str().map(str::to_owned))
+                .unwrap_or_else(|| "corpus".into());
+            let clean: String = folder
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+                .collect();
+            format!("eval-{clean}")
+        }
+    };
+    let documents = read_corpus(&args.corpus, &scope)?;
+    let qrels = Qrels::parse(
+        &std::fs::read_to_string(&args.qrels).with_context(|| format!("cannot read {}", args.qrels.display()))?,
+    )?;
+    let queries: Vec<(String, String)> = read_queries(&args.queries)?
+        .into_iter()
+        .filter_map(|(id, text)| id.filter(|id| qrels.judged(id).is_some()).map(|id| (id, text)))
+        .collect();
+    anyhow::ensure!(
+        !queries.is_empty(),
+        "no query of {} has a relevant document in {}",
+        args.queries.display(),
+        args.qrels.display()
+    );
+
+    let store = open_store().await?;
+    let handler = CommandHandler::new(store.clone());
+    let mut appended = 0;
+    for batch in documents.chunks(1000) {
+        let commands = batch
+            .iter()
+            .map(|(k, c)| (k.clone(), DocumentCommand::Add { content: c.clone() }))
+            .collect();
+        for outcome in handler.execute_batch(commands, &CommandContext::default()).await? {
+            if matches!(outcome?, recall::commands::CommandOutcome::Appended { .. }) {
+                appended += 1;
+            }
+        }
+    }
+    eprintln!(
+        "eval: {} documents in scope {scope} ({appended} newly added), {} judged queries",
+        documents.len(),
+        queries.len()
+    );
+
+    let model = args.model.clone();
+    let embedder = Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
+    // Wait for whichever projector gets there first: a running `recall serve`, or one started here.
+    let head = store.head().await?;
+    let local = Projector::new(
+        store.clone(),
+        Arc::new(ModelBackend::shared(embedder.clone(), embedder.chunker(32, true), None)),
+        ProjectorOptions::default(),
+    );
+    let started = Instant::now();
+    tokio::select! {
+        waited = projector::wait_for(store.pool(), head, Duration::from_secs_f64(args.wait_timeout.max(0.0))) => { waited?; }
+        ran = local.run_until_caught_up(Target::Active) => { ran?; }
+    }
+    if started.elapsed() > Duration::from_secs(1) {
+        eprintln!("eval: projected in {:.0} s", started.elapsed().as_secs_f64());
+    }
+
+    let vectors: Vec<Option<Vec<f32>>> = if args.mode.needs_vector() {
+        let texts: Vec<String> = queries.iter().map(|(_, q)| q.clone()).collect();
+        let embedder = embedder.clone();
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            embedder.encode(&refs)
+        })
+        .await??
+        .into_iter()
+        .map(Some)
+        .collect()
+    } else {
+        vec![None; queries.len()]
+    };
+    let request = SearchRequest {
+        // Enough chunks for 100 distinct documents in nearly every ranking.
+        k: if args.first_chunk_only { 100 } else { 400 },
+        mode: args.mode,
+        scope: Some(recall::domain::Scope::parse(&scope)?),
+        first_chunk_only: args.first_chunk_only,
+        ..SearchRequest::default()
+    };
+    let started = Instant::now();
+    let mut scores = Vec::with_capacity(queries.len());
+    for ((id, text), vector) in queries.iter().zip(&vectors) {
+        let query = Query {
+            text,
+            vector: vector.as_deref(),
+        };
+        let response = search(store.pool(), query, &request).await?;
+        let ranking = eval::rank_documents(&response.results);
+        scores.push(eval::score(&ranking, qrels.judged(id).expect("filtered above")));
+    }
+    let mean = eval::mean(&scores);
+    let per_query_ms = started.elapsed().as_secs_f64() * 1e3 / queries.len() as f64;
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "corpus": args.corpus.display().to_string(), "scope": scope, "mode": args.mode,
+                "first_chunk_only": args.first_chunk_only, "documents": documents.len(), "queries": queries.len(),
+                "ndcg_at_10": mean.ndcg_at_10, "recall_at_100": mean.recall_at_100, "mrr_at_10": mean.mrr_at_10,
+                "ms_per_query": per_query_ms,
+            })
+        );
+    } else {
+        println!(
+            "{} ({} documents, {} queries), {:?}{}: nDCG@10 {:.4}  Recall@100 {:.4}  MRR@10 {:.4}  ({per_query_ms:.1} ms/query)",
+            args.corpus.display(),
+            documents.len(),
+            queries.len(),
+            args.mode,
+            if args.first_chunk_only { ", first chunk only" } else { "" },
+            mean.ndcg_at_10,
+            mean.recall_at_100,
+            mean.mrr_at_10
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
