@@ -10,8 +10,10 @@ ALTER TABLE chunks ADD COLUMN lexemes tsvector
     GENERATED ALWAYS AS (to_tsvector('english', title || ' ' || text)) STORED;
 CREATE INDEX chunks_lexemes_idx ON chunks USING gin (lexemes);
 
--- BM25 needs the number of chunks and their mean length per generation and scope; keeping the two sums
--- here (by statement-level triggers on the projector's writes) saves a scan of every chunk per query.
+-- BM25 needs, per generation and scope, the number of current chunks and their total length, and each
+-- word's document frequency. Statement-level triggers on the projector's writes keep them here, in the
+-- projector's own transaction (so a search's snapshot sees them consistent with the chunks), which saves
+-- counting over every chunk per query.
 CREATE TABLE lexical_stats (
     generation  bigint NOT NULL REFERENCES projections ON DELETE CASCADE,
     scope       text   NOT NULL,
@@ -23,6 +25,17 @@ INSERT INTO lexical_stats
 SELECT generation, scope, count(*), coalesce(sum(length(lexemes)), 0)
 FROM chunks WHERE valid_to IS NULL GROUP BY generation, scope;
 
+CREATE TABLE lexeme_stats (
+    generation  bigint NOT NULL REFERENCES projections ON DELETE CASCADE,
+    scope       text   NOT NULL,
+    lexeme      text   NOT NULL,
+    chunks      bigint NOT NULL,
+    PRIMARY KEY (generation, lexeme, scope)
+);
+INSERT INTO lexeme_stats
+SELECT c.generation, c.scope, t.lexeme, count(*)
+FROM chunks c, unnest(c.lexemes) t WHERE c.valid_to IS NULL GROUP BY c.generation, c.scope, t.lexeme;
+
 CREATE FUNCTION lexical_stats_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO lexical_stats AS s (generation, scope, chunks, lengths)
@@ -30,6 +43,11 @@ BEGIN
     FROM new_rows WHERE valid_to IS NULL GROUP BY generation, scope
     ON CONFLICT (generation, scope) DO UPDATE
         SET chunks = s.chunks + excluded.chunks, lengths = s.lengths + excluded.lengths;
+    INSERT INTO lexeme_stats AS s (generation, scope, lexeme, chunks)
+    SELECT n.generation, n.scope, t.lexeme, count(*)
+    FROM new_rows n, unnest(n.lexemes) t WHERE n.valid_to IS NULL
+    GROUP BY n.generation, n.scope, t.lexeme
+    ON CONFLICT (generation, lexeme, scope) DO UPDATE SET chunks = s.chunks + excluded.chunks;
     RETURN NULL;
 END $$;
 
@@ -43,6 +61,14 @@ BEGIN
           WHERE o.valid_to IS NULL AND n.valid_to IS NOT NULL
           GROUP BY o.generation, o.scope) gone
     WHERE s.generation = gone.generation AND s.scope = gone.scope;
+    UPDATE lexeme_stats s
+    SET chunks = s.chunks - gone.chunks
+    FROM (SELECT o.generation, o.scope, t.lexeme, count(*) AS chunks
+          FROM old_rows o JOIN new_rows n USING (generation, scope, document_id, valid_from, chunk_index),
+               unnest(o.lexemes) t
+          WHERE o.valid_to IS NULL AND n.valid_to IS NOT NULL
+          GROUP BY o.generation, o.scope, t.lexeme) gone
+    WHERE s.generation = gone.generation AND s.lexeme = gone.lexeme AND s.scope = gone.scope;
     RETURN NULL;
 END $$;
 

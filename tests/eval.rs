@@ -12,11 +12,31 @@ async fn eval_ingests_projects_and_scores_every_mode() {
     let data = dir.path().join("tiny");
     std::fs::create_dir(&data).unwrap();
     let corpus = [
-        ("d1", "Sourdough", "A sourdough starter is fed flour and water daily to keep its wild yeast alive."),
-        ("d2", "Glaciers", "Glaciers carve U-shaped valleys as moving ice grinds the bedrock beneath them."),
-        ("d3", "Password storage", "Passwords should be stored with a slow salted hash such as Argon2 or bcrypt."),
-        ("d4", "Tides", "The gravitational pull of the Moon raises the ocean tides twice a day."),
-        ("d5", "Chess", "The Sicilian Defence answers the king's pawn opening with the c-pawn."),
+        (
+            "d1",
+            "Sourdough",
+            "A sourdough starter is fed flour and water daily to keep its wild yeast alive.",
+        ),
+        (
+            "d2",
+            "Glaciers",
+            "Glaciers carve U-shaped valleys as moving ice grinds the bedrock beneath them.",
+        ),
+        (
+            "d3",
+            "Password storage",
+            "Passwords should be stored with a slow salted hash such as Argon2 or bcrypt.",
+        ),
+        (
+            "d4",
+            "Tides",
+            "The gravitational pull of the Moon raises the ocean tides twice a day.",
+        ),
+        (
+            "d5",
+            "Chess",
+            "The Sicilian Defence answers the king's pawn opening with the c-pawn.",
+        ),
     ];
     let lines: Vec<String> = corpus
         .iter()
@@ -34,7 +54,11 @@ async fn eval_ingests_projects_and_scores_every_mode() {
         .join("\n"),
     )
     .unwrap();
-    std::fs::write(data.join("qrels.tsv"), "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td4\t2\nq3\td3\t1\n").unwrap();
+    std::fs::write(
+        data.join("qrels.tsv"),
+        "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td4\t2\nq3\td3\t1\n",
+    )
+    .unwrap();
 
     let eval = |mode: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_recall"))
@@ -60,9 +84,15 @@ async fn eval_ingests_projects_and_scores_every_mode() {
         assert_eq!(report["mrr_at_10"], 1.0, "{mode}: {report}");
         assert_eq!(report["recall_at_100"], 1.0, "{mode}: {report}");
         if mode != "dense" {
-            assert!(stderr.contains("(0 newly added)"), "a re-run must not add anything: {stderr}");
+            assert!(
+                stderr.contains("(0 newly added)"),
+                "a re-run must not add anything: {stderr}"
+            );
         }
     }
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap();
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(events, 5);
 }

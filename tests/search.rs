@@ -389,6 +389,17 @@ async fn lexical_and_hybrid_search_rank_by_bm25_fuse_and_keep_scopes_filters_and
         .await
         .unwrap();
     assert_eq!(ids(&rare)[0], "kb/cert");
+    // Quotes, backslashes and tsquery operators in the question are words, not syntax.
+    for hostile in [
+        "O'Neil's \\server\\share",
+        "cats & !dogs | (x:*)",
+        "'; DROP TABLE chunks; --",
+        "\\'\\",
+    ] {
+        search(&pool, words(hostile), &lexical(10))
+            .await
+            .unwrap_or_else(|e| panic!("{hostile:?}: {e}"));
+    }
     // Stop words alone match nothing, without an error.
     assert!(search(&pool, words("the of and"), &lexical(10))
         .await

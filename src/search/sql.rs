@@ -45,16 +45,60 @@ fn dense(as_of: bool) -> String {
     )
 }
 
-/// BM25 (k1 = 1.2, b = 0.75, Lucene's idf) over "title text" in English: any chunk holding one of the
-/// question's stemmed words is a candidate (the GIN index finds them), so a term's document frequency
-/// is counted among the candidates; the number of chunks and their mean length come from lexical_stats.
-/// A chunk's length is its number of distinct lexemes.
+/// How many chunks, at most, lexical search scores in full. Candidates come from the query's rarest
+/// words first (lowest document frequency), adding words while the candidates stay under this; the
+/// commoner words still count in every candidate's score. A chunk holding only common words of the
+/// question (which could only score low) is thereby not considered: the price of bounded latency.
+const CANDIDATE_BUDGET: u32 = 2000;
+
+/// BM25 (k1 = 1.2, b = 0.75, Lucene's idf) over "title text" in English (stemmed, stop words dropped).
+/// A chunk's length is its number of distinct lexemes. Live, the corpus statistics come from
+/// lexical_stats and lexeme_stats; as of a past position they are counted over the chunks valid then,
+/// which gives the very numbers those tables held at that position, so a replay scores as the original.
 ///
 /// The term frequency comes from PostgreSQL itself: ts_rank of a one-lexeme query is
 /// 0.1 * H(tf) / (pi^2 / 6) with H(tf) = sum of 1/j^2 for j = 1..tf (its calc_rank_or), and
 /// H(tf) ~ pi^2/6 - 1 / (tf + 0.5) inverts that to within a few percent, without unnesting every
 /// candidate's tsvector.
 fn lexical(as_of: bool) -> String {
+    let validity = if as_of {
+        "c.valid_from <= $7 AND (c.valid_to IS NULL OR c.valid_to > $7)"
+    } else {
+        "c.valid_to IS NULL"
+    };
+    let document_frequency = if as_of {
+        format!(
+            "(SELECT count(*) FROM chunks c
+              WHERE c.generation = $2 AND {validity} AND ($3::text IS NULL OR c.scope = $3) AND c.lexemes @@ t.q)"
+        )
+    } else {
+        "(SELECT sum(s.chunks) FROM lexeme_stats s
+          WHERE s.generation = $2 AND s.lexeme = t.lexeme AND ($3::text IS NULL OR s.scope = $3))"
+            .to_owned()
+    };
+    let filter = if as_of {
+        "($4::jsonb IS NULL OR EXISTS (
+             SELECT 1 FROM events e
+             WHERE e.position = c.valid_from AND coalesce((e.payload->'metadata')::jsonb, '{}'::jsonb) @> $4))"
+    } else {
+        "($4::jsonb IS NULL OR EXISTS (
+             SELECT 1 FROM documents d
+             WHERE d.generation = c.generation AND d.scope = c.scope AND d.id = c.document_id AND d.metadata @> $4))"
+    };
+    let details = if as_of {
+        "SELECT c.scope, c.document_id, c.chunk_index, top.score, coalesce(e.payload->>'title', '') AS title, c.text,
+                c.char_start, c.char_end, coalesce((e.payload->'metadata')::jsonb, '{}'::jsonb) AS metadata
+         FROM top
+         JOIN chunks c ON c.generation = $2 AND c.scope = top.scope AND c.document_id = top.document_id
+                      AND c.valid_from = top.valid_from AND c.chunk_index = top.chunk_index
+         JOIN events e ON e.position = c.valid_from"
+    } else {
+        "SELECT c.scope, c.document_id, c.chunk_index, top.score, d.title, c.text, c.char_start, c.char_end, d.metadata
+         FROM top
+         JOIN chunks c ON c.generation = $2 AND c.scope = top.scope AND c.document_id = top.document_id
+                      AND c.valid_from = top.valid_from AND c.chunk_index = top.chunk_index
+         JOIN documents d ON d.generation = c.generation AND d.scope = c.scope AND d.id = c.document_id"
+    };
     format!(
         "WITH terms AS (
              SELECT lexeme, quoted::tsquery AS q, quoted
@@ -62,35 +106,42 @@ fn lexical(as_of: bool) -> String {
                           '''' || replace(replace(t.lexeme, '\\', '\\\\'), '''', '''''') || '''' AS quoted
                    FROM unnest(to_tsvector('english', $8)) AS t) quoted_terms
          ),
-         any_term AS (SELECT string_agg(quoted, ' | ')::tsquery AS q FROM terms),
+         df AS (
+             SELECT t.lexeme, t.q, t.quoted, coalesce({document_frequency}, 0)::float8 AS df FROM terms t
+         ),
+         chosen AS (
+             SELECT quoted FROM (
+                 SELECT quoted, df, sum(df) OVER (ORDER BY df, lexeme) AS running FROM df WHERE df > 0
+             ) ranked
+             WHERE running - df < {CANDIDATE_BUDGET}
+         ),
          stats AS (
              SELECT greatest(sum(chunks), 1)::float8 AS n,
                     greatest(sum(lengths)::float8 / greatest(sum(chunks), 1), 1) AS avglen
              FROM ({stats}) s
          ),
          candidates AS MATERIALIZED (
-             SELECT * FROM ({candidates}) c
-             WHERE c.lexemes @@ (SELECT q FROM any_term)
+             SELECT c.scope, c.document_id, c.chunk_index, c.valid_from, c.lexemes
+             FROM chunks c
+             WHERE c.generation = $2 AND {validity} AND ($3::text IS NULL OR c.scope = $3)
+               AND (NOT $6::boolean OR c.chunk_index = 0)
+               AND c.lexemes @@ (SELECT string_agg(quoted, ' | ')::tsquery FROM chosen)
+               AND {filter}
          ),
-         matched AS (
-             SELECT m.scope, m.document_id, m.chunk_index, t.lexeme, length(m.lexemes) AS len,
-                    greatest(1.0 / greatest(1.6449340668 - ts_rank(m.lexemes, t.q, 0) * 16.449340668, 1e-6) - 0.5, 1.0)
-                        AS tf
-             FROM candidates m JOIN terms t ON m.lexemes @@ t.q
-         ),
-         df AS (SELECT lexeme, count(*)::float8 AS df FROM matched GROUP BY lexeme),
          scores AS (
-             SELECT m.scope, m.document_id, m.chunk_index,
-                    sum(ln(1 + (s.n - df.df + 0.5) / (df.df + 0.5))
-                        * m.tf * 2.2 / (m.tf + 1.2 * (0.25 + 0.75 * m.len / s.avglen))) AS score
-             FROM matched m JOIN df USING (lexeme) CROSS JOIN stats s
-             GROUP BY m.scope, m.document_id, m.chunk_index
+             SELECT m.scope, m.document_id, m.chunk_index, m.valid_from,
+                    (SELECT sum(ln(1 + (s.n - d.df + 0.5) / (d.df + 0.5)) * f.tf * 2.2
+                                / (f.tf + 1.2 * (0.25 + 0.75 * length(m.lexemes) / s.avglen)))
+                     FROM df d CROSS JOIN stats s,
+                          LATERAL (SELECT greatest(1.0 / greatest(1.6449340668 - ts_rank(m.lexemes, d.q, 0)
+                                                                  * 16.449340668, 1e-6) - 0.5, 1.0) AS tf) f
+                     WHERE d.df > 0 AND m.lexemes @@ d.q) AS score
+             FROM candidates m
+         ),
+         top AS (
+             SELECT * FROM scores ORDER BY score DESC, scope, document_id, chunk_index LIMIT $5
          )
-         SELECT c.scope, c.document_id, c.chunk_index, s.score, c.title, c.text, c.char_start, c.char_end, c.metadata
-         FROM scores s JOIN candidates c USING (scope, document_id, chunk_index)
-         ORDER BY s.score DESC, c.scope, c.document_id, c.chunk_index
-         LIMIT $5",
-        candidates = candidates(as_of),
+         {details}",
         stats = stats(as_of)
     )
 }
