@@ -63,7 +63,7 @@ fn content(
 }
 
 fn uuid_header(headers: &HeaderMap, name: &str) -> Result<Option<Uuid>, ApiError> {
-    let Some(value) = headers.get(name) else {
+    let Some(value) = headers.get(name.to_ascii_lowercase().as_str()) else {
         return Ok(None);
     };
     value
@@ -87,9 +87,9 @@ fn context(state: &AppState, headers: &HeaderMap) -> Result<CommandContext, ApiE
     };
     Ok(CommandContext {
         actor,
-        correlation_id: uuid_header(headers, "x-correlation-id")?,
+        correlation_id: uuid_header(headers, "X-Correlation-Id")?,
         causation_id: None,
-        event_id: uuid_header(headers, "idempotency-key")?,
+        event_id: uuid_header(headers, "Idempotency-Key")?,
     })
 }
 

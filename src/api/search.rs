@@ -59,6 +59,11 @@ pub async fn search(
             "k must be between 1 and {MAX_K}, not {k}"
         )));
     }
+    if let Some(as_of) = body.as_of.filter(|&p| p < 0) {
+        return Err(ApiError::bad_request(format!(
+            "as_of must be a log position (0 or more, from a search's `position`), not {as_of}"
+        )));
+    }
     if body.filter.as_ref().is_some_and(|f| !f.is_object()) {
         return Err(ApiError::bad_request(
             "filter must be a JSON object of metadata keys and values, such as {\"topic\": \"rust\"}",

@@ -121,6 +121,9 @@ fn progress(total: Option<u64>) -> ProgressBar {
 }
 
 fn report_rejection(json: bool, source: &str, reason: &str) {
+    // Ingest errors already name their source; say it once.
+    let prefix = format!("{source}: ");
+    let reason = reason.strip_prefix(&prefix).unwrap_or(reason);
     if json {
         println!("{}", json!({"source": source, "status": "rejected", "error": reason}));
     } else {

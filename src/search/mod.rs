@@ -154,6 +154,9 @@ async fn run(
     if request.filter.as_ref().is_some_and(|f| !f.is_object()) {
         return Err(SearchError::BadFilter);
     }
+    if let Some(p) = request.as_of.filter(|&p| p < 0) {
+        return Err(SearchError::BadAsOf(p));
+    }
     let vector = match (request.mode.needs_vector(), query.vector) {
         (true, None) => {
             return Err(SearchError::NoVector {
@@ -182,7 +185,6 @@ async fn run(
             .ok_or(SearchError::NoReadModel)?;
     let position = match request.as_of {
         None => checkpoint,
-        Some(p) if p < 0 => return Err(SearchError::BadAsOf(p)),
         Some(p) if p > checkpoint => return Err(SearchError::AsOfAhead { as_of: p, checkpoint }),
         Some(p) => p,
     };
