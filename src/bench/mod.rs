@@ -5,13 +5,41 @@ mod append;
 mod embed;
 mod project;
 mod search;
+mod soak;
 
 pub use append::{run_append_bench, AppendBenchConfig, AppendBenchReport};
 pub use embed::{run_embed_bench, EmbedBenchReport};
 pub use project::{run_project_bench, ProjectBenchReport};
-pub use search::{run_search_bench, SearchBenchConfig, SearchBenchError, SearchBenchReport};
+pub use search::{run_search_bench, SearchBenchConfig, SearchBenchReport};
+pub use soak::{run_soak, SoakConfig, SoakReport};
 
 use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::commands::CommandError;
+use crate::embed::EmbedError;
+use crate::projector::ProjectorError;
+use crate::search::SearchError;
+
+/// What can stop a measurement that drives the whole service.
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Projector(#[from] ProjectorError),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error(transparent)]
+    Search(#[from] SearchError),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Postgres(#[from] crate::postgres::PostgresError),
+    #[error("HTTP: {0}")]
+    Http(String),
+}
 
 /// Latency percentiles of a set of samples.
 #[derive(Debug, Clone, Copy, serde::Serialize)]

@@ -9,35 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use thiserror::Error;
 
 use crate::api::{self, ApiConfig, AppState, ProjectorState};
 use crate::commands::{CommandContext, CommandError, CommandHandler};
 use crate::domain::{DocumentCommand, DocumentContent, DocumentKey};
-use crate::embed::{ChunkOptions, ComputePool, EmbedError, Embedder};
+use crate::embed::{ChunkOptions, ComputePool, Embedder};
 use crate::event_store::EventStore;
 use crate::projector::{self, ModelBackend, Projector, ProjectorError, ProjectorOptions, Target};
-use crate::search::{self, Query, QueryEncoder, SearchError, SearchMode, SearchRequest};
+use crate::search::{self, Query, QueryEncoder, SearchMode, SearchRequest};
 
-use super::Latency;
-
-#[derive(Debug, Error)]
-pub enum SearchBenchError {
-    #[error(transparent)]
-    Projector(#[from] ProjectorError),
-    #[error(transparent)]
-    Command(#[from] CommandError),
-    #[error(transparent)]
-    Search(#[from] SearchError),
-    #[error(transparent)]
-    Embed(#[from] EmbedError),
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error(transparent)]
-    Postgres(#[from] crate::postgres::PostgresError),
-    #[error("HTTP: {0}")]
-    Http(String),
-}
+use super::{BenchError, Latency};
 
 #[derive(Debug, Clone)]
 pub struct SearchBenchConfig {
@@ -83,7 +64,7 @@ pub async fn run_search_bench(
     backlog: Vec<(DocumentKey, DocumentContent)>,
     queries: Vec<String>,
     config: SearchBenchConfig,
-) -> Result<SearchBenchReport, SearchBenchError> {
+) -> Result<SearchBenchReport, BenchError> {
     let pool = store.pool().clone();
     let handler = CommandHandler::new(store.clone());
     append_all(&handler, &base).await?;
@@ -123,10 +104,8 @@ pub async fn run_search_bench(
     state.set_projector(ProjectorState::Running(projector.stats()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(|e| SearchBenchError::Http(e.to_string()))?;
-    let address = listener
-        .local_addr()
-        .map_err(|e| SearchBenchError::Http(e.to_string()))?;
+        .map_err(|e| BenchError::Http(e.to_string()))?;
+    let address = listener.local_addr().map_err(|e| BenchError::Http(e.to_string()))?;
     let server = tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
 
     // Idle: the projector runs, as in `recall serve`, but has nothing to do but the phase's own commands.
@@ -169,7 +148,7 @@ async fn hnsw_recall(
     encoder: &Arc<QueryEncoder>,
     queries: &[String],
     n: usize,
-) -> Result<(f64, usize), SearchBenchError> {
+) -> Result<(f64, usize), BenchError> {
     let request = SearchRequest {
         k: 10,
         mode: SearchMode::Dense,
@@ -212,19 +191,19 @@ async fn phase(
     address: SocketAddr,
     queries: &[String],
     config: &SearchBenchConfig,
-) -> Result<Phase, SearchBenchError> {
+) -> Result<Phase, BenchError> {
     let before = projector::status(pool).await?;
     let base = format!("http://{address}");
     let (queries, requests, pause) = (queries.to_vec(), config.requests, config.pause);
-    let (dense, hybrid, command) = tokio::task::spawn_blocking(move || -> Result<_, SearchBenchError> {
+    let (dense, hybrid, command) = tokio::task::spawn_blocking(move || -> Result<_, BenchError> {
         let agent = ureq::AgentBuilder::new().build();
         let tag = uuid::Uuid::new_v4().simple().to_string();
-        let timed = |path: &str, body: serde_json::Value| -> Result<Duration, SearchBenchError> {
+        let timed = |path: &str, body: serde_json::Value| -> Result<Duration, BenchError> {
             let started = Instant::now();
             agent
                 .post(&format!("{base}{path}"))
                 .send_json(body)
-                .map_err(|e| SearchBenchError::Http(e.to_string()))?;
+                .map_err(|e| BenchError::Http(e.to_string()))?;
             let elapsed = started.elapsed();
             std::thread::sleep(pause);
             Ok(elapsed)

@@ -70,6 +70,19 @@ pub enum BenchCommand {
         #[command(flatten)]
         model: super::embed::ModelArgs,
     },
+    /// A bounded soak of the HTTP API: concurrent clients add, update, remove and search, then every
+    /// acknowledged command is checked against the log and the read model.
+    Soak {
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        model: super::embed::ModelArgs,
+    },
     /// Event-log throughput and latency: one client, many clients, bulk ingest.
     Append {
         #[arg(long, default_value_t = 2000)]
@@ -118,7 +131,8 @@ async fn drop_database(admin: &sqlx::postgres::PgConnectOptions, name: &str) -> 
     Ok(())
 }
 
-/// A BEIR-style corpus as documents of one scope.
+/// A BEIR-style corpus as documents of one scope. A document recall refuses (BEIR corpora hold a few
+/// with empty text) is skipped with a warning naming it: it could never be found anyway.
 pub(super) fn read_corpus(
     corpus: &std::path::Path,
     scope: &str,
@@ -128,14 +142,72 @@ pub(super) fn read_corpus(
     let limits = recall::domain::Limits::default();
     let mut documents = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let item = recall::ingest::parse_jsonl_line(line, i + 1, &corpus.display().to_string(), &scope, &limits)?;
-        documents.push((item.key, item.content));
+        match recall::ingest::parse_jsonl_line(line, i + 1, &corpus.display().to_string(), &scope, &limits) {
+            Ok(item) => documents.push((item.key, item.content)),
+            Err(error) => eprintln!("skipped {error}"),
+        }
     }
     Ok(documents)
 }
 
 pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
     match what {
+        BenchCommand::Soak {
+            clients,
+            seconds,
+            json,
+            model,
+        } => {
+            let threads = model
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let embedder = std::sync::Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
+            let config = recall::bench::SoakConfig {
+                clients,
+                duration: std::time::Duration::from_secs(seconds),
+                threads,
+            };
+            let report = on_scratch_database(|pool| async move {
+                Ok(recall::bench::run_soak(EventStore::new(pool), embedder, config).await?)
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{} clients for {:.0} s: {} requests ({:.0}/s), {} documents",
+                    report.clients, report.seconds, report.requests, report.requests_per_s, report.documents
+                );
+                for (name, l) in [
+                    ("add", &report.add),
+                    ("update", &report.update),
+                    ("remove", &report.remove),
+                    ("search", &report.search),
+                ] {
+                    println!(
+                        "  {name:>6}: {:>6} ok, p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms",
+                        l.count, l.p50_ms, l.p99_ms, l.max_ms
+                    );
+                }
+                println!(
+                    "  errors: {} lost acknowledged, {} 5xx (besides {} deliberate 503), {} 4xx, {} transport",
+                    report.lost,
+                    report.server_errors,
+                    report.unavailable,
+                    report.client_errors,
+                    report.transport_errors
+                );
+                println!(
+                    "  memory: peak {:.0} MiB, {:.0} MiB at a third, {:.0} MiB at the end; projector lag max {} events, drained {:.1} s after the load",
+                    report.peak_rss_mib, report.rss_third_mib, report.rss_end_mib, report.max_lag_events, report.drain_seconds
+                );
+            }
+            let clean = report.lost == 0
+                && report.server_errors == 0
+                && report.client_errors == 0
+                && report.transport_errors == 0;
+            Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
         BenchCommand::Search {
             corpus,
             queries,

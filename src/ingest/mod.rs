@@ -24,11 +24,8 @@ pub enum IngestError {
     #[error("{source_name}: {detail}")]
     BadField { source_name: String, detail: String },
     #[error("{source_name}: {error}")]
-    Invalid {
-        source_name: String,
-        #[source]
-        error: DomainError,
-    },
+    // The message already carries the error, so it is not also a `source` (which would print it twice).
+    Invalid { source_name: String, error: DomainError },
     #[error("{source_name}: cannot read: {error}")]
     Unreadable { source_name: String, error: std::io::Error },
 }
