@@ -143,33 +143,11 @@ async fn http_ingest_through_a_postgres_kill_loses_nothing_acknowledged_and_answ
     server.stop().unwrap();
 }
 
-/// Starts `recall serve` on an ephemeral port against `url`; returns the child and its base URL.
-fn serve(url: &str) -> (std::process::Child, String) {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_recall"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("DATABASE_URL", url)
-        .env_remove("RECALL_API_TOKEN")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next().expect("recall serve exited before it listened").unwrap();
-        if let Some(rest) = line.split("serving ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, base)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_sigkilled_under_load_and_restarted_loses_no_acknowledged_document_and_duplicates_no_chunk() {
     let (pool, options) = common::fresh_database().await;
     let url = common::url_of(&options);
-    let (mut child, base) = serve(&url);
+    let (mut child, base) = common::spawn_serve(&url, None);
     let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients: Vec<_> = (0..4)
@@ -212,7 +190,7 @@ async fn serve_sigkilled_under_load_and_restarted_loses_no_acknowledged_document
         acknowledged.len()
     );
 
-    let (mut child, base) = serve(&url);
+    let (mut child, base) = common::spawn_serve(&url, None);
     let store = EventStore::new(pool.clone());
     let logged = logged_ids(&store).await;
     assert!(

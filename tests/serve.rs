@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -16,28 +15,6 @@ fn database_url() -> String {
         pool.close().await;
         common::url_of(&options)
     })
-}
-
-/// Starts `recall serve` on an ephemeral port; returns the child and its base URL.
-fn serve(url: &str, token: &str) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_recall"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("DATABASE_URL", url)
-        .env("RECALL_API_TOKEN", token)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next().expect("recall serve exited before it listened").unwrap();
-        if let Some(rest) = line.split("serving ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    // Keep draining stderr so that the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, base)
 }
 
 fn post(base: &str, path: &str, token: Option<&str>, body: Value) -> Result<Value, (u16, Value)> {
@@ -54,7 +31,7 @@ fn post(base: &str, path: &str, token: Option<&str>, body: Value) -> Result<Valu
 
 #[test]
 fn serve_answers_on_a_real_socket_with_its_own_projector_and_exits_cleanly_on_sigterm() {
-    let (mut child, base) = serve(&database_url(), "t0k3n,second");
+    let (mut child, base) = common::spawn_serve(&database_url(), Some("t0k3n,second"));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match ureq::get(&format!("{base}/readyz")).call() {

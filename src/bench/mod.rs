@@ -41,6 +41,28 @@ pub enum BenchError {
     Http(String),
 }
 
+/// Adds documents the way bulk ingest does (transactions of 1,000); returns how many were appended
+/// (the rest were already there with the same content).
+pub async fn add_documents(
+    handler: &crate::commands::CommandHandler,
+    documents: &[(crate::domain::DocumentKey, crate::domain::DocumentContent)],
+) -> Result<usize, CommandError> {
+    let ctx = crate::commands::CommandContext::default();
+    let mut appended = 0;
+    for batch in documents.chunks(1000) {
+        let commands = batch
+            .iter()
+            .map(|(k, c)| (k.clone(), crate::domain::DocumentCommand::Add { content: c.clone() }))
+            .collect();
+        for outcome in handler.execute_batch(commands, &ctx).await? {
+            if matches!(outcome?, crate::commands::CommandOutcome::Appended { .. }) {
+                appended += 1;
+            }
+        }
+    }
+    Ok(appended)
+}
+
 /// Latency percentiles of a set of samples.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Latency {

@@ -9,7 +9,7 @@ use crate::domain::{DocumentCommand, DocumentContent, DocumentKey};
 use crate::event_store::EventStore;
 use crate::projector::{self, EmbedBackend, ModelBackend, Projector, ProjectorError, ProjectorOptions, Target};
 
-use super::Latency;
+use super::{BenchError, Latency};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ProjectBenchReport {
@@ -32,7 +32,7 @@ pub async fn run_project_bench(
     store: EventStore,
     backend: Arc<ModelBackend>,
     documents: Vec<(DocumentKey, DocumentContent)>,
-) -> Result<ProjectBenchReport, ProjectorError> {
+) -> Result<ProjectBenchReport, BenchError> {
     let n = documents.len();
     // Raw embedder on exactly the chunks the projector will embed.
     let prepared = {
@@ -60,17 +60,8 @@ pub async fn run_project_bench(
     let (chunks, tokens, raw) = prepared;
 
     let handler = CommandHandler::new(store.clone());
+    super::add_documents(&handler, &documents).await?;
     let ctx = CommandContext::default();
-    for batch in documents.chunks(1000) {
-        let commands = batch
-            .iter()
-            .map(|(k, c)| (k.clone(), DocumentCommand::Add { content: c.clone() }))
-            .collect();
-        handler
-            .execute_batch(commands, &ctx)
-            .await
-            .map_err(|e| ProjectorError::Panicked(e.to_string()))?;
-    }
     let projector = Projector::new(store.clone(), backend.clone(), ProjectorOptions::default());
     let t = Instant::now();
     projector.run_until_caught_up(Target::Active).await?;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::api::{self, ApiConfig, AppState, ProjectorState};
-use crate::commands::{CommandContext, CommandError, CommandHandler};
-use crate::domain::{DocumentCommand, DocumentContent, DocumentKey};
+use crate::commands::CommandHandler;
+use crate::domain::{DocumentContent, DocumentKey};
 use crate::embed::{ChunkOptions, ComputePool, Embedder};
 use crate::event_store::EventStore;
 use crate::projector::{self, ModelBackend, Projector, ProjectorError, ProjectorOptions, Target};
@@ -67,7 +67,7 @@ pub async fn run_search_bench(
 ) -> Result<SearchBenchReport, BenchError> {
     let pool = store.pool().clone();
     let handler = CommandHandler::new(store.clone());
-    append_all(&handler, &base).await?;
+    super::add_documents(&handler, &base).await?;
     // As in `recall serve`: the projector's model threads and database processes yield to the API's.
     let background = crate::postgres::open_background((*pool.connect_options()).clone(), 4, 10).await?;
     let projector = Projector::new(
@@ -111,7 +111,7 @@ pub async fn run_search_bench(
     // Idle: the projector runs, as in `recall serve`, but has nothing to do but the phase's own commands.
     let worker = projector.spawn(Target::Active);
     let idle = phase(&pool, address, &queries, &config).await?;
-    append_all(&handler, &backlog).await?;
+    super::add_documents(&handler, &backlog).await?;
     // Let the projector reach full speed on the backlog before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let under_projection = phase(&pool, address, &queries, &config).await?;
@@ -125,21 +125,6 @@ pub async fn run_search_bench(
         idle,
         under_projection,
     })
-}
-
-async fn append_all(
-    handler: &CommandHandler,
-    documents: &[(DocumentKey, DocumentContent)],
-) -> Result<(), CommandError> {
-    let ctx = CommandContext::default();
-    for batch in documents.chunks(1000) {
-        let commands = batch
-            .iter()
-            .map(|(k, c)| (k.clone(), DocumentCommand::Add { content: c.clone() }))
-            .collect();
-        handler.execute_batch(commands, &ctx).await?;
-    }
-    Ok(())
 }
 
 /// Mean overlap of the index's top 10 with the exact top 10.

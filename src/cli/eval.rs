@@ -8,8 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
-use recall::commands::{CommandContext, CommandHandler};
-use recall::domain::DocumentCommand;
+use recall::commands::CommandHandler;
 use recall::eval::{self, Qrels};
 use recall::projector::{self, ModelBackend, Projector, ProjectorOptions, Target};
 use recall::search::{search, Query, SearchMode, SearchRequest};
@@ -17,7 +16,7 @@ use recall::search::{search, Query, SearchMode, SearchRequest};
 use super::bench::read_corpus;
 use super::embed::ModelArgs;
 use super::open_store;
-use super::search::read_queries;
+use super::search::{question_vectors, read_queries};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -82,18 +81,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
 
     let store = open_store().await?;
     let handler = CommandHandler::new(store.clone());
-    let mut appended = 0;
-    for batch in documents.chunks(1000) {
-        let commands = batch
-            .iter()
-            .map(|(k, c)| (k.clone(), DocumentCommand::Add { content: c.clone() }))
-            .collect();
-        for outcome in handler.execute_batch(commands, &CommandContext::default()).await? {
-            if matches!(outcome?, recall::commands::CommandOutcome::Appended { .. }) {
-                appended += 1;
-            }
-        }
-    }
+    let appended = recall::bench::add_documents(&handler, &documents).await?;
     eprintln!(
         "eval: {} documents in scope {scope} ({appended} newly added), {} judged queries",
         documents.len(),
@@ -118,20 +106,8 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         eprintln!("eval: projected in {:.0} s", started.elapsed().as_secs_f64());
     }
 
-    let vectors: Vec<Option<Vec<f32>>> = if args.mode.needs_vector() {
-        let texts: Vec<String> = queries.iter().map(|(_, q)| q.clone()).collect();
-        let embedder = embedder.clone();
-        tokio::task::spawn_blocking(move || {
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            embedder.encode(&refs)
-        })
-        .await??
-        .into_iter()
-        .map(Some)
-        .collect()
-    } else {
-        vec![None; queries.len()]
-    };
+    let questions: Vec<String> = queries.iter().map(|(_, q)| q.clone()).collect();
+    let vectors = question_vectors(args.mode.needs_vector().then(|| embedder.clone()), questions).await?;
     let request = SearchRequest {
         // Enough chunks for 100 distinct documents in nearly every ranking.
         k: if args.first_chunk_only { 100 } else { 400 },

@@ -2,11 +2,14 @@
 
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
 use recall::domain::Scope;
+use recall::embed::Embedder;
 use recall::search::{search, Query, SearchMode, SearchRequest};
 
 use super::embed::ModelArgs;
@@ -58,6 +61,22 @@ pub(super) fn read_queries(path: &std::path::Path) -> anyhow::Result<Vec<(Option
     Ok(out)
 }
 
+/// Each question's vector, embedded in one go, or none when there is no model (lexical search).
+pub(super) async fn question_vectors(
+    embedder: Option<Arc<Embedder>>,
+    questions: Vec<String>,
+) -> anyhow::Result<Vec<Option<Vec<f32>>>> {
+    let Some(embedder) = embedder else {
+        return Ok(vec![None; questions.len()]);
+    };
+    let vectors = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = questions.iter().map(String::as_str).collect();
+        embedder.encode(&refs)
+    })
+    .await??;
+    Ok(vectors.into_iter().map(Some).collect())
+}
+
 pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
     let request = SearchRequest {
         k: args.k,
@@ -79,21 +98,14 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
         (None, None) => unreachable!("clap requires one"),
     };
     // Lexical search needs no model; the others embed every question in one go.
-    let vectors = if args.mode.needs_vector() {
-        let texts: Vec<String> = queries.iter().map(|(_, q)| q.clone()).collect();
+    let embedder = if args.mode.needs_vector() {
         let model = args.model.clone();
-        tokio::task::spawn_blocking(move || {
-            let embedder = model.load()?;
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            anyhow::Ok(embedder.encode(&refs)?)
-        })
-        .await??
-        .into_iter()
-        .map(Some)
-        .collect()
+        Some(Arc::new(tokio::task::spawn_blocking(move || model.load()).await??))
     } else {
-        vec![None; queries.len()]
+        None
     };
+    let questions: Vec<String> = queries.iter().map(|(_, q)| q.clone()).collect();
+    let vectors = question_vectors(embedder, questions).await?;
     for ((id, text), vector) in queries.iter().zip(vectors) {
         let query = Query {
             text,

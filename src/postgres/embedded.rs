@@ -384,7 +384,12 @@ impl EmbeddedServer {
              shared_buffers = '256MB'\n\
              # Acknowledged appends must survive a crash: never trade durability for speed.\n\
              fsync = on\n\
-             synchronous_commit = on\n"
+             synchronous_commit = on\n\
+             # The projector writes vectors and HNSW pages in bulk; fewer checkpoints mean fewer full-page\n\
+             # images in the WAL, which every command's commit has to flush past.\n\
+             max_wal_size = '4GB'\n\
+             checkpoint_timeout = '15min'\n\
+             wal_compression = on\n"
         );
         fs::write(&path, settings).map_err(io("writing recall.conf"))?;
         self.chown(&path)

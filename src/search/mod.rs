@@ -39,6 +39,9 @@ pub enum SearchError {
 /// The largest k a caller of the library may ask for (the HTTP API allows 1..=100).
 pub const MAX_K: usize = 1000;
 
+/// Candidates the HNSW scan keeps while searching (pgvector's `hnsw.ef_search`).
+const HNSW_EF_SEARCH: usize = 100;
+
 /// Reciprocal rank fusion's constant: a hit at rank r adds 1 / (RRF_K + r).
 const RRF_K: f64 = 60.0;
 
@@ -170,14 +173,22 @@ async fn run(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *tx)
         .await?;
-    sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order")
-        .execute(&mut *tx)
-        .await?;
-    if exact {
-        sqlx::query("SET LOCAL enable_indexscan = off")
-            .execute(&mut *tx)
-            .await?;
-    }
+    // Settings for this transaction only, in one round trip:
+    // - the HNSW scan keeps going past rows that scopes and filters drop (iterative scan), and looks at
+    //   HNSW_EF_SEARCH candidates (pgvector's default of 40 gave recall@10 0.91 at 110k chunks);
+    // - every execution is planned with its own parameters: a generic plan cannot see the LIMIT or the
+    //   query's words and may scan every chunk instead of using the indexes;
+    // - an exact search turns the index off.
+    sqlx::query(
+        "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),
+                set_config('hnsw.ef_search', $1, true),
+                set_config('plan_cache_mode', 'force_custom_plan', true),
+                set_config('enable_indexscan', $2, true)",
+    )
+    .bind(HNSW_EF_SEARCH.to_string())
+    .bind(if exact { "off" } else { "on" })
+    .execute(&mut *tx)
+    .await?;
     let (generation, checkpoint): (i64, i64) =
         sqlx::query_as("SELECT generation, checkpoint FROM projections WHERE status = 'active'")
             .fetch_optional(&mut *tx)
