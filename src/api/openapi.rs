@@ -140,6 +140,8 @@ pub fn openapi() -> Value {
                 "SearchRequest": {"type": "object", "required": ["query"], "additionalProperties": false, "properties": {
                     "query": {"type": "string"},
                     "k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+                    "mode": {"enum": ["dense", "lexical", "hybrid"], "default": "hybrid",
+                        "description": "Embeddings, BM25, or both fused by reciprocal rank."},
                     "scope": {"type": "string"},
                     "filter": {"type": "object", "description": "Metadata the documents must contain."},
                     "as_of": {"type": "integer", "minimum": 0, "description": "Search as of this log position (a receipt)."},
