@@ -19,7 +19,7 @@ use tower::ServiceExt;
 use recall::api::{self, ApiConfig, AppState};
 use recall::commands::CommandHandler;
 use recall::event_store::{verify_chain, EventStore};
-use recall::postgres::{create_database_if_missing, open_with, EmbeddedServer};
+use recall::postgres::EmbeddedServer;
 
 struct Mount(std::path::PathBuf);
 
@@ -68,15 +68,7 @@ async fn a_full_disk_fails_commands_cleanly_and_everything_works_once_space_retu
     std::fs::create_dir(&home).unwrap();
     std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let server = EmbeddedServer::locate(home).unwrap();
-    let s = server.clone();
-    tokio::task::spawn_blocking(move || s.ensure_running())
-        .await
-        .unwrap()
-        .unwrap();
-    create_database_if_missing(&server.connect_options("postgres"), "recall")
-        .await
-        .unwrap();
-    let pool = open_with(server.connect_options("recall"), 8).await.unwrap();
+    let pool = common::start_with_database(&server).await;
     let store = EventStore::new(pool.clone());
     let router = api::router(AppState::new(CommandHandler::new(store.clone()), ApiConfig::default()));
 

@@ -17,7 +17,6 @@ use tower::ServiceExt;
 use recall::api::{self, ApiConfig, AppState};
 use recall::commands::CommandHandler;
 use recall::event_store::{verify_chain, EventStore};
-use recall::postgres::{create_database_if_missing, open_with};
 use recall::projector::{self, Projector, ProjectorOptions, Target};
 
 async fn post(router: &axum::Router, id: &str) -> (StatusCode, Option<String>, Value) {
@@ -54,15 +53,7 @@ async fn logged_ids(store: &EventStore) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_ingest_through_a_postgres_kill_loses_nothing_acknowledged_and_answers_503_meanwhile() {
     let (_home, server) = common::private_server("recall-http-fault-");
-    let s = server.clone();
-    tokio::task::spawn_blocking(move || s.ensure_running())
-        .await
-        .unwrap()
-        .unwrap();
-    create_database_if_missing(&server.connect_options("postgres"), "recall")
-        .await
-        .unwrap();
-    let pool = open_with(server.connect_options("recall"), 8).await.unwrap();
+    let pool = common::start_with_database(&server).await;
     let store = EventStore::new(pool.clone());
     let router = api::router(AppState::new(CommandHandler::new(store.clone()), ApiConfig::default()));
     let worker = Projector::new(

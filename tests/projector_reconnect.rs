@@ -8,7 +8,6 @@ use std::time::Duration;
 use recall::commands::{CommandContext, CommandHandler};
 use recall::domain::{DocumentCommand, DocumentContent, DocumentId, DocumentKey, Limits, Metadata, Scope, Text, Title};
 use recall::event_store::EventStore;
-use recall::postgres::{create_database_if_missing, open_with};
 use recall::projector::{self, Projector, ProjectorOptions, Target};
 
 fn add(i: usize) -> (DocumentKey, DocumentCommand) {
@@ -26,15 +25,7 @@ fn add(i: usize) -> (DocumentKey, DocumentCommand) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_projector_recovers_on_its_own_after_the_database_restarts() {
     let (_home, server) = common::private_server("recall-reconnect-");
-    let s = server.clone();
-    tokio::task::spawn_blocking(move || s.ensure_running())
-        .await
-        .unwrap()
-        .unwrap();
-    create_database_if_missing(&server.connect_options("postgres"), "recall")
-        .await
-        .unwrap();
-    let pool = open_with(server.connect_options("recall"), 8).await.unwrap();
+    let pool = common::start_with_database(&server).await;
     let store = EventStore::new(pool.clone());
     let handler = CommandHandler::new(store.clone());
     let ctx = CommandContext::default();

@@ -89,6 +89,19 @@ pub fn private_server(prefix: &str) -> (tempfile::TempDir, EmbeddedServer) {
     (home, server)
 }
 
+/// Starts a private server (or restarts it) and opens its migrated `recall` database.
+pub async fn start_with_database(server: &EmbeddedServer) -> PgPool {
+    let s = server.clone();
+    tokio::task::spawn_blocking(move || s.ensure_running())
+        .await
+        .unwrap()
+        .unwrap();
+    postgres::create_database_if_missing(&server.connect_options("postgres"), "recall")
+        .await
+        .unwrap();
+    postgres::open_with(server.connect_options("recall"), 8).await.unwrap()
+}
+
 /// Cosine similarity of two vectors.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
