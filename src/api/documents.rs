@@ -15,7 +15,6 @@ use uuid::Uuid;
 use super::{ApiError, AppState};
 use crate::commands::{CommandContext, CommandOutcome};
 use crate::domain::{DocumentCommand, DocumentContent, DocumentId, DocumentKey, Metadata, Scope, Text, Title};
-use crate::projector;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -245,9 +244,7 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
     let key = key(query.scope.as_deref(), &id)?;
-    if let Some(position) = query.wait_for {
-        projector::wait_for(state.pool(), position, state.config().wait_timeout).await?;
-    }
+    state.wait_for(query.wait_for).await?;
     let row: Option<DocumentRow> = sqlx::query_as(
         "SELECT d.title, d.metadata, d.version, d.removed, d.position, e.payload->>'text' AS text,
                 (SELECT count(*) FROM chunks c WHERE c.generation = d.generation AND c.scope = d.scope

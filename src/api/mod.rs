@@ -137,6 +137,14 @@ impl AppState {
         &self.inner.config
     }
 
+    /// Read-your-writes: waits until the read model has passed `position` (if given), or answers 504.
+    async fn wait_for(&self, position: Option<i64>) -> Result<(), ApiError> {
+        if let Some(position) = position {
+            crate::projector::wait_for(self.pool(), position, self.config().wait_timeout).await?;
+        }
+        Ok(())
+    }
+
     fn query_encoder(&self) -> Result<Arc<QueryEncoder>, ApiError> {
         self.inner
             .queries

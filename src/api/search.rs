@@ -10,7 +10,6 @@ use serde_json::Value;
 
 use super::{ApiError, AppState};
 use crate::domain::Scope;
-use crate::projector;
 use crate::search::{self, SearchMode, SearchRequest, SearchResponse};
 
 /// The most results one request may ask for.
@@ -53,33 +52,17 @@ pub async fn search(
             body.query.len()
         )));
     }
-    let k = body.k.unwrap_or(10);
-    if k == 0 || k > MAX_K {
-        return Err(ApiError::bad_request(format!(
-            "k must be between 1 and {MAX_K}, not {k}"
-        )));
-    }
-    if let Some(as_of) = body.as_of.filter(|&p| p < 0) {
-        return Err(ApiError::bad_request(format!(
-            "as_of must be a log position (0 or more, from a search's `position`), not {as_of}"
-        )));
-    }
-    if body.filter.as_ref().is_some_and(|f| !f.is_object()) {
-        return Err(ApiError::bad_request(
-            "filter must be a JSON object of metadata keys and values, such as {\"topic\": \"rust\"}",
-        ));
-    }
     let request = SearchRequest {
-        k,
+        k: body.k.unwrap_or(10),
         mode: body.mode.unwrap_or_default(),
         scope: body.scope.as_deref().map(Scope::parse).transpose()?,
         filter: body.filter,
         as_of: body.as_of,
         first_chunk_only: false,
     };
-    if let Some(position) = body.wait_for.or(params.wait_for) {
-        projector::wait_for(state.pool(), position, state.config().wait_timeout).await?;
-    }
+    // Before any waiting or model work.
+    request.validate(MAX_K)?;
+    state.wait_for(body.wait_for.or(params.wait_for)).await?;
     let started = Instant::now();
     let vector = if request.mode.needs_vector() {
         let encoder = state.query_encoder()?;

@@ -219,16 +219,8 @@ async fn phase(
     .await
     .map_err(|e| ProjectorError::Panicked(e.to_string()))??;
     let after = projector::status(pool).await?;
-    let checkpoint = |r: &projector::StatusReport| {
-        r.projections
-            .iter()
-            .find(|p| p.status == "active")
-            .map_or(0, |p| p.checkpoint)
-    };
-    let still_behind = after
-        .projections
-        .iter()
-        .any(|p| p.status == "active" && p.lag_events > 0);
+    let checkpoint = |r: &projector::StatusReport| r.active().map_or(0, |p| p.checkpoint);
+    let still_behind = after.active().is_some_and(|p| p.lag_events > 0);
     Ok(Phase {
         dense_search: Latency::from_samples(dense),
         hybrid_search: Latency::from_samples(hybrid),

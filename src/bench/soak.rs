@@ -220,12 +220,7 @@ pub async fn run_soak(
                 let lag = projector::status(&pool)
                     .await
                     .ok()
-                    .and_then(|r| {
-                        r.projections
-                            .iter()
-                            .find(|p| p.status == "active")
-                            .map(|p| p.lag_events)
-                    })
+                    .and_then(|r| r.active().map(|p| p.lag_events))
                     .unwrap_or(0);
                 samples
                     .lock()

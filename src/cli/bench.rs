@@ -158,9 +158,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             json,
             model,
         } => {
-            let threads = model
-                .threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let threads = model.threads();
             let embedder = std::sync::Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
             let config = recall::bench::SoakConfig {
                 clients,
@@ -234,9 +232,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 .map(|(_, q)| q)
                 .collect();
             anyhow::ensure!(!questions.is_empty(), "{} holds no queries", queries.display());
-            let threads = model
-                .threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let threads = model.threads();
             let embedder = std::sync::Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
             let config = recall::bench::SearchBenchConfig {
                 chunk_tokens,

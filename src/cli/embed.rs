@@ -31,6 +31,12 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The CPU threads the model gets: --threads, else every core.
+    pub fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
     pub fn load(&self) -> anyhow::Result<Embedder> {
         if let Some(threads) = self.threads {
             // Candle's CPU kernels size their pool from this variable when the model first runs.

@@ -116,10 +116,7 @@ async fn model_and_projector(
         state.set_projector(ProjectorState::Starting);
     }
     let model = args.model.clone();
-    let threads = args
-        .model
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = args.model.threads();
     let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let embedder = Arc::new(model.load()?);
         let queries = QueryEncoder::new(embedder.clone(), ComputePool::new("recall-query", threads, 0)?);

@@ -26,6 +26,13 @@ pub struct StatusReport {
     pub projections: Vec<ProjectionStatus>,
 }
 
+impl StatusReport {
+    /// The generation that searches read, if there is one.
+    pub fn active(&self) -> Option<&ProjectionStatus> {
+        self.projections.iter().find(|p| p.status == "active")
+    }
+}
+
 pub async fn status(pool: &PgPool) -> Result<StatusReport, ProjectorError> {
     let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
         .fetch_one(pool)

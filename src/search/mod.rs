@@ -24,9 +24,9 @@ pub enum SearchError {
         "as_of position {as_of} is ahead of what the read model reflects ({checkpoint}); wait for it or search live"
     )]
     AsOfAhead { as_of: i64, checkpoint: i64 },
-    #[error("as_of must be a log position of 0 or more, not {0}")]
+    #[error("as_of must be a log position (0 or more, from a search's `position`), not {0}")]
     BadAsOf(i64),
-    #[error("the filter must be a JSON object of metadata keys and values")]
+    #[error("the filter must be a JSON object of metadata keys and values, such as {{\"topic\": \"rust\"}}")]
     BadFilter,
     #[error("{mode} search needs the query's embedding")]
     NoVector { mode: &'static str },
@@ -83,6 +83,23 @@ pub struct SearchRequest {
     /// Consider only each document's first chunk: the BEIR/MTEB protocol, which embeds a document
     /// truncated at max_seq_length (used by `recall eval` to compare with published numbers).
     pub first_chunk_only: bool,
+}
+
+impl SearchRequest {
+    /// What can be checked before any work: k within 1..=`max_k`, a filter that is an object, an
+    /// as_of that is a position. The HTTP API checks with its own, smaller bound before embedding.
+    pub fn validate(&self, max_k: usize) -> Result<(), SearchError> {
+        if self.k == 0 || self.k > max_k {
+            return Err(SearchError::BadK { k: self.k, max: max_k });
+        }
+        if self.filter.as_ref().is_some_and(|f| !f.is_object()) {
+            return Err(SearchError::BadFilter);
+        }
+        if let Some(p) = self.as_of.filter(|&p| p < 0) {
+            return Err(SearchError::BadAsOf(p));
+        }
+        Ok(())
+    }
 }
 
 impl Default for SearchRequest {
@@ -148,18 +165,7 @@ async fn run(
     request: &SearchRequest,
     exact: bool,
 ) -> Result<SearchResponse, SearchError> {
-    if request.k == 0 || request.k > MAX_K {
-        return Err(SearchError::BadK {
-            k: request.k,
-            max: MAX_K,
-        });
-    }
-    if request.filter.as_ref().is_some_and(|f| !f.is_object()) {
-        return Err(SearchError::BadFilter);
-    }
-    if let Some(p) = request.as_of.filter(|&p| p < 0) {
-        return Err(SearchError::BadAsOf(p));
-    }
+    request.validate(MAX_K)?;
     let vector = match (request.mode.needs_vector(), query.vector) {
         (true, None) => {
             return Err(SearchError::NoVector {
