@@ -10,11 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use serde_json::{json, Value};
-use tower::ServiceExt;
+use axum::http::StatusCode;
 
 use recall::api::{self, ApiConfig, AppState};
 use recall::commands::CommandHandler;
@@ -37,17 +33,6 @@ fn fill(dir: &Path) -> std::path::PathBuf {
     while file.write_all(&block).is_ok() {}
     let _ = file.sync_all();
     path
-}
-
-async fn post(router: &axum::Router, id: &str, text: &str) -> (StatusCode, Value) {
-    let request = Request::post("/v1/documents")
-        .header("content-type", "application/json")
-        .body(Body::from(json!({"id": id, "text": text}).to_string()))
-        .unwrap();
-    let response = router.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,7 +60,7 @@ async fn a_full_disk_fails_commands_cleanly_and_everything_works_once_space_retu
     let text = "A paragraph that takes room on the disk. ".repeat(2_000);
     let mut acknowledged = BTreeSet::new();
     for i in 0..5 {
-        let (status, body) = post(&router, &format!("before-{i}"), &text).await;
+        let (status, _, body) = common::post_document(&router, &format!("before-{i}"), &text).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         acknowledged.insert(format!("before-{i}"));
     }
@@ -89,7 +74,7 @@ async fn a_full_disk_fails_commands_cleanly_and_everything_works_once_space_retu
         }
         let started = Instant::now();
         let id = format!("full-{i}");
-        let (status, body) = post(&router, &id, &text).await;
+        let (status, _, body) = common::post_document(&router, &id, &text).await;
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "a command hung on a full disk"
@@ -109,34 +94,13 @@ async fn a_full_disk_fails_commands_cleanly_and_everything_works_once_space_retu
 
     // Space returns; the server (which may have stopped itself) comes back; commands work again.
     std::fs::remove_file(&filler).unwrap();
-    let s = server.clone();
-    tokio::task::spawn_blocking(move || s.ensure_running())
-        .await
-        .unwrap()
-        .unwrap();
+    common::ensure_running(&server).await;
     for i in 0..5 {
         let id = format!("after-{i}");
-        let mut attempts = 0;
-        loop {
-            let (status, body) = post(&router, &id, "Back to normal.").await;
-            match status {
-                StatusCode::CREATED => break,
-                StatusCode::SERVICE_UNAVAILABLE if attempts < 50 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                other => panic!("{id} after space returned: {other} {body}"),
-            }
-        }
+        common::post_until_created(&router, &id, "Back to normal.", 50).await;
         acknowledged.insert(id);
     }
-    let logged: BTreeSet<String> = store
-        .read_all(0, 1_000_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.stream_id.split_once(':').unwrap().1.to_owned())
-        .collect();
+    let logged = common::logged_ids(&store).await;
     assert!(
         acknowledged.is_subset(&logged),
         "acknowledged but lost: {:?}",

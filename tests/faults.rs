@@ -8,46 +8,16 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 use recall::api::{self, ApiConfig, AppState};
 use recall::commands::CommandHandler;
 use recall::event_store::{verify_chain, EventStore};
 use recall::projector::{self, Projector, ProjectorOptions, Target};
 
-async fn post(router: &axum::Router, id: &str) -> (StatusCode, Option<String>, Value) {
-    let request = Request::post("/v1/documents")
-        .header("content-type", "application/json")
-        .body(Body::from(
-            json!({"id": id, "text": format!("Document {id}, written around an outage.")}).to_string(),
-        ))
-        .unwrap();
-    let response = router.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        retry_after,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
-async fn logged_ids(store: &EventStore) -> BTreeSet<String> {
-    store
-        .read_all(0, 1_000_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.stream_id.split_once(':').unwrap().1.to_owned())
-        .collect()
+fn text(id: &str) -> String {
+    format!("Document {id}, written around an outage.")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +38,8 @@ async fn http_ingest_through_a_postgres_kill_loses_nothing_acknowledged_and_answ
 
     let mut acknowledged = BTreeSet::new();
     for i in 0..15 {
-        let (status, _, body) = post(&router, &format!("before-{i}")).await;
+        let (status, _, body) =
+            common::post_document(&router, &format!("before-{i}"), &text(&format!("before-{i}"))).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         acknowledged.insert(format!("before-{i}"));
     }
@@ -79,7 +50,8 @@ async fn http_ingest_through_a_postgres_kill_loses_nothing_acknowledged_and_answ
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..3 {
         let started = Instant::now();
-        let (status, retry_after, body) = post(&router, &format!("during-{i}")).await;
+        let (status, retry_after, body) =
+            common::post_document(&router, &format!("during-{i}"), &text(&format!("during-{i}"))).await;
         assert!(
             started.elapsed() < Duration::from_secs(15),
             "a command hung for {:?}",
@@ -95,30 +67,15 @@ async fn http_ingest_through_a_postgres_kill_loses_nothing_acknowledged_and_answ
         );
     }
 
-    let s = server.clone();
-    tokio::task::spawn_blocking(move || s.ensure_running())
-        .await
-        .unwrap()
-        .unwrap();
+    common::ensure_running(&server).await;
     // Clients retry on 503 as told; stale connections are replaced and commands go through again.
     for i in 0..15 {
         let id = format!("after-{i}");
-        let mut attempts = 0;
-        loop {
-            let (status, _, body) = post(&router, &id).await;
-            match status {
-                StatusCode::CREATED => break,
-                StatusCode::SERVICE_UNAVAILABLE if attempts < 30 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                other => panic!("{id}: {other} {body}"),
-            }
-        }
+        common::post_until_created(&router, &id, &text(&id), 30).await;
         acknowledged.insert(id);
     }
 
-    let logged = logged_ids(&store).await;
+    let logged = common::logged_ids(&store).await;
     assert!(
         acknowledged.is_subset(&logged),
         "acknowledged but lost: {:?}",
@@ -183,7 +140,7 @@ async fn serve_sigkilled_under_load_and_restarted_loses_no_acknowledged_document
 
     let (mut child, base) = common::spawn_serve(&url, None);
     let store = EventStore::new(pool.clone());
-    let logged = logged_ids(&store).await;
+    let logged = common::logged_ids(&store).await;
     assert!(
         acknowledged.is_subset(&logged),
         "acknowledged but lost: {:?}",

@@ -55,11 +55,7 @@ async fn the_projector_recovers_on_its_own_after_the_database_restarts() {
         handler.execute(&k, c, &ctx).await.is_err(),
         "commands fail while the database is down"
     );
-    let s = server.clone();
-    tokio::task::spawn_blocking(move || s.ensure_running())
-        .await
-        .unwrap()
-        .unwrap();
+    common::ensure_running(&server).await;
 
     // Commands work again once stale connections have been replaced; then the projector catches up by itself.
     let mut appended = 20;

@@ -89,17 +89,72 @@ pub fn private_server(prefix: &str) -> (tempfile::TempDir, EmbeddedServer) {
     (home, server)
 }
 
-/// Starts a private server (or restarts it) and opens its migrated `recall` database.
-pub async fn start_with_database(server: &EmbeddedServer) -> PgPool {
+/// Starts a private server, or restarts it after a kill.
+pub async fn ensure_running(server: &EmbeddedServer) {
     let s = server.clone();
     tokio::task::spawn_blocking(move || s.ensure_running())
         .await
         .unwrap()
         .unwrap();
+}
+
+/// Starts a private server (or restarts it) and opens its migrated `recall` database.
+pub async fn start_with_database(server: &EmbeddedServer) -> PgPool {
+    ensure_running(server).await;
     postgres::create_database_if_missing(&server.connect_options("postgres"), "recall")
         .await
         .unwrap();
     postgres::open_with(server.connect_options("recall"), 8).await.unwrap()
+}
+
+/// POSTs the document `{id, text}` through the router: its status, Retry-After header and JSON body.
+pub async fn post_document(
+    router: &axum::Router,
+    id: &str,
+    text: &str,
+) -> (axum::http::StatusCode, Option<String>, serde_json::Value) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let request = axum::http::Request::post("/v1/documents")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(
+            serde_json::json!({"id": id, "text": text}).to_string(),
+        ))
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, retry_after, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+/// POSTs a document until it is created, retrying a 503 as its Retry-After tells clients to, at most
+/// `retries` times; anything else fails the test.
+pub async fn post_until_created(router: &axum::Router, id: &str, text: &str, retries: u32) {
+    for attempt in 0.. {
+        let (status, _, body) = post_document(router, id, text).await;
+        match status {
+            axum::http::StatusCode::CREATED => return,
+            axum::http::StatusCode::SERVICE_UNAVAILABLE if attempt < retries => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            other => panic!("{id}: {other} {body}"),
+        }
+    }
+}
+
+/// The ids of every document the log holds an event for.
+pub async fn logged_ids(store: &recall::event_store::EventStore) -> std::collections::BTreeSet<String> {
+    store
+        .read_all(0, 1_000_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.stream_id.split_once(':').unwrap().1.to_owned())
+        .collect()
 }
 
 /// Cosine similarity of two vectors.
