@@ -17,7 +17,7 @@ use recall::api::{self, ApiConfig, AppState, ProjectorState};
 use recall::commands::CommandHandler;
 use recall::embed::ComputePool;
 use recall::event_store::EventStore;
-use recall::projector::{Projector, ProjectorOptions, RunningProjector, Target};
+use recall::projector::{EmbedBackend, ModelBackend, Projector, ProjectorOptions, RunningProjector, Target};
 use recall::search::QueryEncoder;
 
 struct App {
@@ -671,4 +671,109 @@ async fn the_openapi_document_and_the_router_agree() {
     }
     // Every route of api::router, by method.
     assert_eq!(described, 10, "the spec and the router list different routes");
+}
+
+#[tokio::test]
+async fn requests_make_the_projector_yield_a_core_and_it_still_projects_everything_the_same() {
+    let config = ApiConfig {
+        foreground_window: Duration::from_secs(600),
+        ..ApiConfig::default()
+    };
+    let (pool, _) = common::fresh_database().await;
+    let store = EventStore::new(pool);
+    let state = AppState::new(CommandHandler::new(store.clone()), config);
+    let app = App {
+        router: api::router(state.clone()),
+        state: state.clone(),
+        store: store.clone(),
+        projector: None,
+    };
+
+    // Health checks and scrapes are not agents' traffic: they must not slow the projector down.
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        app.call("GET", path, &[], None).await;
+    }
+    assert!(!state.foreground().active(), "probes marked the foreground");
+
+    let reference = common::model_backend();
+    let embedder = reference.embedder().clone();
+    let backend = Arc::new(
+        ModelBackend::shared(
+            embedder.clone(),
+            embedder.chunker(32, true),
+            Some(ComputePool::new("test-all", 2, 0).unwrap()),
+        )
+        .yielding_to(
+            state.foreground().clone(),
+            ComputePool::new("test-narrow", 1, 0).unwrap(),
+        ),
+    );
+    state.set_query_encoder(Arc::new(QueryEncoder::new(
+        embedder.clone(),
+        ComputePool::new("test-query", 1, 0).unwrap(),
+    )));
+    let projector = Projector::new(store.clone(), backend.clone(), ProjectorOptions::default())
+        .yielding_to(state.foreground().clone());
+    state.set_projector(ProjectorState::Running(projector.stats()));
+    let running = projector.spawn(Target::Active);
+
+    let mut last = 0;
+    for (i, (title, text)) in TOPICS.iter().enumerate() {
+        let (status, body) = app
+            .call(
+                "POST",
+                "/v1/documents",
+                &[],
+                Some(json!({"id": format!("doc-{i}"), "title": title, "text": text})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        last = body["position"].as_i64().unwrap();
+    }
+    assert!(state.foreground().active(), "API requests mark the foreground");
+    let (status, body) = app
+        .call(
+            "POST",
+            "/v1/search",
+            &[],
+            Some(json!({"query": TOPICS[7].0, "k": 3, "mode": "dense", "wait_for": last})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["document_id"], "doc-7", "{body}");
+    let projected: i64 = sqlx::query_scalar("SELECT count(*) FROM documents WHERE NOT removed")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(projected, TOPICS.len() as i64);
+    assert!(state.foreground().yielded() > 0, "no batch ran on the narrow pool");
+    let (_, metrics) = app.call("GET", "/metrics", &[], None).await;
+    let metrics = metrics.as_str().unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("recall_projector_yielded_batches_total "))
+        .expect("the yielded-batches counter");
+    assert_ne!(line, "recall_projector_yielded_batches_total 0", "{line}");
+
+    // The piecewise, narrowed path gives the same vectors, in the same order, as the plain one (over
+    // several pieces: 400 short chunks are about 10,000 word pieces).
+    let inputs: Vec<Vec<u32>> = TOPICS
+        .iter()
+        .cycle()
+        .take(400)
+        .flat_map(|(title, text)| backend.chunk(title, text).unwrap())
+        .map(|c| c.input_ids)
+        .collect();
+    let before = state.foreground().yielded();
+    let yielding = backend.embed(&inputs).unwrap();
+    assert!(
+        state.foreground().yielded() >= before + 2,
+        "expected several narrowed pieces"
+    );
+    let plain = reference.embed(&inputs).unwrap();
+    assert_eq!(yielding.len(), plain.len());
+    for (a, b) in yielding.iter().zip(&plain) {
+        assert!(common::cosine(a, b) >= 0.99999);
+    }
+    running.stop().await.unwrap();
 }

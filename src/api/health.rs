@@ -60,7 +60,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         ProjectorState::Running(stats) => Some(stats),
         _ => None,
     };
-    let mut text = state.metrics().render(stats.as_deref());
+    let mut text = state.metrics().render(stats.as_deref(), state.foreground().yielded());
     let report = projector::status(state.pool()).await?;
     text.push_str(&report.to_prometheus());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())

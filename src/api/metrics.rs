@@ -79,7 +79,8 @@ impl Metrics {
     }
 
     /// The text exposition; `projector` is the in-process projector's counters when there is one.
-    pub fn render(&self, projector: Option<&ProjectorStats>) -> String {
+    /// `yielded`: model batches the projector ran on a core fewer because requests were arriving.
+    pub fn render(&self, projector: Option<&ProjectorStats>, yielded: u64) -> String {
         let mut out = String::new();
         out.push_str("# HELP recall_commands_total Document commands by command and outcome.\n");
         out.push_str("# TYPE recall_commands_total counter\n");
@@ -145,6 +146,12 @@ impl Metrics {
                     "Embedding throughput of the projector since the previous scrape.",
                     rate,
                 ),
+                (
+                    "recall_projector_yielded_batches_total",
+                    "counter",
+                    "Model batches the projector ran on a core fewer, leaving it to arriving requests.",
+                    yielded as f64,
+                ),
             ] {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
             }
@@ -178,7 +185,7 @@ mod tests {
         m.command("add", "appended");
         m.command("add", "appended");
         m.command("update", "version_conflict");
-        let out = m.render(None);
+        let out = m.render(None, 0);
         assert!(out.contains("recall_commands_total{command=\"add\",outcome=\"appended\"} 2\n"));
         assert!(out.contains("recall_commands_total{command=\"update\",outcome=\"version_conflict\"} 1\n"));
     }

@@ -23,7 +23,7 @@ use axum::Router;
 
 use crate::commands::CommandHandler;
 use crate::domain::Limits;
-use crate::projector::ProjectorStats;
+use crate::projector::{Foreground, ProjectorStats};
 use crate::search::QueryEncoder;
 
 pub use error::ApiError;
@@ -41,6 +41,9 @@ pub struct ApiConfig {
     pub limits: Limits,
     /// Stored as the actor of commands that do not name one (`X-Recall-Actor`).
     pub actor: Option<String>,
+    /// How long after a request the in-process projector keeps a core free (see `projector::Foreground`);
+    /// zero never yields.
+    pub foreground_window: Duration,
 }
 
 impl Default for ApiConfig {
@@ -52,6 +55,7 @@ impl Default for ApiConfig {
             wait_timeout: Duration::from_secs(30),
             limits,
             actor: None,
+            foreground_window: Duration::from_secs(2),
         }
     }
 }
@@ -93,6 +97,7 @@ struct Inner {
     metrics: Metrics,
     queries: OnceLock<Arc<QueryEncoder>>,
     projector: Mutex<ProjectorState>,
+    foreground: Foreground,
 }
 
 impl AppState {
@@ -100,6 +105,7 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner {
                 handler,
+                foreground: Foreground::new(config.foreground_window),
                 config,
                 metrics: Metrics::default(),
                 queries: OnceLock::new(),
@@ -119,6 +125,11 @@ impl AppState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Marked by every API request; give it to an in-process projector so that it yields to them.
+    pub fn foreground(&self) -> &Foreground {
+        &self.inner.foreground
     }
 
     fn projector(&self) -> ProjectorState {
@@ -212,6 +223,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// One log line and one status count per request.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    if path.starts_with("/v1/") {
+        // Agents' requests, not health checks or scrapes, which would keep the projector slowed forever.
+        state.foreground().touch();
+    }
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status();

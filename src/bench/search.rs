@@ -32,6 +32,8 @@ pub struct SearchBenchConfig {
     /// Queries whose HNSW top 10 is compared with the exact top 10.
     pub recall_queries: usize,
     pub threads: usize,
+    /// As `recall serve` does by default: while requests arrive, the projector leaves a core free.
+    pub yield_to_requests: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -67,25 +69,35 @@ pub async fn run_search_bench(
 ) -> Result<SearchBenchReport, BenchError> {
     let pool = store.pool().clone();
     let handler = CommandHandler::new(store.clone());
+    let state = AppState::new(handler.clone(), ApiConfig::default());
     super::add_documents(&handler, &base).await?;
     // As in `recall serve`: the projector's model threads and database processes yield to the API's.
     let background = crate::postgres::open_background((*pool.connect_options()).clone(), 4, 10).await?;
-    let projector = Projector::new(
+    let chunker = embedder.chunker_with(ChunkOptions {
+        max_tokens: config.chunk_tokens,
+        overlap: 0,
+        title_prefix: false,
+    });
+    let mut backend = ModelBackend::shared(
+        embedder.clone(),
+        chunker,
+        Some(ComputePool::new("bench-project", config.threads, 10)?),
+    );
+    if config.yield_to_requests {
+        let narrow = ComputePool::new("bench-narrow", config.threads.saturating_sub(1).max(1), 10)?;
+        backend = backend.yielding_to(state.foreground().clone(), narrow);
+    }
+    let mut projector = Projector::new(
         EventStore::new(background),
-        Arc::new(ModelBackend::shared(
-            embedder.clone(),
-            embedder.chunker_with(ChunkOptions {
-                max_tokens: config.chunk_tokens,
-                overlap: 0,
-                title_prefix: false,
-            }),
-            Some(ComputePool::new("bench-project", config.threads, 10)?),
-        )),
+        Arc::new(backend),
         ProjectorOptions {
             batch_events: 64,
             ..Default::default()
         },
     );
+    if config.yield_to_requests {
+        projector = projector.yielding_to(state.foreground().clone());
+    }
     tracing::info!(documents = base.len(), "projecting the base corpus");
     projector.run_until_caught_up(Target::Active).await?;
     let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks WHERE valid_to IS NULL")
@@ -99,7 +111,6 @@ pub async fn run_search_bench(
     ));
     let (recall_at_10, recall_queries) = hnsw_recall(&pool, &encoder, &queries, config.recall_queries).await?;
 
-    let state = AppState::new(handler.clone(), ApiConfig::default());
     state.set_query_encoder(encoder);
     state.set_projector(ProjectorState::Running(projector.stats()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -65,6 +65,10 @@ pub enum BenchCommand {
         pause_ms: u64,
         #[arg(long, default_value_t = 200)]
         recall_queries: usize,
+        /// Let the projector run on every core even while requests arrive (`recall serve
+        /// --foreground-window 0`), to compare with the default.
+        #[arg(long)]
+        no_yield: bool,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -215,6 +219,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             requests,
             pause_ms,
             recall_queries,
+            no_yield,
             json,
             model,
         } => {
@@ -240,6 +245,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 pause: std::time::Duration::from_millis(pause_ms),
                 recall_queries,
                 threads,
+                yield_to_requests: !no_yield,
             };
             let report = on_scratch_database(|pool| async move {
                 Ok(

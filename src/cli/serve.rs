@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// Longest a `wait_for` holds a request, in seconds, before it answers 504.
     #[arg(long, env = "RECALL_WAIT_TIMEOUT", default_value_t = 30.0)]
     wait_timeout: f64,
+    /// Seconds after an API request during which the in-process projector leaves a core to requests
+    /// (embedding on one thread fewer, writing and embedding in turn); 0 never yields.
+    #[arg(long, env = "RECALL_FOREGROUND_WINDOW", default_value_t = 2.0)]
+    foreground_window: f64,
     /// Events per projector batch.
     #[arg(long, default_value_t = 64)]
     batch: i64,
@@ -68,6 +72,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         wait_timeout: Duration::from_secs_f64(args.wait_timeout.max(0.0)),
         limits,
         actor: args.settings.actor.clone(),
+        foreground_window: Duration::from_secs_f64(args.foreground_window.max(0.0)),
     };
     let store = open_store().await?;
     let state = AppState::new(CommandHandler::new(store.clone()), config);
@@ -133,8 +138,16 @@ async fn model_and_projector(
     if args.no_projector {
         return;
     }
-    let pool = match ComputePool::new("recall-project", threads, PROJECTOR_NICENESS) {
-        Ok(pool) => pool,
+    let pools = ComputePool::new("recall-project", threads, PROJECTOR_NICENESS).and_then(|all| {
+        let narrow = ComputePool::new(
+            "recall-project-narrow",
+            threads.saturating_sub(1).max(1),
+            PROJECTOR_NICENESS,
+        )?;
+        Ok((all, narrow))
+    });
+    let (pool, narrow) = match pools {
+        Ok(pools) => pools,
         Err(error) => return drop(fatal.send(error.into())),
     };
     let store = match projector_store(&store).await {
@@ -143,16 +156,16 @@ async fn model_and_projector(
     };
     let projector = Projector::new(
         store,
-        Arc::new(ModelBackend::shared(
-            embedder.clone(),
-            embedder.chunker(args.overlap, true),
-            Some(pool),
-        )),
+        Arc::new(
+            ModelBackend::shared(embedder.clone(), embedder.chunker(args.overlap, true), Some(pool))
+                .yielding_to(state.foreground().clone(), narrow),
+        ),
         ProjectorOptions {
             batch_events: args.batch.max(1),
             ..Default::default()
         },
-    );
+    )
+    .yielding_to(state.foreground().clone());
     state.set_projector(ProjectorState::Running(projector.stats()));
     let result = projector
         .run(Target::Active, async move {

@@ -5,6 +5,12 @@ use std::sync::Arc;
 
 use crate::embed::{Chunk, Chunker, ComputePool, EmbedError, Embedder, ModelIdentity};
 
+use super::Foreground;
+
+/// Word pieces embedded between two looks at the foreground: about half a second of model work on two
+/// cores, so a burst of requests finds a free core soon, while pieces stay large enough to batch well.
+const PIECE_TOKENS: usize = 4096;
+
 pub trait EmbedBackend: Send + Sync + 'static {
     fn identity(&self) -> &ModelIdentity;
     fn chunk(&self, title: &str, text: &str) -> Result<Vec<Chunk>, EmbedError>;
@@ -17,6 +23,8 @@ pub struct ModelBackend {
     embedder: Arc<Embedder>,
     chunker: Chunker,
     pool: Option<ComputePool>,
+    /// A pool with a core fewer, used while the foreground is active.
+    narrow: Option<(ComputePool, Foreground)>,
 }
 
 impl ModelBackend {
@@ -33,6 +41,21 @@ impl ModelBackend {
             embedder,
             chunker,
             pool,
+            narrow: None,
+        }
+    }
+
+    /// While `foreground` is active, embeds on `narrow` (give it a thread fewer than the main pool) so
+    /// that a core stays free for the requests; see [`Foreground`] for why.
+    pub fn yielding_to(mut self, foreground: Foreground, narrow: ComputePool) -> Self {
+        self.narrow = Some((narrow, foreground));
+        self
+    }
+
+    fn embed_on(&self, pool: Option<&ComputePool>, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        match pool {
+            Some(pool) => pool.install(|| self.embedder.embed_inputs(inputs)),
+            None => self.embedder.embed_inputs(inputs),
         }
     }
 
@@ -51,9 +74,52 @@ impl EmbedBackend for ModelBackend {
     }
 
     fn embed(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        match &self.pool {
-            Some(pool) => pool.install(|| self.embedder.embed_inputs(inputs)),
-            None => self.embedder.embed_inputs(inputs),
+        let Some((narrow, foreground)) = &self.narrow else {
+            return self.embed_on(self.pool.as_ref(), inputs);
+        };
+        let mut vectors = Vec::with_capacity(inputs.len());
+        for piece in pieces(inputs, PIECE_TOKENS) {
+            let pool = if foreground.active() {
+                foreground.count_yielded();
+                Some(narrow)
+            } else {
+                self.pool.as_ref()
+            };
+            vectors.extend(self.embed_on(pool, piece)?);
         }
+        Ok(vectors)
+    }
+}
+
+/// Consecutive runs of `inputs` of at most `budget` word pieces each (a longer input runs alone).
+fn pieces(inputs: &[Vec<u32>], budget: usize) -> impl Iterator<Item = &[Vec<u32>]> {
+    let mut rest = inputs;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut tokens = 0;
+        let mut end = 0;
+        while end < rest.len() && (end == 0 || tokens + rest[end].len() <= budget) {
+            tokens += rest[end].len();
+            end += 1;
+        }
+        let (piece, tail) = rest.split_at(end);
+        rest = tail;
+        Some(piece)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pieces;
+
+    #[test]
+    fn pieces_keep_order_and_budget() {
+        let inputs: Vec<Vec<u32>> = [3, 4, 2, 9, 1, 1, 5].iter().map(|&n| vec![7; n]).collect();
+        let split: Vec<Vec<usize>> = pieces(&inputs, 6).map(|p| p.iter().map(Vec::len).collect()).collect();
+        // 9 exceeds the budget alone and still gets a piece of its own.
+        assert_eq!(split, vec![vec![3], vec![4, 2], vec![9], vec![1, 1], vec![5]]);
+        assert_eq!(pieces(&[], 6).count(), 0);
     }
 }

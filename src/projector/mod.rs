@@ -5,6 +5,7 @@
 //! it wakes on the append NOTIFY, polls as a fallback, and starts over from its checkpoint after errors.
 
 mod backend;
+mod foreground;
 mod generations;
 mod prepare;
 mod status;
@@ -23,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::event_store::{EventStore, EventStoreError, NOTIFY_CHANNEL};
 
 pub use backend::{EmbedBackend, ModelBackend};
+pub use foreground::Foreground;
 pub use generations::{
     activate_if_caught_up, active, active_for, create_building, drop_retired, load, table_dimension, Generation,
 };
@@ -129,6 +131,7 @@ pub struct Projector {
     backend: Arc<dyn EmbedBackend>,
     options: ProjectorOptions,
     stats: Arc<ProjectorStats>,
+    foreground: Foreground,
 }
 
 /// Which generation a projector serves.
@@ -149,7 +152,15 @@ impl Projector {
             backend,
             options,
             stats: Arc::default(),
+            foreground: Foreground::never(),
         }
+    }
+
+    /// Takes turns between writing and embedding while `foreground` says requests are arriving (the
+    /// backend, given the same handle, also narrows its threads).
+    pub fn yielding_to(mut self, foreground: Foreground) -> Self {
+        self.foreground = foreground;
+        self
     }
 
     pub fn stats(&self) -> Arc<ProjectorStats> {
@@ -383,6 +394,13 @@ impl Projector {
                 continue;
             }
             read_after = events.last().map(|e| e.position).unwrap_or(read_after);
+            if self.foreground.active() {
+                // Requests are arriving: the write (PostgreSQL's index maintenance keeps a core busy)
+                // and the next batch's embedding take turns instead of overlapping.
+                if let Some(w) = writing.take() {
+                    checkpoint = join(w).await?;
+                }
+            }
             let prepared = self.prepare(events).await?;
             if let Some(w) = writing.take() {
                 checkpoint = join(w).await?;
