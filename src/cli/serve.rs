@@ -69,10 +69,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_body_bytes: args
             .max_body_bytes
             .unwrap_or_else(|| api::default_max_body_bytes(&limits)),
-        wait_timeout: Duration::from_secs_f64(args.wait_timeout.max(0.0)),
+        wait_timeout: seconds("--wait-timeout", args.wait_timeout)?,
         limits,
         actor: args.settings.actor.clone(),
-        foreground_window: Duration::from_secs_f64(args.foreground_window.max(0.0)),
+        foreground_window: seconds("--foreground-window", args.foreground_window)?,
     };
     let store = open_store().await?;
     let state = AppState::new(CommandHandler::new(store.clone()), config);
@@ -105,6 +105,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(error) => Err(error),
         None => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// A non-negative, finite number of seconds from the command line.
+fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .with_context(|| format!("{flag} takes a number of seconds, 0 or more (got {value})"))
 }
 
 /// Loads the model, opens the query path, then runs the projector until `stop` turns true. A model that

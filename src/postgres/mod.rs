@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{ConnectOptions, PgPool};
 use thiserror::Error;
 
 pub use embedded::{EmbeddedError, EmbeddedServer, ServerStatus};
@@ -161,6 +161,13 @@ pub async fn open_background(
 
 async fn open_pool(options: PgConnectOptions, max_connections: u32, niceness: i32) -> Result<PgPool, PostgresError> {
     let target = format!("{}/{}", options.get_host(), options.get_database().unwrap_or(""));
+    let options = if niceness != 0 {
+        // The projector's batch writes take seconds by design (thousands of rows into an HNSW index);
+        // sqlx's default warning after one second would log every batch and bury real problems.
+        options.log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(60))
+    } else {
+        options
+    };
     // A TCP server's process ids mean nothing here, even on localhost behind a container boundary.
     let local = options.get_socket().is_some();
     let pool = PgPoolOptions::new()
