@@ -15,7 +15,7 @@ use crate::commands::CommandHandler;
 use crate::domain::{DocumentContent, DocumentKey};
 use crate::embed::{ChunkOptions, ComputePool, Embedder};
 use crate::event_store::EventStore;
-use crate::projector::{self, ModelBackend, Projector, ProjectorError, ProjectorOptions, Target};
+use crate::projector::{self, Foreground, Projector, ProjectorError, ProjectorOptions, Target};
 use crate::search::{self, Query, QueryEncoder, SearchMode, SearchRequest};
 
 use super::{BenchError, Latency};
@@ -78,26 +78,22 @@ pub async fn run_search_bench(
         overlap: 0,
         title_prefix: false,
     });
-    let mut backend = ModelBackend::shared(
+    let foreground = match config.yield_to_requests {
+        true => state.foreground().clone(),
+        false => Foreground::never(),
+    };
+    let projector = Projector::beside_api(
+        EventStore::new(background),
         embedder.clone(),
         chunker,
-        Some(ComputePool::new("bench-project", config.threads, 10)?),
-    );
-    if config.yield_to_requests {
-        let narrow = ComputePool::new("bench-narrow", config.threads.saturating_sub(1).max(1), 10)?;
-        backend = backend.yielding_to(state.foreground().clone(), narrow);
-    }
-    let mut projector = Projector::new(
-        EventStore::new(background),
-        Arc::new(backend),
+        config.threads,
+        10,
+        foreground,
         ProjectorOptions {
             batch_events: 64,
             ..Default::default()
         },
-    );
-    if config.yield_to_requests {
-        projector = projector.yielding_to(state.foreground().clone());
-    }
+    )?;
     tracing::info!(documents = base.len(), "projecting the base corpus");
     projector.run_until_caught_up(Target::Active).await?;
     let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks WHERE valid_to IS NULL")

@@ -14,7 +14,7 @@ use crate::api::{self, ApiConfig, AppState, ProjectorState};
 use crate::commands::CommandHandler;
 use crate::embed::{ComputePool, Embedder};
 use crate::event_store::EventStore;
-use crate::projector::{self, ModelBackend, Projector, ProjectorError, ProjectorOptions, Target};
+use crate::projector::{self, Projector, ProjectorError, ProjectorOptions, Target};
 use crate::search::QueryEncoder;
 
 use super::{BenchError, Latency};
@@ -181,19 +181,20 @@ pub async fn run_soak(
     let pool = store.pool().clone();
     let handler = CommandHandler::new(store.clone());
     let background = crate::postgres::open_background((*pool.connect_options()).clone(), 4, 10).await?;
-    let projector = Projector::new(
+    let state = AppState::new(handler, ApiConfig::default());
+    // As `recall serve` runs it: yielding a core while the clients' requests arrive.
+    let projector = Projector::beside_api(
         EventStore::new(background),
-        Arc::new(ModelBackend::shared(
-            embedder.clone(),
-            embedder.chunker(32, true),
-            Some(ComputePool::new("soak-project", config.threads, 10)?),
-        )),
+        embedder.clone(),
+        embedder.chunker(32, true),
+        config.threads,
+        10,
+        state.foreground().clone(),
         ProjectorOptions {
             batch_events: 64,
             ..Default::default()
         },
-    );
-    let state = AppState::new(handler, ApiConfig::default());
+    )?;
     state.set_query_encoder(Arc::new(QueryEncoder::new(
         embedder,
         ComputePool::new("soak-query", config.threads, 0)?,

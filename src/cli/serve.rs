@@ -14,7 +14,7 @@ use recall::api::{self, ApiConfig, AppState, ProjectorState};
 use recall::commands::CommandHandler;
 use recall::embed::ComputePool;
 use recall::event_store::EventStore;
-use recall::projector::{ModelBackend, Projector, ProjectorOptions, Target};
+use recall::projector::{Projector, ProjectorOptions, Target};
 use recall::search::QueryEncoder;
 
 use super::embed::ModelArgs;
@@ -144,34 +144,26 @@ async fn model_and_projector(
     if args.no_projector {
         return;
     }
-    let pools = ComputePool::new("recall-project", threads, PROJECTOR_NICENESS).and_then(|all| {
-        let narrow = ComputePool::new(
-            "recall-project-narrow",
-            threads.saturating_sub(1).max(1),
-            PROJECTOR_NICENESS,
-        )?;
-        Ok((all, narrow))
-    });
-    let (pool, narrow) = match pools {
-        Ok(pools) => pools,
-        Err(error) => return drop(fatal.send(error.into())),
-    };
     let store = match projector_store(&store).await {
         Ok(store) => store,
         Err(error) => return drop(fatal.send(error)),
     };
-    let projector = Projector::new(
+    let projector = Projector::beside_api(
         store,
-        Arc::new(
-            ModelBackend::shared(embedder.clone(), embedder.chunker(args.overlap, true), Some(pool))
-                .yielding_to(state.foreground().clone(), narrow),
-        ),
+        embedder.clone(),
+        embedder.chunker(args.overlap, true),
+        threads,
+        PROJECTOR_NICENESS,
+        state.foreground().clone(),
         ProjectorOptions {
             batch_events: args.batch.max(1),
             ..Default::default()
         },
-    )
-    .yielding_to(state.foreground().clone());
+    );
+    let projector = match projector {
+        Ok(projector) => projector,
+        Err(error) => return drop(fatal.send(error.into())),
+    };
     state.set_projector(ProjectorState::Running(projector.stats()));
     let result = projector
         .run(Target::Active, async move {

@@ -163,6 +163,24 @@ impl Projector {
         self
     }
 
+    /// The projector as `recall serve` runs it beside the API: model threads at `niceness` on pools of
+    /// `threads` and one fewer, yielding a core to `foreground` traffic (give `Foreground::never()` to
+    /// keep every core busy). `store` should be on a pool opened with `postgres::open_background`.
+    pub fn beside_api(
+        store: EventStore,
+        embedder: Arc<crate::embed::Embedder>,
+        chunker: crate::embed::Chunker,
+        threads: usize,
+        niceness: i32,
+        foreground: Foreground,
+        options: ProjectorOptions,
+    ) -> Result<Self, crate::embed::EmbedError> {
+        let all = crate::embed::ComputePool::new("recall-project", threads, niceness)?;
+        let narrow = crate::embed::ComputePool::new("recall-narrow", threads.saturating_sub(1).max(1), niceness)?;
+        let backend = ModelBackend::shared(embedder, chunker, Some(all)).yielding_to(foreground.clone(), narrow);
+        Ok(Projector::new(store, Arc::new(backend), options).yielding_to(foreground))
+    }
+
     pub fn stats(&self) -> Arc<ProjectorStats> {
         self.stats.clone()
     }
