@@ -86,6 +86,26 @@ impl App {
         (parts.status, parts.headers, value)
     }
 
+    /// Adds the 20 `TOPICS` as `doc-0`.. in scope `kb` (metadata `n`: the index), each created at version
+    /// 1; returns the last position.
+    async fn add_topics(&self) -> i64 {
+        let mut last = 0;
+        for (i, (title, text)) in TOPICS.iter().enumerate() {
+            let (status, body) = self
+                .call(
+                    "POST",
+                    "/v1/documents",
+                    &[],
+                    Some(json!({"id": format!("doc-{i}"), "scope": "kb", "title": title, "text": text, "metadata": {"n": i}})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            assert_eq!(body["version"], 1);
+            last = body["position"].as_i64().unwrap();
+        }
+        last
+    }
+
     async fn head(&self) -> i64 {
         self.store.head().await.unwrap()
     }
@@ -189,20 +209,7 @@ const TOPICS: [(&str, &str); 20] = [
 #[tokio::test]
 async fn add_wait_search_update_and_replay_an_old_receipt() {
     let app = App::new(ApiConfig::default(), true).await;
-    let mut last = 0;
-    for (i, (title, text)) in TOPICS.iter().enumerate() {
-        let (status, body) = app
-            .call(
-                "POST",
-                "/v1/documents",
-                &[],
-                Some(json!({"id": format!("doc-{i}"), "scope": "kb", "title": title, "text": text, "metadata": {"n": i}})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        assert_eq!(body["version"], 1);
-        last = body["position"].as_i64().unwrap();
-    }
+    let last = app.add_topics().await;
     assert_eq!(last, 20);
 
     // Adding the same content again is a no-op, not an error.
@@ -717,26 +724,14 @@ async fn requests_make_the_projector_yield_a_core_and_it_still_projects_everythi
     state.set_projector(ProjectorState::Running(projector.stats()));
     let running = projector.spawn(Target::Active);
 
-    let mut last = 0;
-    for (i, (title, text)) in TOPICS.iter().enumerate() {
-        let (status, body) = app
-            .call(
-                "POST",
-                "/v1/documents",
-                &[],
-                Some(json!({"id": format!("doc-{i}"), "title": title, "text": text})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        last = body["position"].as_i64().unwrap();
-    }
+    let last = app.add_topics().await;
     assert!(state.foreground().active(), "API requests mark the foreground");
     let (status, body) = app
         .call(
             "POST",
             "/v1/search",
             &[],
-            Some(json!({"query": TOPICS[7].0, "k": 3, "mode": "dense", "wait_for": last})),
+            Some(json!({"query": TOPICS[7].0, "scope": "kb", "k": 3, "mode": "dense", "wait_for": last})),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");

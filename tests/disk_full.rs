@@ -100,12 +100,7 @@ async fn a_full_disk_fails_commands_cleanly_and_everything_works_once_space_retu
         common::post_until_created(&router, &id, "Back to normal.", 50).await;
         acknowledged.insert(id);
     }
-    let logged = common::logged_ids(&store).await;
-    assert!(
-        acknowledged.is_subset(&logged),
-        "acknowledged but lost: {:?}",
-        acknowledged.difference(&logged)
-    );
+    common::assert_nothing_lost(&store, &acknowledged).await;
     let report = verify_chain(&store).await.unwrap();
     assert!(report.is_ok(), "{report:?}");
     pool.close().await;

@@ -75,12 +75,7 @@ async fn http_ingest_through_a_postgres_kill_loses_nothing_acknowledged_and_answ
         acknowledged.insert(id);
     }
 
-    let logged = common::logged_ids(&store).await;
-    assert!(
-        acknowledged.is_subset(&logged),
-        "acknowledged but lost: {:?}",
-        acknowledged.difference(&logged)
-    );
+    common::assert_nothing_lost(&store, &acknowledged).await;
     assert!(verify_chain(&store).await.unwrap().is_ok());
     // The projector was never restarted by hand.
     let head = store.head().await.unwrap();
@@ -140,12 +135,7 @@ async fn serve_sigkilled_under_load_and_restarted_loses_no_acknowledged_document
 
     let (mut child, base) = common::spawn_serve(&url, None);
     let store = EventStore::new(pool.clone());
-    let logged = common::logged_ids(&store).await;
-    assert!(
-        acknowledged.is_subset(&logged),
-        "acknowledged but lost: {:?}",
-        acknowledged.difference(&logged)
-    );
+    let logged = common::assert_nothing_lost(&store, &acknowledged).await;
     let head = store.head().await.unwrap();
     let base2 = base.clone();
     let found = tokio::task::spawn_blocking(move || {

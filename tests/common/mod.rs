@@ -157,6 +157,20 @@ pub async fn logged_ids(store: &recall::event_store::EventStore) -> std::collect
         .collect()
 }
 
+/// Asserts that every acknowledged document id is in the log; returns the logged ids.
+pub async fn assert_nothing_lost(
+    store: &recall::event_store::EventStore,
+    acknowledged: &std::collections::BTreeSet<String>,
+) -> std::collections::BTreeSet<String> {
+    let logged = logged_ids(store).await;
+    assert!(
+        acknowledged.is_subset(&logged),
+        "acknowledged but lost: {:?}",
+        acknowledged.difference(&logged)
+    );
+    logged
+}
+
 /// Cosine similarity of two vectors.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
