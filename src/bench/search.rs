@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::api::{self, ApiConfig, AppState, ProjectorState};
+use crate::api::{ApiConfig, AppState, ProjectorState};
 use crate::commands::CommandHandler;
 use crate::domain::{DocumentContent, DocumentKey};
 use crate::embed::{ChunkOptions, ComputePool, Embedder};
@@ -109,11 +109,7 @@ pub async fn run_search_bench(
 
     state.set_query_encoder(encoder);
     state.set_projector(ProjectorState::Running(projector.stats()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| BenchError::Http(e.to_string()))?;
-    let address = listener.local_addr().map_err(|e| BenchError::Http(e.to_string()))?;
-    let server = tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
+    let (address, server) = super::serve_on_loopback(state).await?;
 
     // Idle: the projector runs, as in `recall serve`, but has nothing to do but the phase's own commands.
     let worker = projector.spawn(Target::Active);

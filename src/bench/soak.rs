@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde_json::json;
 
-use crate::api::{self, ApiConfig, AppState, ProjectorState};
+use crate::api::{ApiConfig, AppState, ProjectorState};
 use crate::commands::CommandHandler;
 use crate::embed::{ComputePool, Embedder};
 use crate::event_store::EventStore;
@@ -200,14 +200,8 @@ pub async fn run_soak(
         ComputePool::new("soak-query", config.threads, 0)?,
     )));
     state.set_projector(ProjectorState::Running(projector.stats()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| BenchError::Http(e.to_string()))?;
-    let base = format!(
-        "http://{}",
-        listener.local_addr().map_err(|e| BenchError::Http(e.to_string()))?
-    );
-    let server = tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
+    let (address, server) = super::serve_on_loopback(state).await?;
+    let base = format!("http://{address}");
     let worker = projector.spawn(Target::Active);
 
     let started = Instant::now();
