@@ -33,20 +33,23 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--work", default=".cache/compare")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda for sentence-transformers on a GPU")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     texts = [json.loads(l)["text"] for l in open(a.corpus) if l.strip()]
-    st = SentenceTransformer(a.model, device="cpu")
+    st = SentenceTransformer(a.model, device=a.device)
     st.max_seq_length = 256
     tok = st.tokenizer
     enc = [tok(t, truncation=True, max_length=256)["input_ids"] for t in texts]
     tokens = sum(len(e) for e in enc)
     order = sorted(range(len(texts)), key=lambda i: -len(enc[i]))
     sorted_texts = [texts[i] for i in order]
-    print(f"{len(texts)} passages, {tokens} tokens, {a.threads} threads, batches of {a.batch}")
+    print(f"{len(texts)} passages, {tokens} tokens, {a.threads} threads, batches of {a.batch}, {a.device}")
 
     s = timed(lambda: st.encode(sorted_texts, batch_size=a.batch, normalize_embeddings=True))
-    report("sentence-transformers (PyTorch CPU)", len(texts), tokens, s, query_ms(lambda: st.encode([QUERY])))
+    report(f"sentence-transformers (PyTorch {a.device})", len(texts), tokens, s, query_ms(lambda: st.encode([QUERY])))
+    if a.device != "cpu":
+        return  # ONNX Runtime is measured on the CPU only
 
     import onnxruntime as ort
     os.makedirs(a.work, exist_ok=True)

@@ -67,10 +67,17 @@ fn select_device(preference: DevicePreference) -> Result<Device, EmbedError> {
     match preference {
         DevicePreference::Cpu => Ok(Device::Cpu),
         DevicePreference::Auto => {
-            if cfg!(feature = "cuda") {
-                Ok(Device::cuda_if_available(0)?)
-            } else {
-                Ok(Device::Cpu)
+            if !cfg!(feature = "cuda") {
+                return Ok(Device::Cpu);
+            }
+            // candle's `cuda_if_available` only asks whether the build has CUDA, so a CUDA build on a
+            // machine without a GPU (or driver) would fail; auto means the CPU there.
+            match Device::new_cuda(0) {
+                Ok(device) => Ok(device),
+                Err(e) => {
+                    tracing::info!(error = %e, "no usable CUDA device; embedding on the CPU");
+                    Ok(Device::Cpu)
+                }
             }
         }
         DevicePreference::Cuda => {

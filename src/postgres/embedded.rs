@@ -374,6 +374,7 @@ impl EmbeddedServer {
     fn write_settings(&self) -> Result<(), EmbeddedError> {
         let path = self.data_dir().join("recall.conf");
         let socket_dir = self.socket_dir().display().to_string().replace('\'', "''");
+        let shared_buffers = shared_buffers_mb(memory_bytes());
         let settings = format!(
             "# Written by recall before each start; edit postgresql.conf for your own settings.\n\
              listen_addresses = ''\n\
@@ -381,7 +382,9 @@ impl EmbeddedServer {
              unix_socket_permissions = 0700\n\
              port = {PORT}\n\
              max_connections = 300\n\
-             shared_buffers = '256MB'\n\
+             # Sized to the machine (see shared_buffers_mb): the read model's HNSW graph and chunks stay in\n\
+             # PostgreSQL's own cache instead of being evicted by the projector's inserts.\n\
+             shared_buffers = '{shared_buffers}MB'\n\
              # Acknowledged appends must survive a crash: never trade durability for speed.\n\
              fsync = on\n\
              synchronous_commit = on\n\
@@ -409,6 +412,31 @@ impl EmbeddedServer {
         self.run(cmd, "pg_ctl stop")?;
         Ok(true)
     }
+}
+
+/// The memory this machine gives us: its RAM, or its cgroup's limit where that is lower.
+fn memory_bytes() -> Option<u64> {
+    let ram = fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    });
+    // cgroup v2 writes "max" when there is no limit, which parses as None.
+    let limit = fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|m| m.trim().parse::<u64>().ok());
+    match (ram, limit) {
+        (Some(r), Some(l)) => Some(r.min(l)),
+        (r, l) => r.or(l),
+    }
+}
+
+/// PostgreSQL's usual advice, a quarter of memory, within 128 MB..8 GB. At 111k chunks the read model (rows,
+/// HNSW graph, text index) is several times the old fixed 256 MB, so searches and the projector's HNSW
+/// inserts kept evicting each other's pages. Shared memory is only resident once a page is used.
+fn shared_buffers_mb(memory: Option<u64>) -> u64 {
+    const MB: u64 = 1 << 20;
+    memory.map_or(256, |bytes| (bytes / 4 / MB).clamp(128, 8192))
 }
 
 fn pg_config_sharedir(bin_dir: &Path) -> Option<PathBuf> {
@@ -482,4 +510,18 @@ fn check_reachable(user: &ServerUser, path: &Path) -> Result<(), EmbeddedError> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shared_buffers_mb;
+
+    #[test]
+    fn shared_buffers_take_a_quarter_of_memory_within_bounds() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(shared_buffers_mb(Some(24 * GIB)), 6144);
+        assert_eq!(shared_buffers_mb(Some(GIB / 4)), 128, "never below 128 MB");
+        assert_eq!(shared_buffers_mb(Some(256 * GIB)), 8192, "never above 8 GB");
+        assert_eq!(shared_buffers_mb(None), 256, "unknown memory keeps the old default");
+    }
 }
