@@ -376,7 +376,7 @@ impl EmbeddedServer {
         let socket_dir = self.socket_dir().display().to_string().replace('\'', "''");
         let shared_buffers = shared_buffers_mb(memory_bytes());
         let settings = format!(
-            "# Written by recall before each start; edit postgresql.conf for your own settings.\n\
+            "# Written by recall before each start, read after postgresql.conf: override with ALTER SYSTEM.\n\
              listen_addresses = ''\n\
              unix_socket_directories = '{socket_dir}'\n\
              unix_socket_permissions = 0700\n\
