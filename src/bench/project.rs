@@ -65,7 +65,13 @@ pub async fn run_project_bench(
     let handler = CommandHandler::new(store.clone());
     super::add_documents(&handler, &documents).await?;
     let ctx = CommandContext::default();
-    let projector = Projector::new(store.clone(), backend.clone(), ProjectorOptions::default());
+    // Its own connections, as `recall project` opens them.
+    let background = crate::postgres::open_background((*store.pool().connect_options()).clone(), 4, 0).await?;
+    let projector = Projector::new(
+        EventStore::new(background),
+        backend.clone(),
+        ProjectorOptions::default(),
+    );
     let t = Instant::now();
     projector.run_until_caught_up(Target::Active).await?;
     let projection = t.elapsed();

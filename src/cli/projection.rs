@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use recall::event_store::EventStore;
+use recall::postgres::{self, DatabaseTarget};
 use recall::projector::{self, ModelBackend, OnError, Projector, ProjectorOptions, Target};
 
 use super::embed::ModelArgs;
@@ -55,7 +57,12 @@ pub struct FailuresArgs {
 }
 
 async fn projector(model: &ModelArgs, overlap: usize, options: ProjectorOptions) -> anyhow::Result<Projector> {
-    let store = open_store().await?;
+    let target = postgres::connect_options(&DatabaseTarget::from_env()).await?;
+    let store = EventStore::new(
+        postgres::open_background(target, 16, 0)
+            .await
+            .context("opening the event store")?,
+    );
     let model = model.clone();
     let embedder = tokio::task::spawn_blocking(move || model.load()).await??;
     Ok(Projector::new(

@@ -149,25 +149,22 @@ pub async fn open_with(options: PgConnectOptions, max_connections: u32) -> Resul
 }
 
 /// A pool for background work (the projector): when the server is on this machine (a Unix socket), each
-/// connection's server process runs at `niceness`, so that its index maintenance yields the CPU to the
-/// processes serving commands and searches.
+/// connection's server process runs at `niceness` (0 leaves it), so that its index maintenance yields the
+/// CPU to the processes serving commands and searches.
 pub async fn open_background(
     options: PgConnectOptions,
     max_connections: u32,
     niceness: i32,
 ) -> Result<PgPool, PostgresError> {
+    // The projector's batch writes take seconds by design (thousands of rows into an HNSW index); sqlx's
+    // default warning after one second would log every batch, whole statement included, and bury real
+    // problems.
+    let options = options.log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(60));
     open_pool(options, max_connections, niceness).await
 }
 
 async fn open_pool(options: PgConnectOptions, max_connections: u32, niceness: i32) -> Result<PgPool, PostgresError> {
     let target = format!("{}/{}", options.get_host(), options.get_database().unwrap_or(""));
-    let options = if niceness != 0 {
-        // The projector's batch writes take seconds by design (thousands of rows into an HNSW index);
-        // sqlx's default warning after one second would log every batch and bury real problems.
-        options.log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(60))
-    } else {
-        options
-    };
     // A TCP server's process ids mean nothing here, even on localhost behind a container boundary.
     let local = options.get_socket().is_some();
     let pool = PgPoolOptions::new()
