@@ -15,8 +15,8 @@ use recall::search::{search, Query, SearchMode, SearchRequest};
 
 use super::bench::read_corpus;
 use super::embed::ModelArgs;
-use super::open_store;
 use super::search::{question_vectors, read_queries};
+use super::{open_projector_store, open_store};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -93,7 +93,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     // Wait for whichever projector gets there first: a running `recall serve`, or one started here.
     let head = store.head().await?;
     let local = Projector::new(
-        store.clone(),
+        open_projector_store().await?,
         Arc::new(ModelBackend::shared(embedder.clone(), embedder.chunker(32, true), None)),
         ProjectorOptions::default(),
     );

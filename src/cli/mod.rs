@@ -125,6 +125,15 @@ async fn open_store() -> anyhow::Result<EventStore> {
     Ok(EventStore::new(pool))
 }
 
+/// The event store on the projector's own connections (see `postgres::open_background`).
+async fn open_projector_store() -> anyhow::Result<EventStore> {
+    let options = postgres::connect_options(&DatabaseTarget::from_env()).await?;
+    let pool = postgres::open_background(options, 16, 0)
+        .await
+        .context("opening the event store")?;
+    Ok(EventStore::new(pool))
+}
+
 async fn open_handler() -> anyhow::Result<CommandHandler> {
     Ok(CommandHandler::new(open_store().await?))
 }

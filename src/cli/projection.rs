@@ -9,12 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use recall::event_store::EventStore;
-use recall::postgres::{self, DatabaseTarget};
 use recall::projector::{self, ModelBackend, OnError, Projector, ProjectorOptions, Target};
 
 use super::embed::ModelArgs;
-use super::open_store;
+use super::{open_projector_store, open_store};
 
 #[derive(Args)]
 pub struct ProjectArgs {
@@ -57,12 +55,7 @@ pub struct FailuresArgs {
 }
 
 async fn projector(model: &ModelArgs, overlap: usize, options: ProjectorOptions) -> anyhow::Result<Projector> {
-    let target = postgres::connect_options(&DatabaseTarget::from_env()).await?;
-    let store = EventStore::new(
-        postgres::open_background(target, 16, 0)
-            .await
-            .context("opening the event store")?,
-    );
+    let store = open_projector_store().await?;
     let model = model.clone();
     let embedder = tokio::task::spawn_blocking(move || model.load()).await??;
     Ok(Projector::new(
