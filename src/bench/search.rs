@@ -72,7 +72,7 @@ pub async fn run_search_bench(
     let state = AppState::new(handler.clone(), ApiConfig::default());
     super::add_documents(&handler, &base).await?;
     // As in `recall serve`: the projector's model threads and database processes yield to the API's.
-    let background = crate::postgres::open_background((*pool.connect_options()).clone(), 4, 10).await?;
+    let background = crate::postgres::open_background_beside(&pool, 10).await?;
     let chunker = embedder.chunker_with(ChunkOptions {
         max_tokens: config.chunk_tokens,
         overlap: 0,

@@ -180,7 +180,7 @@ pub async fn run_soak(
 ) -> Result<SoakReport, BenchError> {
     let pool = store.pool().clone();
     let handler = CommandHandler::new(store.clone());
-    let background = crate::postgres::open_background((*pool.connect_options()).clone(), 4, 10).await?;
+    let background = crate::postgres::open_background_beside(&pool, 10).await?;
     let state = AppState::new(handler, ApiConfig::default());
     // As `recall serve` runs it: yielding a core while the clients' requests arrive.
     let projector = Projector::beside_api(

@@ -178,8 +178,7 @@ async fn model_and_projector(
 
 /// The projector's own connections, whose server processes yield the CPU to the API's.
 async fn projector_store(api: &EventStore) -> anyhow::Result<EventStore> {
-    let options = (*api.pool().connect_options()).clone();
-    let pool = recall::postgres::open_background(options, 4, PROJECTOR_NICENESS)
+    let pool = recall::postgres::open_background_beside(api.pool(), PROJECTOR_NICENESS)
         .await
         .context("connecting the projector")?;
     Ok(EventStore::new(pool))

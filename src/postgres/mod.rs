@@ -163,6 +163,15 @@ pub async fn open_background(
     open_pool(options, max_connections, niceness).await
 }
 
+/// A background pool on the same server and database as `pool`, with connections of its own: the
+/// projector's beside the API's, so that its long batch writes never hold a connection a command waits for.
+pub async fn open_background_beside(pool: &PgPool, niceness: i32) -> Result<PgPool, PostgresError> {
+    // The projector holds two for its whole run (its advisory lock and its LISTEN), reads batch N on a
+    // third while batch N-1 is written on a fourth.
+    const CONNECTIONS: u32 = 4;
+    open_background((*pool.connect_options()).clone(), CONNECTIONS, niceness).await
+}
+
 async fn open_pool(options: PgConnectOptions, max_connections: u32, niceness: i32) -> Result<PgPool, PostgresError> {
     let target = format!("{}/{}", options.get_host(), options.get_database().unwrap_or(""));
     // A TCP server's process ids mean nothing here, even on localhost behind a container boundary.
