@@ -24,6 +24,7 @@ pub mod embed;
 pub mod eval;
 pub mod event_store;
 pub mod ingest;
+pub mod placement;
 pub mod postgres;
 pub mod projector;
 pub mod search;

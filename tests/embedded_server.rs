@@ -72,3 +72,52 @@ async fn initialises_is_shared_survives_a_killed_server_and_stops() {
     assert!(!server.status().running);
     assert!(!server.stop().unwrap(), "stopping a stopped server is a no-op");
 }
+
+/// `/proc/<pid>/status`'s `Cpus_allowed_list` ("0-1,3") as CPU numbers.
+fn allowed_cpus_of(pid: i32) -> Vec<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim();
+    list.split(',')
+        .flat_map(|range| {
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()
+        })
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_projectors_server_processes_yield_and_keep_off_the_first_cpu() {
+    let (pool, options) = common::fresh_database().await;
+    let background = recall::postgres::open_background_beside(&pool, 10).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&background)
+        .await
+        .unwrap();
+    let api_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    if options.get_socket().is_none() {
+        // A server reached over TCP (RECALL_TEST_DATABASE_URL): its process ids are not ours to touch.
+        assert_ne!(pid, 0);
+        return;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let nice: i32 = stat.rsplit(") ").next().unwrap().split(' ').nth(16).unwrap().parse().unwrap();
+    assert_eq!(nice, 10, "the projector's server process runs at nice 10");
+    match recall::placement::CpuSet::background() {
+        Some(cpus) => {
+            assert_eq!(allowed_cpus_of(pid), cpus.cpus(), "kept off the first CPU");
+            assert!(
+                allowed_cpus_of(api_pid).len() > cpus.cpus().len(),
+                "the API's server processes are left anywhere"
+            );
+        }
+        None => assert_eq!(allowed_cpus_of(pid), allowed_cpus_of(api_pid)),
+    }
+}

@@ -4,6 +4,7 @@
 //! scheduler hand the cores to the query whenever both want them.
 
 use super::EmbedError;
+use crate::placement::{self, CpuSet};
 
 pub struct ComputePool {
     pool: rayon::ThreadPool,
@@ -12,10 +13,25 @@ pub struct ComputePool {
 impl ComputePool {
     /// `threads` workers named `name-N`, each at the given nice value (0 is normal; higher yields to others).
     pub fn new(name: &'static str, threads: usize, niceness: i32) -> Result<Self, EmbedError> {
+        Self::build(name, threads, niceness, None)
+    }
+
+    /// As `new`, with every worker restricted to `cpus` (see `crate::placement` for why).
+    pub fn pinned(name: &'static str, threads: usize, niceness: i32, cpus: CpuSet) -> Result<Self, EmbedError> {
+        Self::build(name, threads, niceness, Some(cpus))
+    }
+
+    fn build(name: &'static str, threads: usize, niceness: i32, cpus: Option<CpuSet>) -> Result<Self, EmbedError> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(move |i| format!("{name}-{i}"))
-            .start_handler(move |_| set_thread_niceness(niceness))
+            .start_handler(move |_| {
+                let thread = placement::current_thread();
+                placement::renice(thread, niceness);
+                if let Some(cpus) = &cpus {
+                    placement::pin(thread, cpus);
+                }
+            })
             .build()
             .map_err(|e| EmbedError::Model(candle_core::Error::Msg(format!("cannot start the {name} threads: {e}"))))?;
         Ok(ComputePool { pool })
@@ -28,20 +44,5 @@ impl ComputePool {
 
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
-    }
-}
-
-fn set_thread_niceness(niceness: i32) {
-    if niceness == 0 {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    // SAFETY: gettid and setpriority have no memory-safety preconditions; on Linux the nice value of
-    // PRIO_PROCESS with a thread id applies to that thread only.
-    unsafe {
-        let tid = libc::gettid();
-        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, niceness) != 0 {
-            tracing::debug!(niceness, "could not change a model thread's priority");
-        }
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 use thiserror::Error;
+use crate::placement::{self, CpuSet};
 
 pub use embedded::{EmbeddedError, EmbeddedServer, ServerStatus};
 
@@ -145,7 +146,7 @@ pub async fn open(target: &DatabaseTarget, max_connections: u32) -> Result<PgPoo
 }
 
 pub async fn open_with(options: PgConnectOptions, max_connections: u32) -> Result<PgPool, PostgresError> {
-    open_pool(options, max_connections, 0).await
+    open_pool(options, max_connections, 0, None).await
 }
 
 /// A pool for background work (the projector): when the server is on this machine (a Unix socket), each
@@ -156,36 +157,48 @@ pub async fn open_background(
     max_connections: u32,
     niceness: i32,
 ) -> Result<PgPool, PostgresError> {
+    open_pool(long_statements(options), max_connections, niceness, None).await
+}
+
+fn long_statements(options: PgConnectOptions) -> PgConnectOptions {
     // The projector's batch writes take seconds by design (thousands of rows into an HNSW index); sqlx's
     // default warning after one second would log every batch, whole statement included, and bury real
     // problems.
-    let options = options.log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(60));
-    open_pool(options, max_connections, niceness).await
+    options.log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(60))
 }
 
 /// A background pool on the same server and database as `pool`, with connections of its own: the
 /// projector's beside the API's, so that its long batch writes never hold a connection a command waits for.
+/// On a local server their processes also stay off the first CPU, with the projector's narrow model
+/// threads (`Projector::beside_api`), leaving it to the processes serving requests.
 pub async fn open_background_beside(pool: &PgPool, niceness: i32) -> Result<PgPool, PostgresError> {
     // The projector holds two for its whole run (its advisory lock and its LISTEN), reads batch N on a
     // third while batch N-1 is written on a fourth.
     const CONNECTIONS: u32 = 4;
-    open_background((*pool.connect_options()).clone(), CONNECTIONS, niceness).await
+    let options = long_statements((*pool.connect_options()).clone());
+    open_pool(options, CONNECTIONS, niceness, CpuSet::background()).await
 }
 
-async fn open_pool(options: PgConnectOptions, max_connections: u32, niceness: i32) -> Result<PgPool, PostgresError> {
+async fn open_pool(
+    options: PgConnectOptions,
+    max_connections: u32,
+    niceness: i32,
+    cpus: Option<CpuSet>,
+) -> Result<PgPool, PostgresError> {
     let target = format!("{}/{}", options.get_host(), options.get_database().unwrap_or(""));
     // A TCP server's process ids mean nothing here, even on localhost behind a container boundary.
     let local = options.get_socket().is_some();
     let pool = PgPoolOptions::new()
         .after_connect(move |conn, _| {
+            let cpus = cpus.clone();
             Box::pin(async move {
-                if niceness != 0 && local {
+                if local && (niceness != 0 || cpus.is_some()) {
                     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
                         .fetch_one(&mut *conn)
                         .await?;
-                    // SAFETY: setpriority has no memory-safety preconditions; failure only leaves the priority.
-                    if unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, niceness) } != 0 {
-                        tracing::debug!(pid, "could not lower a database process's priority");
+                    placement::renice(pid, niceness);
+                    if let Some(cpus) = &cpus {
+                        placement::pin(pid, cpus);
                     }
                 }
                 Ok(())

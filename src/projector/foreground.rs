@@ -6,8 +6,10 @@
 //! or scheduling policy of the busy threads. Measured with nothing but pgbench and busy loops: a
 //! single-row INSERT took 0.8 ms p50 idle, 4.3 ms with two busy loops (nice 10, nice 19 or SCHED_IDLE
 //! alike) and 0.6 ms with one; a 0.1 ms scheduler slice for the server's processes (`sched_setattr`)
-//! changed nothing. Wakeups by another process (a query arriving on a socket) are not delayed; only the
-//! completion of disk I/O is, and every command ends with one.
+//! changed nothing. And the free core has to be a fixed one: a process woken by another is often queued
+//! on the CPU it last ran on and, when that one runs the projector, waits there for its tick even while
+//! the other CPU idles (`perf sched`, even behind a SCHED_IDLE model thread), so the narrow pool and the
+//! projector's database processes keep off the first CPU (`crate::placement`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,0 +1,136 @@
+//! Where background work runs: nice values and CPU affinity for the projector's threads and for the
+//! PostgreSQL server processes that write for it, so that commands and searches find a CPU at once.
+//!
+//! Why affinity and not only priority: on the 2-vCPU development VM, a process woken by another CPU is
+//! often queued on the CPU where it last ran; when that CPU is busy, it waits there for the busy CPU's
+//! next scheduler tick (up to 4 ms at HZ=250), even while the other CPU is idle, and whatever the busy
+//! thread's nice value or policy (seen behind a SCHED_IDLE model thread in `perf sched`). Keeping the
+//! background off one CPU leaves requests a CPU on which nothing of the projector ever runs.
+//! Everything here is best effort: a failure leaves the default placement and is logged at debug.
+
+/// A set of CPU numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuSet(Vec<usize>);
+
+impl CpuSet {
+    /// The CPUs this process may run on, but the first: where background work goes while requests
+    /// arrive. `None` with fewer than two CPUs (nothing to leave free) or where affinity is unsupported.
+    pub fn background() -> Option<CpuSet> {
+        let allowed = allowed_cpus()?;
+        Self::all_but_first(&allowed)
+    }
+
+    fn all_but_first(allowed: &[usize]) -> Option<CpuSet> {
+        (allowed.len() >= 2).then(|| CpuSet(allowed[1..].to_vec()))
+    }
+
+    pub fn cpus(&self) -> &[usize] {
+        &self.0
+    }
+}
+
+/// Sets the nice value of a thread (a thread id) or of a single-threaded process (a process id); 0 is
+/// left alone. Returns whether it took effect.
+pub(crate) fn renice(id: i32, niceness: i32) -> bool {
+    if niceness == 0 {
+        return true;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority has no memory-safety preconditions; on Linux PRIO_PROCESS with a thread id
+        // applies to that thread only.
+        let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, id as libc::id_t, niceness) } == 0;
+        if !done {
+            tracing::debug!(id, niceness, "could not change a priority");
+        }
+        done
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = id;
+        false
+    }
+}
+
+/// The calling thread's id, for `renice` and `pin`.
+pub(crate) fn current_thread() -> i32 {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid has no preconditions.
+    return unsafe { libc::gettid() };
+    #[cfg(not(target_os = "linux"))]
+    return 0;
+}
+
+/// Restricts a thread or single-threaded process to `cpus`. Returns whether it took effect.
+pub(crate) fn pin(id: i32, cpus: &CpuSet) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: cpu_set_t is plain data, valid zeroed; CPU_SET only writes inside it (numbers beyond
+        // its capacity are skipped below); sched_setaffinity reads exactly size_of::<cpu_set_t>() bytes.
+        let done = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            let capacity = 8 * std::mem::size_of::<libc::cpu_set_t>();
+            for &cpu in cpus.cpus().iter().filter(|&&c| c < capacity) {
+                libc::CPU_SET(cpu, &mut set);
+            }
+            libc::sched_setaffinity(id, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+        };
+        if !done {
+            tracing::debug!(id, cpus = ?cpus.cpus(), "could not restrict a thread to CPUs");
+        }
+        done
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (id, cpus);
+        false
+    }
+}
+
+fn allowed_cpus() -> Option<Vec<usize>> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: as in `pin`; CPU_ISSET only reads inside the set.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+                return None;
+            }
+            let capacity = 8 * std::mem::size_of::<libc::cpu_set_t>();
+            Some((0..capacity).filter(|&c| libc::CPU_ISSET(c, &set)).collect())
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn background_leaves_the_first_allowed_cpu() {
+        assert_eq!(CpuSet::all_but_first(&[0]), None, "one CPU: nothing to leave free");
+        assert_eq!(CpuSet::all_but_first(&[2, 5, 7]), Some(CpuSet(vec![5, 7])));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_pinned_thread_runs_only_on_its_cpus() {
+        let allowed = allowed_cpus().expect("affinity readable");
+        let Some(background) = CpuSet::background() else {
+            assert_eq!(allowed.len(), 1, "only a one-CPU machine has no background set");
+            return;
+        };
+        let expected = background.clone();
+        let pinned_to = std::thread::spawn(move || {
+            assert!(pin(current_thread(), &background));
+            allowed_cpus().expect("affinity readable")
+        })
+        .join()
+        .expect("thread ran");
+        assert_eq!(pinned_to, expected.cpus());
+        // Pinning one thread leaves the rest of the process where it was.
+        assert_eq!(allowed_cpus().expect("affinity readable"), allowed);
+    }
+}
