@@ -108,7 +108,15 @@ async fn the_projectors_server_processes_yield_and_keep_off_the_first_cpu() {
         return;
     }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let nice: i32 = stat.rsplit(") ").next().unwrap().split(' ').nth(16).unwrap().parse().unwrap();
+    let nice: i32 = stat
+        .rsplit(") ")
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(16)
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(nice, 10, "the projector's server process runs at nice 10");
     match recall::placement::CpuSet::background() {
         Some(cpus) => {

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::placement::{self, CpuSet};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 use thiserror::Error;
-use crate::placement::{self, CpuSet};
 
 pub use embedded::{EmbeddedError, EmbeddedServer, ServerStatus};
 
