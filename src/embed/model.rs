@@ -93,9 +93,10 @@ fn select_device(preference: DevicePreference) -> Result<Device, EmbedError> {
 /// Candle allocates a fresh buffer for every tensor operation. glibc serves buffers over 128 KiB with
 /// mmap and returns them with munmap, so every operation page-faults its output in anew; profiles of the
 /// straightforward path put ~30% of the time there. Keeping large blocks in the heap lets them be reused.
-/// The forward pass runs on pool threads, whose allocations come from per-thread arenas that glibc
-/// shrinks (and so faults in again) as their top frees up unless it is padded: the top pad took `recall
-/// bench embed` from 5,000-5,200 to 5,750-6,290 tokens/s here, peak RSS 392-468 MB against 491.
+/// The top pad is measured, its reason inferred: the forward pass runs on pool threads, whose allocations
+/// come from per-thread arenas that glibc shrinks (to fault in again) as their top frees up unless it is
+/// padded. It took `recall bench embed` from 5,000-5,200 to 5,750-6,290 tokens/s here, peak RSS 392-468 MB
+/// against 491.
 fn keep_large_allocations_in_the_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator thresholds; it is safe to call at any time.
