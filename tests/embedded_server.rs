@@ -93,15 +93,18 @@ fn allowed_cpus_of(pid: i32) -> Vec<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_projectors_server_processes_yield_and_keep_off_the_first_cpu() {
     let (pool, options) = common::fresh_database().await;
-    let background = recall::postgres::open_background_beside(&pool, 10).await.unwrap();
-    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&background)
+    let background = recall::postgres::open_background_beside(&pool, 10, recall::placement::CpuSet::background())
         .await
         .unwrap();
-    let api_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let backend_pid = |pool: sqlx::PgPool| async move {
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pid
+    };
+    let pid = backend_pid(background).await;
+    let api_pid = backend_pid(pool).await;
     if options.get_socket().is_none() {
         // A server reached over TCP (RECALL_TEST_DATABASE_URL): its process ids are not ours to touch.
         assert_ne!(pid, 0);

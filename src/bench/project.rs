@@ -66,7 +66,7 @@ pub async fn run_project_bench(
     super::add_documents(&handler, &documents).await?;
     let ctx = CommandContext::default();
     // Its own connections, as `recall project` opens them.
-    let background = crate::postgres::open_background_beside(store.pool(), 0).await?;
+    let background = crate::postgres::open_background_beside(store.pool(), 0, None).await?;
     let projector = Projector::new(
         EventStore::new(background),
         backend.clone(),

@@ -15,6 +15,7 @@ use crate::commands::CommandHandler;
 use crate::domain::{DocumentContent, DocumentKey};
 use crate::embed::{ChunkOptions, ComputePool, Embedder};
 use crate::event_store::EventStore;
+use crate::placement::CpuSet;
 use crate::projector::{self, Foreground, Projector, ProjectorError, ProjectorOptions, Target};
 use crate::search::{self, Query, QueryEncoder, SearchMode, SearchRequest};
 
@@ -72,7 +73,7 @@ pub async fn run_search_bench(
     let state = AppState::new(handler.clone(), ApiConfig::default());
     super::add_documents(&handler, &base).await?;
     // As in `recall serve`: the projector's model threads and database processes yield to the API's.
-    let background = crate::postgres::open_background_beside(&pool, 10).await?;
+    let background = crate::postgres::open_background_beside(&pool, 10, CpuSet::background()).await?;
     let chunker = embedder.chunker_with(ChunkOptions {
         max_tokens: config.chunk_tokens,
         overlap: 0,

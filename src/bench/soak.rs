@@ -14,6 +14,7 @@ use crate::api::{ApiConfig, AppState, ProjectorState};
 use crate::commands::CommandHandler;
 use crate::embed::{ComputePool, Embedder};
 use crate::event_store::EventStore;
+use crate::placement::CpuSet;
 use crate::projector::{self, Projector, ProjectorError, ProjectorOptions, Target};
 use crate::search::QueryEncoder;
 
@@ -180,7 +181,7 @@ pub async fn run_soak(
 ) -> Result<SoakReport, BenchError> {
     let pool = store.pool().clone();
     let handler = CommandHandler::new(store.clone());
-    let background = crate::postgres::open_background_beside(&pool, 10).await?;
+    let background = crate::postgres::open_background_beside(&pool, 10, CpuSet::background()).await?;
     let state = AppState::new(handler, ApiConfig::default());
     // As `recall serve` runs it: yielding a core while the clients' requests arrive.
     let projector = Projector::beside_api(

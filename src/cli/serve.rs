@@ -178,9 +178,13 @@ async fn model_and_projector(
 
 /// The projector's own connections, whose server processes yield the CPU to the API's.
 async fn projector_store(api: &EventStore) -> anyhow::Result<EventStore> {
-    let pool = recall::postgres::open_background_beside(api.pool(), PROJECTOR_NICENESS)
-        .await
-        .context("connecting the projector")?;
+    let pool = recall::postgres::open_background_beside(
+        api.pool(),
+        PROJECTOR_NICENESS,
+        recall::placement::CpuSet::background(),
+    )
+    .await
+    .context("connecting the projector")?;
     Ok(EventStore::new(pool))
 }
 

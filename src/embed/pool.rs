@@ -13,15 +13,11 @@ pub struct ComputePool {
 impl ComputePool {
     /// `threads` workers named `name-N`, each at the given nice value (0 is normal; higher yields to others).
     pub fn new(name: &'static str, threads: usize, niceness: i32) -> Result<Self, EmbedError> {
-        Self::build(name, threads, niceness, None)
+        Self::pinned(name, threads, niceness, None)
     }
 
-    /// As `new`, with every worker restricted to `cpus` (see `crate::placement` for why).
-    pub fn pinned(name: &'static str, threads: usize, niceness: i32, cpus: CpuSet) -> Result<Self, EmbedError> {
-        Self::build(name, threads, niceness, Some(cpus))
-    }
-
-    fn build(name: &'static str, threads: usize, niceness: i32, cpus: Option<CpuSet>) -> Result<Self, EmbedError> {
+    /// As `new`, with every worker restricted to `cpus` when given (see `crate::placement` for why).
+    pub fn pinned(name: &'static str, threads: usize, niceness: i32, cpus: Option<CpuSet>) -> Result<Self, EmbedError> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(move |i| format!("{name}-{i}"))

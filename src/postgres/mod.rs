@@ -169,14 +169,18 @@ fn long_statements(options: PgConnectOptions) -> PgConnectOptions {
 
 /// A background pool on the same server and database as `pool`, with connections of its own: the
 /// projector's beside the API's, so that its long batch writes never hold a connection a command waits for.
-/// On a local server their processes also stay off the first CPU, with the projector's narrow model
-/// threads (`Projector::beside_api`), leaving it to the processes serving requests.
-pub async fn open_background_beside(pool: &PgPool, niceness: i32) -> Result<PgPool, PostgresError> {
+/// On a local server their processes run at `niceness` and, given `cpus` (`CpuSet::background()` beside a
+/// serving API, as the projector's narrow model threads in `Projector::beside_api`), only on those CPUs.
+pub async fn open_background_beside(
+    pool: &PgPool,
+    niceness: i32,
+    cpus: Option<CpuSet>,
+) -> Result<PgPool, PostgresError> {
     // The projector holds two for its whole run (its advisory lock and its LISTEN), reads batch N on a
     // third while batch N-1 is written on a fourth.
     const CONNECTIONS: u32 = 4;
     let options = long_statements((*pool.connect_options()).clone());
-    open_pool(options, CONNECTIONS, niceness, CpuSet::background()).await
+    open_pool(options, CONNECTIONS, niceness, cpus).await
 }
 
 async fn open_pool(

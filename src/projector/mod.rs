@@ -178,11 +178,12 @@ impl Projector {
         let all = crate::embed::ComputePool::new("recall-project", threads, niceness)?;
         // While requests arrive, the narrow pool (and the projector's database processes, see
         // `postgres::open_background_beside`) keep off the first CPU: see `crate::placement` for why.
-        let narrow_threads = threads.saturating_sub(1).max(1);
-        let narrow = match crate::placement::CpuSet::background() {
-            Some(cpus) => crate::embed::ComputePool::pinned("recall-narrow", narrow_threads, niceness, cpus)?,
-            None => crate::embed::ComputePool::new("recall-narrow", narrow_threads, niceness)?,
-        };
+        let narrow = crate::embed::ComputePool::pinned(
+            "recall-narrow",
+            threads.saturating_sub(1).max(1),
+            niceness,
+            crate::placement::CpuSet::background(),
+        )?;
         let backend = ModelBackend::shared(embedder, chunker, Some(all)).yielding_to(foreground.clone(), narrow);
         Ok(Projector::new(store, Arc::new(backend), options).yielding_to(foreground))
     }
