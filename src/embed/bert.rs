@@ -8,7 +8,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 
 use super::kernels::{layer_norm_rows, BiasGelu, BiasResidualLayerNorm, UnpaddedAttention};
-use super::small_matmul::{PackedWeights, SmallMatmul, MAX_ROWS};
+use super::matmul::{Matmul, Weight};
 use super::EmbedError;
 
 struct Norm {
@@ -24,30 +24,6 @@ impl Norm {
             gamma: &self.gamma,
             beta: &self.beta,
             eps,
-        }
-    }
-}
-
-/// A weight matrix in both layouts: the tensor for the general GEMM on large batches, and packed panels
-/// for a few rows.
-struct Weight {
-    t: Tensor,
-    packed: PackedWeights,
-}
-
-impl Weight {
-    fn new(t: Tensor) -> candle_core::Result<Self> {
-        Ok(Weight {
-            packed: PackedWeights::pack(&t)?,
-            t,
-        })
-    }
-
-    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if x.dim(0)? <= MAX_ROWS {
-            x.apply_op1_no_bwd(&SmallMatmul { weights: &self.packed })
-        } else {
-            x.matmul(&self.t)
         }
     }
 }
@@ -90,7 +66,13 @@ fn norm(vb: &VarBuilder, hidden: usize) -> candle_core::Result<Norm> {
 }
 
 fn transposed(vb: &VarBuilder, out: usize, input: usize, name: &str) -> candle_core::Result<Weight> {
-    Weight::new(vb.get((out, input), name)?.t()?.contiguous()?)
+    Weight::new(&vb.get((out, input), name)?.t()?.contiguous()?)
+}
+
+impl Weight {
+    fn apply(&self, x: &Tensor, bias: Option<&[f32]>) -> candle_core::Result<Tensor> {
+        x.apply_op1_no_bwd(&Matmul { weight: self, bias })
+    }
 }
 
 impl PackedBert {
@@ -130,7 +112,7 @@ impl PackedBert {
             qkv_bias.extend(vector(&s, h, "key.bias")?);
             qkv_bias.extend(vector(&s, h, "value.bias")?);
             layers.push(Layer {
-                qkv_t: Weight::new(qkv.t()?.contiguous()?)?,
+                qkv_t: Weight::new(&qkv.t()?.contiguous()?)?,
                 qkv_bias,
                 attention_out_t: transposed(&a, h, h, "output.dense.weight")?,
                 attention_out_bias: vector(&a, h, "output.dense.bias")?,
@@ -201,23 +183,22 @@ impl PackedBert {
         );
         let mut x = Tensor::from_vec(x, (tokens, h), &Device::Cpu)?;
         for layer in &self.layers {
-            let qkv = layer.qkv_t.apply(&x)?;
-            let context = qkv.apply_op1_no_bwd(&UnpaddedAttention {
-                offsets: &offsets,
-                heads: self.heads,
-                qkv_bias: &layer.qkv_bias,
-            })?;
-            let attended = layer
-                .attention_out_t
-                .apply(&context)?
-                .apply_op2_no_bwd(&x, &layer.attention_norm.after(&layer.attention_out_bias, self.eps))?;
-            let intermediate = layer.intermediate_t.apply(&attended)?.apply_op1_no_bwd(&BiasGelu {
+            let context = layer
+                .qkv_t
+                .apply(&x, Some(&layer.qkv_bias))?
+                .apply_op1_no_bwd(&UnpaddedAttention {
+                    offsets: &offsets,
+                    heads: self.heads,
+                })?;
+            // The fused kernels below work in place on the matmul outputs, which nothing else holds.
+            let attended = layer.attention_out_t.apply(&context, None)?;
+            attended.inplace_op2(&x, &layer.attention_norm.after(&layer.attention_out_bias, self.eps))?;
+            let intermediate = layer.intermediate_t.apply(&attended, None)?;
+            intermediate.inplace_op1(&BiasGelu {
                 bias: &layer.intermediate_bias,
             })?;
-            x = layer
-                .output_t
-                .apply(&intermediate)?
-                .apply_op2_no_bwd(&attended, &layer.output_norm.after(&layer.output_bias, self.eps))?;
+            x = layer.output_t.apply(&intermediate, None)?;
+            x.inplace_op2(&attended, &layer.output_norm.after(&layer.output_bias, self.eps))?;
         }
         let x = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         Ok(offsets

@@ -3,40 +3,11 @@
 //! time outside matrix multiply: a scalar `erf` and `exp` per element, and a fresh tensor per step.
 //! Element loops are written plainly and compiled twice, once for AVX2+FMA, chosen at run time.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, InplaceOp1, InplaceOp2, Layout, Result, Shape};
 use rayon::prelude::*;
 
 /// Rows per parallel task: big enough that scheduling costs little, small enough to spread work.
 const ROWS_PER_TASK: usize = 16;
-
-/// exp(x) to about 2 ulp for the range a softmax or GELU sees; branch-free so that it vectorises.
-#[inline(always)]
-fn fast_exp(x: f32) -> f32 {
-    // 1.5 * 2^23: adding it rounds to the nearest integer (ties to even) and leaves that integer, in two's
-    // complement, in the low mantissa bits. Reading k from there keeps the whole function in vector
-    // registers; `k as i32` would be a saturating cast, which LLVM compiles lane by lane (a profile had
-    // it as most of the GELU and softmax time).
-    const ROUNDER: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
-    // exp(x) = 2^k * exp(r), r = x - k ln2 in [-ln2/2, ln2/2].
-    let shifted = x * std::f32::consts::LOG2_E + ROUNDER;
-    let k = shifted - ROUNDER;
-    let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
-    let p = 1.0
-        + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_41 + r * (0.008_333_452 + r * 0.001_388_922_3)))));
-    // k sits in the low 9 bits of `shifted` (|k| <= 127); shifting by 23 drops everything above them.
-    f32::from_bits(p.to_bits().wrapping_add(shifted.to_bits() << 23))
-}
-
-/// erf(x) with absolute error below 5e-7 in f32 (Abramowitz and Stegun 7.1.26, refined coefficients).
-#[inline(always)]
-fn fast_erf(x: f32) -> f32 {
-    let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t * (0.254_829_6 + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    let y = 1.0 - poly * fast_exp(-a * a);
-    y.copysign(x)
-}
 
 macro_rules! dispatch {
     ($name:ident($($arg:expr),*)) => {{
@@ -57,12 +28,54 @@ macro_rules! dispatch {
 }
 
 macro_rules! element_kernels {
-    ($($attr:meta)?) => {
+    ($madd:expr $(, $attr:meta)?) => {
+        /// a * b + c: one fused instruction where the build has FMA, else a multiply and an add (a
+        /// software fused multiply-add would be far slower).
+        #[inline(always)]
+        fn madd(a: f32, b: f32, c: f32) -> f32 {
+            $madd(a, b, c)
+        }
+
+        /// exp(x) to about 2 ulp for the range a softmax or GELU sees; branch-free so that it vectorises.
+        #[inline(always)]
+        pub fn fast_exp(x: f32) -> f32 {
+            // 1.5 * 2^23: adding it rounds to the nearest integer (ties to even) and leaves that integer,
+            // in two's complement, in the low mantissa bits. Reading k from there keeps the whole
+            // function in vector registers; `k as i32` would be a saturating cast, which LLVM compiles
+            // lane by lane (a profile had it as most of the GELU and softmax time).
+            const ROUNDER: f32 = 12_582_912.0;
+            let x = x.clamp(-87.0, 88.0);
+            // exp(x) = 2^k * exp(r), r = x - k ln2 in [-ln2/2, ln2/2].
+            let shifted = madd(x, std::f32::consts::LOG2_E, ROUNDER);
+            let k = shifted - ROUNDER;
+            let r = madd(-k, 1.428_606_8e-6, madd(-k, 0.693_145_75, x));
+            let mut p = 0.001_388_922_3;
+            for c in [0.008_333_452, 0.041_666_41, 0.166_666_67, 0.5, 1.0, 1.0] {
+                p = madd(p, r, c);
+            }
+            // k sits in the low 9 bits of `shifted` (|k| <= 127); shifting by 23 drops everything above.
+            f32::from_bits(p.to_bits().wrapping_add(shifted.to_bits() << 23))
+        }
+
+        /// erf(x) with absolute error below 5e-7 in f32 (Abramowitz and Stegun 7.1.26, refined
+        /// coefficients).
+        #[inline(always)]
+        pub fn fast_erf(x: f32) -> f32 {
+            let a = x.abs();
+            let t = 1.0 / madd(0.327_591_1, a, 1.0);
+            let mut poly = 1.061_405_4;
+            for c in [-1.453_152_1, 1.421_413_8, -0.284_496_72, 0.254_829_6] {
+                poly = madd(poly, t, c);
+            }
+            let y = madd(-poly * t, fast_exp(-a * a), 1.0);
+            y.copysign(x)
+        }
+
         $(#[$attr])?
         pub fn bias_gelu(row: &mut [f32], bias: &[f32]) {
             for (v, b) in row.iter_mut().zip(bias) {
                 let x = *v + b;
-                *v = 0.5 * x * (1.0 + super::fast_erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                *v = 0.5 * x * (1.0 + fast_erf(x * std::f32::consts::FRAC_1_SQRT_2));
             }
         }
 
@@ -96,28 +109,35 @@ macro_rules! element_kernels {
             lanes.iter().copied().fold(tail, f32::max)
         }
 
+        /// `row = layer_norm(row + bias + residual)`, in place.
         $(#[$attr])?
-        pub fn bias_residual_layer_norm(out: &mut [f32], x: &[f32], residual: &[f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
-            let n = out.len() as f32;
-            for i in 0..out.len() {
-                out[i] = x[i] + bias[i] + residual[i];
+        pub fn bias_residual_layer_norm(row: &mut [f32], residual: &[f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+            for i in 0..row.len() {
+                row[i] += bias[i] + residual[i];
             }
-            let mean = sum(out) / n;
-            for v in out.iter_mut() {
+            layer_norm(row, gamma, beta, eps);
+        }
+
+        $(#[$attr])?
+        #[inline]
+        pub fn layer_norm(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+            let n = row.len() as f32;
+            let mean = sum(row) / n;
+            for v in row.iter_mut() {
                 *v -= mean;
             }
             let mut squares = [0.0f32; 8];
-            let chunks = out.chunks_exact(8);
+            let chunks = row.chunks_exact(8);
             let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
             for chunk in chunks {
                 for i in 0..8 {
-                    squares[i] += chunk[i] * chunk[i];
+                    squares[i] = madd(chunk[i], chunk[i], squares[i]);
                 }
             }
             let var = (squares.iter().sum::<f32>() + tail) / n;
             let inv = 1.0 / (var + eps).sqrt();
-            for i in 0..out.len() {
-                out[i] = out[i] * inv * gamma[i] + beta[i];
+            for i in 0..row.len() {
+                row[i] = madd(row[i] * inv, gamma[i], beta[i]);
             }
         }
 
@@ -125,47 +145,29 @@ macro_rules! element_kernels {
         pub fn softmax_row(row: &mut [f32]) {
             let max = max(row);
             for v in row.iter_mut() {
-                *v = super::fast_exp(*v - max);
+                *v = fast_exp(*v - max);
             }
             let inv = 1.0 / sum(row);
             for v in row.iter_mut() {
                 *v *= inv;
             }
         }
-
-        $(#[$attr])?
-        pub fn add_bias(row: &mut [f32], bias: &[f32]) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v += b;
-            }
-        }
     };
 }
 
 mod portable {
-    element_kernels!();
+    element_kernels!(|a: f32, b: f32, c: f32| a * b + c);
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    element_kernels!(target_feature(enable = "avx2,fma"));
+    element_kernels!(f32::mul_add, target_feature(enable = "avx2,fma"));
 }
 
 pub(crate) fn layer_norm_rows(data: &mut [f32], width: usize, gamma: &[f32], beta: &[f32], eps: f32) {
-    let zeros = vec![0.0f32; width];
     data.par_chunks_mut(width * ROWS_PER_TASK).for_each(|rows| {
-        let mut scratch = vec![0.0f32; width];
         for row in rows.chunks_mut(width) {
-            dispatch!(bias_residual_layer_norm(
-                &mut scratch,
-                row,
-                &zeros,
-                &zeros,
-                gamma,
-                beta,
-                eps
-            ));
-            row.copy_from_slice(&scratch);
+            dispatch!(layer_norm(row, gamma, beta, eps));
         }
     });
 }
@@ -178,29 +180,39 @@ fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<
     }
 }
 
-/// `gelu(x + bias)` over rows of a (tokens, width) matrix.
+fn contiguous_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout, op: &str) -> Result<&'a mut [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(data), Some((start, end))) => Ok(&mut data[start..end]),
+        (CpuStorage::F32(_), None) => candle_core::bail!("{op} needs a contiguous input"),
+        (_, _) => candle_core::bail!("{op} needs an f32 tensor"),
+    }
+}
+
+/// `gelu(x + bias)` over rows of a (tokens, width) matrix, in place: the matrix is a matmul's fresh
+/// output that nothing else holds, so copying it first would be a wasted pass.
 pub(crate) struct BiasGelu<'a> {
     pub bias: &'a [f32],
 }
 
-impl CustomOp1 for BiasGelu<'_> {
+impl InplaceOp1 for BiasGelu<'_> {
     fn name(&self) -> &'static str {
         "bias-gelu"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let mut data = contiguous(storage, layout, self.name())?.to_vec();
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let data = contiguous_mut(storage, layout, self.name())?;
         let width = self.bias.len();
         data.par_chunks_mut(width * ROWS_PER_TASK).for_each(|rows| {
             for row in rows.chunks_mut(width) {
                 dispatch!(bias_gelu(row, self.bias));
             }
         });
-        Ok((CpuStorage::F32(data), layout.shape().clone()))
+        Ok(())
     }
 }
 
-/// `layer_norm(x + bias + residual)` over rows; `x` is the op's first input, `residual` its second.
+/// `x = layer_norm(x + bias + residual)` over rows, in place on `x` (the op's first input, a matmul's
+/// fresh output); `residual` is its second.
 pub(crate) struct BiasResidualLayerNorm<'a> {
     pub bias: &'a [f32],
     pub gamma: &'a [f32],
@@ -208,45 +220,38 @@ pub(crate) struct BiasResidualLayerNorm<'a> {
     pub eps: f32,
 }
 
-impl CustomOp2 for BiasResidualLayerNorm<'_> {
+impl InplaceOp2 for BiasResidualLayerNorm<'_> {
     fn name(&self) -> &'static str {
         "bias-residual-layer-norm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, self.name())?;
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
         let residual = contiguous(s2, l2, self.name())?;
+        let x = contiguous_mut(s1, l1, self.name())?;
+        if x.len() != residual.len() {
+            candle_core::bail!("{}: x and the residual differ in shape", self.name());
+        }
         let width = self.bias.len();
-        let mut out = vec![0.0f32; x.len()];
-        out.par_chunks_mut(width * ROWS_PER_TASK)
-            .enumerate()
-            .for_each(|(task, rows)| {
-                let base = task * width * ROWS_PER_TASK;
-                for (r, row) in rows.chunks_mut(width).enumerate() {
-                    let at = base + r * width;
+        x.par_chunks_mut(width * ROWS_PER_TASK)
+            .zip(residual.par_chunks(width * ROWS_PER_TASK))
+            .for_each(|(rows, residual)| {
+                for (row, residual) in rows.chunks_mut(width).zip(residual.chunks(width)) {
                     dispatch!(bias_residual_layer_norm(
-                        row,
-                        &x[at..at + width],
-                        &residual[at..at + width],
-                        self.bias,
-                        self.gamma,
-                        self.beta,
-                        self.eps
+                        row, residual, self.bias, self.gamma, self.beta, self.eps
                     ));
                 }
             });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok(())
     }
 }
 
 /// Multi-head self-attention over packed, unpadded sequences. The input is the fused QKV projection
-/// (tokens, 3 x hidden) without its bias; sequence `i` owns rows `offsets[i]..offsets[i+1]`. Each
+/// (tokens, 3 x hidden) with its bias; sequence `i` owns rows `offsets[i]..offsets[i+1]`. Each
 /// (sequence, head) pair is independent, so they run in parallel, each with single-threaded matrix
 /// multiplies on strided views: no padding, no mask, no transposed copies.
 pub(crate) struct UnpaddedAttention<'a> {
     pub offsets: &'a [usize],
     pub heads: usize,
-    pub qkv_bias: &'a [f32],
 }
 
 struct SharedOut(*mut f32);
@@ -259,17 +264,22 @@ impl CustomOp1 for UnpaddedAttention<'_> {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let qkv_width = self.qkv_bias.len();
+        let (tokens, qkv_width) = layout.shape().dims2()?;
         let hidden = qkv_width / 3;
+        if hidden * 3 != qkv_width || hidden % self.heads != 0 {
+            candle_core::bail!(
+                "{}: {qkv_width} columns are not Q, K and V of {} heads",
+                self.name(),
+                self.heads
+            );
+        }
         let head_dim = hidden / self.heads;
-        let mut qkv = contiguous(storage, layout, self.name())?.to_vec();
-        qkv.par_chunks_mut(qkv_width * ROWS_PER_TASK).for_each(|rows| {
-            for row in rows.chunks_mut(qkv_width) {
-                dispatch!(add_bias(row, self.qkv_bias));
-            }
-        });
-        let tokens = qkv.len() / qkv_width;
-        let mut out = vec![0.0f32; tokens * hidden];
+        if self.offsets.last() != Some(&tokens) {
+            candle_core::bail!("{}: the sequences do not cover the {tokens} rows", self.name());
+        }
+        let qkv = contiguous(storage, layout, self.name())?;
+        // Every element is written below by one (sequence, head) task's P V product.
+        let mut out: Vec<f32> = Vec::with_capacity(tokens * hidden);
         let shared = SharedOut(out.as_mut_ptr());
         let scale = 1.0 / (head_dim as f32).sqrt();
         let tasks: Vec<(usize, usize)> = (0..self.offsets.len() - 1)
@@ -278,7 +288,7 @@ impl CustomOp1 for UnpaddedAttention<'_> {
         tasks.par_iter().for_each(|&(s, h)| {
             let start = self.offsets[s];
             let len = self.offsets[s + 1] - start;
-            let mut scores = vec![0.0f32; len * len];
+            let mut scores: Vec<f32> = Vec::with_capacity(len * len);
             let base = start * qkv_width + h * head_dim;
             let (q, k, v) = (&qkv[base..], &qkv[base + hidden..], &qkv[base + 2 * hidden..]);
             let shared = &shared;
@@ -306,6 +316,7 @@ impl CustomOp1 for UnpaddedAttention<'_> {
                     false,
                     gemm::Parallelism::None,
                 );
+                scores.set_len(len * len);
             }
             for row in scores.chunks_mut(len) {
                 dispatch!(softmax_row(row));
@@ -335,6 +346,8 @@ impl CustomOp1 for UnpaddedAttention<'_> {
                 );
             }
         });
+        // SAFETY: the sequences cover every row (checked above) and the heads every column.
+        unsafe { out.set_len(tokens * hidden) };
         Ok((CpuStorage::F32(out), Shape::from((tokens, hidden))))
     }
 }
@@ -343,31 +356,63 @@ impl CustomOp1 for UnpaddedAttention<'_> {
 mod tests {
     use super::*;
 
+    /// Both builds of exp and erf: the portable one (multiply, then add) and the FMA one. Called from
+    /// here the FMA build's fused multiply-adds may go through software, which changes speed, not values.
+    fn builds() -> Vec<(&'static str, fn(f32) -> f32, fn(f32) -> f32)> {
+        let mut builds: Vec<(&'static str, fn(f32) -> f32, fn(f32) -> f32)> =
+            vec![("portable", portable::fast_exp, portable::fast_erf)];
+        #[cfg(target_arch = "x86_64")]
+        builds.push(("avx2", avx2::fast_exp, avx2::fast_erf));
+        builds
+    }
+
     #[test]
     fn fast_exp_and_erf_are_accurate() {
-        let mut x = -20.0f32;
-        while x < 20.0 {
-            let e = fast_exp(x);
-            assert!(
-                (e - x.exp()).abs() <= 4e-7 * x.exp(),
-                "exp({x}) = {e}, want {}",
-                x.exp()
-            );
-            x += 0.0137;
+        for (build, fast_exp, fast_erf) in builds() {
+            let mut x = -20.0f32;
+            while x < 20.0 {
+                let e = fast_exp(x);
+                assert!(
+                    (e - x.exp()).abs() <= 4e-7 * x.exp(),
+                    "{build}: exp({x}) = {e}, want {}",
+                    x.exp()
+                );
+                x += 0.0137;
+            }
+            for i in -3000..3000 {
+                let x = i as f32 / 1000.0;
+                let want = taylor_erf(x as f64);
+                assert!(
+                    (fast_erf(x) as f64 - want).abs() < 5e-7,
+                    "{build}: erf({x}) = {}, want {want}",
+                    fast_erf(x)
+                );
+            }
+            for i in 3000..9000 {
+                // erfc(3) is 2.2e-5, and erf only approaches 1 from below beyond it.
+                let x = i as f32 / 1000.0;
+                assert!(
+                    fast_erf(x) <= 1.0 && fast_erf(x) >= 1.0 - 2.3e-5 && fast_erf(-x) == -fast_erf(x),
+                    "{build}: erf({x}) = {}",
+                    fast_erf(x)
+                );
+            }
         }
-        for i in -3000..3000 {
-            let x = i as f32 / 1000.0;
-            let want = taylor_erf(x as f64);
-            assert!(
-                (fast_erf(x) as f64 - want).abs() < 5e-7,
-                "erf({x}) = {}, want {want}",
-                fast_erf(x)
-            );
-        }
-        for i in 3000..9000 {
-            // erfc(3) is 2.2e-5, and erf only approaches 1 from below beyond it.
-            let x = i as f32 / 1000.0;
-            assert!(fast_erf(x) <= 1.0 && fast_erf(x) >= 1.0 - 2.3e-5 && fast_erf(-x) == -fast_erf(x));
+    }
+
+    #[test]
+    fn exp_stays_finite_and_monotonic_at_the_ends_of_its_range() {
+        for (build, fast_exp, _) in builds() {
+            // The exponent step holds k in 9 bits: the clamp keeps it there; past it the result saturates.
+            assert_eq!(fast_exp(-1000.0), fast_exp(-87.0), "{build}");
+            assert_eq!(fast_exp(1000.0), fast_exp(88.0), "{build}");
+            assert!(fast_exp(88.0).is_finite() && fast_exp(88.0) > 1e38, "{build}");
+            let mut previous = 0.0f32;
+            for i in -870..=880 {
+                let e = fast_exp(i as f32 / 10.0);
+                assert!(e >= previous, "{build}: exp is not monotonic at {}", i as f32 / 10.0);
+                previous = e;
+            }
         }
     }
 

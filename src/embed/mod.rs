@@ -7,9 +7,9 @@ mod bert;
 mod chunker;
 mod files;
 mod kernels;
+mod matmul;
 mod model;
 mod pool;
-mod small_matmul;
 
 use thiserror::Error;
 
