@@ -358,9 +358,10 @@ mod tests {
 
     /// Both builds of exp and erf: the portable one (multiply, then add) and the FMA one. Called from
     /// here the FMA build's fused multiply-adds may go through software, which changes speed, not values.
-    fn builds() -> Vec<(&'static str, fn(f32) -> f32, fn(f32) -> f32)> {
-        let mut builds: Vec<(&'static str, fn(f32) -> f32, fn(f32) -> f32)> =
-            vec![("portable", portable::fast_exp, portable::fast_erf)];
+    type Build = (&'static str, fn(f32) -> f32, fn(f32) -> f32);
+
+    fn builds() -> Vec<Build> {
+        let mut builds: Vec<Build> = vec![("portable", portable::fast_exp, portable::fast_erf)];
         #[cfg(target_arch = "x86_64")]
         builds.push(("avx2", avx2::fast_exp, avx2::fast_erf));
         builds
