@@ -15,7 +15,7 @@ const PANEL: usize = 16;
 /// Rows per register block: 6 rows x 2 registers of accumulators leave room for the loads.
 const ROW_BLOCK: usize = 6;
 /// Up to this many rows the packed kernel beats the general GEMM on this model's shapes (measured).
-pub(crate) const MAX_ROWS: usize = 48;
+const MAX_ROWS: usize = 48;
 
 /// A (k, n) weight matrix in both layouts: row-major for the general GEMM, and as n/16 panels of
 /// (k, 16), zero-padded to a whole panel, for a few rows.

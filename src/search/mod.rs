@@ -174,33 +174,33 @@ async fn run(
         }
         (_, v) => v.map(|v| pgvector::Vector::from(v.to_vec())),
     };
-    // One snapshot for the receipt and the rows, so the receipt describes exactly what was searched.
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *tx)
+    // One snapshot for the receipt and the rows, so the receipt describes exactly what was searched. Each
+    // round trip to the server is a wake-up that can wait for a CPU under load, so the transaction's
+    // options go with its BEGIN, and its settings with the first read (the snapshot is taken there).
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .await?;
-    // Settings for this transaction only, in one round trip:
+    // Settings for this transaction only, applied by the statement that reads the checkpoint:
     // - the HNSW scan keeps going past rows that scopes and filters drop (iterative scan), and looks at
     //   HNSW_EF_SEARCH candidates (at 110k chunks, pgvector's default of 40 gave recall@10 0.91, 100 gave
     //   0.97, 200 gives 0.99 for about 1 ms more);
     // - every execution is planned with its own parameters: a generic plan cannot see the LIMIT or the
     //   query's words and may scan every chunk instead of using the indexes;
     // - an exact search turns the index off.
-    sqlx::query(
-        "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),
-                set_config('hnsw.ef_search', $1, true),
-                set_config('plan_cache_mode', 'force_custom_plan', true),
-                set_config('enable_indexscan', $2, true)",
+    let (generation, checkpoint): (i64, i64) = sqlx::query_as(
+        "SELECT p.generation, p.checkpoint
+         FROM (SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),
+                      set_config('hnsw.ef_search', $1, true),
+                      set_config('plan_cache_mode', 'force_custom_plan', true),
+                      set_config('enable_indexscan', $2, true)) AS settings,
+              projections p
+         WHERE p.status = 'active'",
     )
     .bind(HNSW_EF_SEARCH.to_string())
     .bind(if exact { "off" } else { "on" })
-    .execute(&mut *tx)
-    .await?;
-    let (generation, checkpoint): (i64, i64) =
-        sqlx::query_as("SELECT generation, checkpoint FROM projections WHERE status = 'active'")
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(SearchError::NoReadModel)?;
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(SearchError::NoReadModel)?;
     let position = match request.as_of {
         None => checkpoint,
         Some(p) if p > checkpoint => return Err(SearchError::AsOfAhead { as_of: p, checkpoint }),
