@@ -52,6 +52,14 @@ impl ModelBackend {
         self
     }
 
+    /// The narrow pool while the foreground is active, else the main one (if any).
+    fn current_pool(&self) -> Option<&ComputePool> {
+        match &self.narrow {
+            Some((narrow, foreground)) if foreground.active() => Some(narrow),
+            _ => self.pool.as_ref(),
+        }
+    }
+
     fn embed_on(&self, pool: Option<&ComputePool>, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError> {
         match pool {
             Some(pool) => pool.install(|| self.embedder.embed_inputs(inputs)),
@@ -70,7 +78,14 @@ impl EmbedBackend for ModelBackend {
     }
 
     fn chunk(&self, title: &str, text: &str) -> Result<Vec<Chunk>, EmbedError> {
-        self.chunker.chunk(title, text)
+        // Tokenising is the projector's other CPU work. On the caller's thread (the runtime's blocking
+        // pool: normal priority, any CPU) it would take the CPU kept free for requests, so it runs on the
+        // model's threads, as the embedding does.
+        let chunk = || self.chunker.chunk(title, text);
+        match self.current_pool() {
+            Some(pool) => pool.install(chunk),
+            None => chunk(),
+        }
     }
 
     fn embed(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError> {
