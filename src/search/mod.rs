@@ -187,6 +187,7 @@ async fn run(
     // - every execution is planned with its own parameters: a generic plan cannot see the LIMIT or the
     //   query's words and may scan every chunk instead of using the indexes;
     // - an exact search turns the index off.
+    // set_config is volatile, so PostgreSQL evaluates the subquery although no column of it is read.
     let (generation, checkpoint): (i64, i64) = sqlx::query_as(
         "SELECT p.generation, p.checkpoint
          FROM (SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),
