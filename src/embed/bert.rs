@@ -8,7 +8,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 
 use super::kernels::{layer_norm_rows, BiasGelu, BiasResidualLayerNorm, UnpaddedAttention};
-use super::matmul::{Matmul, Weight};
+use super::matmul::Weight;
 use super::EmbedError;
 
 struct Norm {
@@ -67,12 +67,6 @@ fn norm(vb: &VarBuilder, hidden: usize) -> candle_core::Result<Norm> {
 
 fn transposed(vb: &VarBuilder, out: usize, input: usize, name: &str) -> candle_core::Result<Weight> {
     Weight::new(&vb.get((out, input), name)?.t()?.contiguous()?)
-}
-
-impl Weight {
-    fn apply(&self, x: &Tensor, bias: Option<&[f32]>) -> candle_core::Result<Tensor> {
-        x.apply_op1_no_bwd(&Matmul { weight: self, bias })
-    }
 }
 
 impl PackedBert {

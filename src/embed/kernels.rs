@@ -172,7 +172,7 @@ pub(crate) fn layer_norm_rows(data: &mut [f32], width: usize, gamma: &[f32], bet
     });
 }
 
-fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+pub(super) fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
     let data = storage.as_slice::<f32>()?;
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
@@ -254,8 +254,9 @@ pub(crate) struct UnpaddedAttention<'a> {
     pub heads: usize,
 }
 
-struct SharedOut(*mut f32);
-// SAFETY: every task writes a disjoint set of rows x columns of the output.
+/// An output buffer that parallel tasks write through a raw pointer.
+pub(super) struct SharedOut(pub(super) *mut f32);
+// SAFETY: every user has each task write a disjoint set of rows x columns of the output.
 unsafe impl Sync for SharedOut {}
 
 impl CustomOp1 for UnpaddedAttention<'_> {

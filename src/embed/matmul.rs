@@ -10,6 +10,8 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::kernels::{contiguous, SharedOut};
+
 /// Columns per panel: two AVX2 registers of eight floats.
 const PANEL: usize = 16;
 /// Rows per register block: 6 rows x 2 registers of accumulators leave room for the loads.
@@ -42,11 +44,12 @@ impl Weight {
         }
         Ok(Weight { k, n, rows, panels })
     }
-}
 
-struct SharedOut(*mut f32);
-// SAFETY: each task writes only its own panel's columns of the output.
-unsafe impl Sync for SharedOut {}
+    /// `x @ self + bias` (no bias when `None`).
+    pub(crate) fn apply(&self, x: &Tensor, bias: Option<&[f32]>) -> candle_core::Result<Tensor> {
+        x.apply_op1_no_bwd(&Matmul { weight: self, bias })
+    }
+}
 
 /// `x @ w + bias` for x of shape (m, k); no bias when `bias` is `None`.
 pub(crate) struct Matmul<'a> {
@@ -68,10 +71,7 @@ impl CustomOp1 for Matmul<'_> {
         if self.bias.is_some_and(|b| b.len() != w.n) {
             candle_core::bail!("matmul: the bias must have one value per output column ({})", w.n);
         }
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("matmul needs a contiguous input");
-        };
-        let x = &storage.as_slice::<f32>()?[start..end];
+        let x = contiguous(storage, layout, self.name())?;
         let out = if m <= MAX_ROWS {
             self.few_rows(x, m)
         } else {

@@ -52,11 +52,12 @@ impl ModelBackend {
         self
     }
 
-    /// The narrow pool while the foreground is active, else the main one (if any).
-    fn current_pool(&self) -> Option<&ComputePool> {
+    /// The pool for work now: the narrow one while the foreground is active (then `true`), else the main
+    /// one, if any. The foreground is read once, so the caller's choice and its count agree.
+    fn current_pool(&self) -> (Option<&ComputePool>, bool) {
         match &self.narrow {
-            Some((narrow, foreground)) if foreground.active() => Some(narrow),
-            _ => self.pool.as_ref(),
+            Some((narrow, foreground)) if foreground.active() => (Some(narrow), true),
+            _ => (self.pool.as_ref(), false),
         }
     }
 
@@ -83,23 +84,21 @@ impl EmbedBackend for ModelBackend {
         // model's threads, as the embedding does.
         let chunk = || self.chunker.chunk(title, text);
         match self.current_pool() {
-            Some(pool) => pool.install(chunk),
-            None => chunk(),
+            (Some(pool), _) => pool.install(chunk),
+            (None, _) => chunk(),
         }
     }
 
     fn embed(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let Some((narrow, foreground)) = &self.narrow else {
+        let Some((_, foreground)) = &self.narrow else {
             return self.embed_on(self.pool.as_ref(), inputs);
         };
         let mut vectors = Vec::with_capacity(inputs.len());
         for piece in pieces(inputs, PIECE_TOKENS) {
-            let pool = if foreground.active() {
+            let (pool, narrowed) = self.current_pool();
+            if narrowed {
                 foreground.count_yielded();
-                Some(narrow)
-            } else {
-                self.pool.as_ref()
-            };
+            }
             vectors.extend(self.embed_on(pool, piece)?);
         }
         Ok(vectors)
