@@ -22,6 +22,9 @@ pub enum BenchCommand {
         /// Timed passes; the median is reported.
         #[arg(long, default_value_t = 3)]
         passes: usize,
+        /// Idle time before each of the 100 timed queries, like an agent's think time (0: back to back).
+        #[arg(long, default_value_t = 0)]
+        query_pause_ms: u64,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -276,6 +279,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             corpus,
             limit,
             passes,
+            query_pause_ms,
             json,
             model,
         } => {
@@ -292,15 +296,21 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             texts.truncate(limit.unwrap_or(usize::MAX));
             let report = tokio::task::spawn_blocking(move || {
                 let embedder = model.load()?;
-                anyhow::Ok(run_embed_bench(&embedder, &texts, passes, model.max_batch_tokens)?)
+                anyhow::Ok(run_embed_bench(
+                    &embedder,
+                    &texts,
+                    passes,
+                    model.max_batch_tokens,
+                    std::time::Duration::from_millis(query_pause_ms),
+                )?)
             })
             .await??;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 println!(
-                    "{} passages, {} tokens, {} threads on {}: {:.1} passages/s, {:.0} tokens/s (median of {} passes); one short query p50 {:.2} ms, p99 {:.2} ms",
-                    report.passages, report.tokens, report.threads, report.device, report.passages_per_s, report.tokens_per_s, report.passes, report.query_latency.p50_ms, report.query_latency.p99_ms
+                    "{} passages, {} tokens, {} threads on {}: {:.1} passages/s, {:.0} tokens/s (median of {} passes); one short query p50 {:.2} ms, p99 {:.2} ms ({} ms idle before each)",
+                    report.passages, report.tokens, report.threads, report.device, report.passages_per_s, report.tokens_per_s, report.passes, report.query_latency.p50_ms, report.query_latency.p99_ms, report.query_pause_ms
                 );
             }
             Ok(ExitCode::SUCCESS)
