@@ -96,15 +96,20 @@ async fn the_projectors_server_processes_yield_and_keep_off_the_first_cpu() {
     let background = recall::postgres::open_background_beside(&pool, 10, recall::placement::CpuSet::background())
         .await
         .unwrap();
-    let backend_pid = |pool: sqlx::PgPool| async move {
-        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        pid
+    // Both pools stay open to the end of the test (only clones go in): a pool dropped here closes its
+    // connection, and the server process behind it could be gone before the test reads /proc.
+    let backend_pid = |pool: &sqlx::PgPool| {
+        let pool = pool.clone();
+        async move {
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            pid
+        }
     };
-    let pid = backend_pid(background).await;
-    let api_pid = backend_pid(pool).await;
+    let pid = backend_pid(&background).await;
+    let api_pid = backend_pid(&pool).await;
     if options.get_socket().is_none() {
         // A server reached over TCP (RECALL_TEST_DATABASE_URL): its process ids are not ours to touch.
         assert_ne!(pid, 0);
