@@ -62,10 +62,7 @@ impl ModelBackend {
     }
 
     fn embed_on(&self, pool: Option<&ComputePool>, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        match pool {
-            Some(pool) => pool.install(|| self.embedder.embed_inputs(inputs)),
-            None => self.embedder.embed_inputs(inputs),
-        }
+        run_on(pool, || self.embedder.embed_inputs(inputs))
     }
 
     pub fn embedder(&self) -> &Arc<Embedder> {
@@ -82,11 +79,7 @@ impl EmbedBackend for ModelBackend {
         // Tokenising is the projector's other CPU work. On the caller's thread (the runtime's blocking
         // pool: normal priority, any CPU) it would take the CPU kept free for requests, so it runs on the
         // model's threads, as the embedding does.
-        let chunk = || self.chunker.chunk(title, text);
-        match self.current_pool() {
-            (Some(pool), _) => pool.install(chunk),
-            (None, _) => chunk(),
-        }
+        run_on(self.current_pool().0, || self.chunker.chunk(title, text))
     }
 
     fn embed(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError> {
@@ -102,6 +95,14 @@ impl EmbedBackend for ModelBackend {
             vectors.extend(self.embed_on(pool, piece)?);
         }
         Ok(vectors)
+    }
+}
+
+/// Runs `work` on `pool`'s threads, or on the caller's when there is no pool.
+fn run_on<R: Send>(pool: Option<&ComputePool>, work: impl FnOnce() -> R + Send) -> R {
+    match pool {
+        Some(pool) => pool.install(work),
+        None => work(),
     }
 }
 
