@@ -409,6 +409,15 @@ async fn add_wait_search_update_and_replay_an_old_receipt() {
     }
     assert!(metrics.contains("recall_projection_lag_events{"), "{metrics}");
     assert!(metrics.contains("recall_projector_tokens_total "), "{metrics}");
+    let appends = |path: &str| -> u64 {
+        let prefix = format!("recall_appends_total{{path=\"{path}\"}} ");
+        let line = metrics.lines().find(|l| l.starts_with(&prefix));
+        line.unwrap_or_else(|| panic!("no {prefix:?} in\n{metrics}"))[prefix.len()..]
+            .parse()
+            .unwrap()
+    };
+    // The first append reads the head under the lock; the later ones, one after another, start from it.
+    assert!(appends("slow") >= 1 && appends("fast") >= 10, "{metrics}");
     app.stop().await;
 }
 

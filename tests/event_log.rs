@@ -167,6 +167,141 @@ async fn a_retried_append_with_the_same_event_ids_is_acknowledged_not_duplicated
     assert!(store.append(other).await.is_err());
 }
 
+fn paths(store: &EventStore) -> (u64, u64) {
+    let p = store.append_paths();
+    (p.fast.load(Ordering::SeqCst), p.slow.load(Ordering::SeqCst))
+}
+
+/// The writer appends from the head its last append left, in one call that checks that assumption under
+/// the lock; whatever broke the assumption (another writer, a stale or wrong expected version), the
+/// append still lands at the right position with the right chain, or is rejected with the true version.
+#[tokio::test]
+async fn appends_from_the_remembered_head_fall_back_whenever_the_log_moved_underneath() {
+    let (pool, _) = common::fresh_database().await;
+    // Two stores on one database: two writers, as two processes would have.
+    let (a, b) = (EventStore::new(pool.clone()), EventStore::new(pool));
+    let append = |store: &EventStore, stream: &str, expected, n| {
+        let store = store.clone();
+        let request = request(stream, expected, vec![event(n), event(n + 1)]);
+        async move { store.append(request).await.unwrap() }
+    };
+
+    let first = append(&a, "s:1", ExpectedVersion::NoStream, 0).await.unwrap();
+    assert_eq!((first.position, first.version), (2, 2));
+    assert_eq!(
+        paths(&a),
+        (0, 1),
+        "a first append has no remembered head: the slow path"
+    );
+    let second = append(&a, "s:1", ExpectedVersion::Exact(2), 2).await.unwrap();
+    assert_eq!((second.position, second.version), (4, 4));
+    assert_eq!(paths(&a), (1, 1), "the second goes in one round trip");
+
+    // Another writer moves the head: `a`'s next append finds its assumption broken and reads under the lock.
+    let other = append(&b, "s:2", ExpectedVersion::NoStream, 4).await.unwrap();
+    assert_eq!(other.position, 6);
+    let third = append(&a, "s:1", ExpectedVersion::Exact(4), 6).await.unwrap();
+    assert_eq!((third.position, third.version), (8, 6));
+    assert_eq!(paths(&a), (1, 2));
+    let fourth = append(&a, "s:3", ExpectedVersion::NoStream, 8).await.unwrap();
+    assert_eq!((fourth.position, fourth.version), (10, 2));
+    assert_eq!(paths(&a), (2, 2), "the slow path left the head remembered again");
+
+    // The head is as remembered, but the stream is not at the version the request expects (higher and
+    // lower): nothing is written, and the rejection names the stream's real version.
+    for expected in [
+        ExpectedVersion::Exact(9),
+        ExpectedVersion::Exact(1),
+        ExpectedVersion::NoStream,
+    ] {
+        let rejected = append(&a, "s:1", expected, 10).await.unwrap_err();
+        assert_eq!((rejected.expected, rejected.actual), (expected, 6));
+    }
+    // A stream the writer has not seen, claimed to exist at version 3.
+    let rejected = append(&a, "s:new", ExpectedVersion::Exact(3), 10).await.unwrap_err();
+    assert_eq!(rejected.actual, 0);
+    let fifth = append(&a, "s:3", ExpectedVersion::Exact(2), 10).await.unwrap();
+    assert_eq!(
+        (fifth.position, fifth.version),
+        (12, 4),
+        "rejections used up no position"
+    );
+
+    let stream: Vec<i64> = a
+        .read_stream("s:1", 1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(stream, (1..=6).collect::<Vec<_>>());
+    let positions: Vec<i64> = a.read_all(0, 100).await.unwrap().iter().map(|e| e.position).collect();
+    assert_eq!(positions, (1..=12).collect::<Vec<_>>());
+    assert_eq!(a.head().await.unwrap(), 12);
+    assert!(verify_chain(&a).await.unwrap().is_ok());
+}
+
+/// Two writers (two stores, as two processes) appending to shared and own streams at once, each
+/// re-reading and retrying its losses: every success lands once, positions stay gapless and the chain
+/// verifies, whichever path each append took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_writers_contending_keep_the_log_gapless_and_the_chain_whole() {
+    const TASKS: usize = 8;
+    const APPENDS: usize = 60;
+    let (pool, _) = common::fresh_database().await;
+    let stores = [EventStore::new(pool.clone()), EventStore::new(pool)];
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let store = stores[t % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut succeeded = 0;
+            for i in 0..APPENDS {
+                // Half the appends go to one shared stream, half to the task's own.
+                let stream = if i % 2 == 0 {
+                    "s:shared".to_owned()
+                } else {
+                    format!("s:{t}")
+                };
+                loop {
+                    let version = store.read_stream(&stream, 1).await.unwrap().len() as u64;
+                    let expected = match version {
+                        0 => ExpectedVersion::NoStream,
+                        v => ExpectedVersion::Exact(v),
+                    };
+                    if store
+                        .append(request(&stream, expected, vec![event(i as u64)]))
+                        .await
+                        .unwrap()
+                        .is_ok()
+                    {
+                        succeeded += 1;
+                        break;
+                    }
+                }
+            }
+            succeeded
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, TASKS * APPENDS);
+    let store = &stores[0];
+    assert_eq!(store.head().await.unwrap(), total as i64);
+    let shared: Vec<i64> = store
+        .read_stream("s:shared", 1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(shared, (1..=(TASKS * APPENDS / 2) as i64).collect::<Vec<_>>());
+    assert!(verify_chain(store).await.unwrap().is_ok());
+    let (fast, slow) = stores.iter().map(paths).fold((0, 0), |(f, s), (a, b)| (f + a, s + b));
+    assert!(fast > 0 && slow > 0, "both paths taken: {fast} fast, {slow} slow");
+}
+
 /// 16 writers x 500 appends, a random share rolled back, while a reader tails `position > checkpoint`:
 /// the reader must see every committed event exactly once, in order, at positions 1..N with no hole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -61,6 +61,9 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         _ => None,
     };
     let mut text = state.metrics().render(stats.as_deref(), state.foreground().yielded());
+    text.push_str(&super::metrics::render_append_paths(
+        state.handler().store().append_paths(),
+    ));
     let report = projector::status(state.pool()).await?;
     text.push_str(&report.to_prometheus());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())

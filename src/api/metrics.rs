@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::event_store::AppendPaths;
 use crate::projector::ProjectorStats;
 
 /// Latency buckets in seconds, from a fast append to a slow wait.
@@ -158,6 +159,23 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The event store's appends by path: `fast` in one round trip, `slow` through the locked read (a
+/// first append, a version conflict, or another process appending to the same log).
+pub fn render_append_paths(paths: &AppendPaths) -> String {
+    let mut out = String::from(
+        "# HELP recall_appends_total Event-log appends by path (fast: one round trip; slow: read under the lock).\n\
+         # TYPE recall_appends_total counter\n",
+    );
+    for (path, n) in [("fast", &paths.fast), ("slow", &paths.slow)] {
+        let _ = writeln!(
+            out,
+            "recall_appends_total{{path=\"{path}\"}} {}",
+            n.load(Ordering::Relaxed)
+        );
+    }
+    out
 }
 
 #[cfg(test)]

@@ -2,8 +2,13 @@
 //! gapless and commit-ordered), check every stream's expected version, insert all rows with one
 //! `UNNEST`, move the head and notify. A request whose expected version does not hold is rejected alone;
 //! the others in the same call still go in, each whole.
+//!
+//! The writer remembers where its last append left the head, so usually it can work the whole append
+//! out before touching the database and send it as one call of `append_at_head`, which checks that
+//! assumption under the lock (see migrations/0004): one round trip, commit included, instead of five.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use uuid::Uuid;
@@ -99,76 +104,148 @@ impl EventStore {
         tx: &mut sqlx::PgConnection,
         requests: &[AppendRequest],
     ) -> Result<AppendResults, EventStoreError> {
-        append_in(tx, requests, true).await
+        Ok(append_in(tx, requests, true).await?.0)
     }
 }
 
-/// One transaction for the given requests. The fast path trusts event ids to be fresh; a unique
-/// violation on `event_id` means a retry, and the slow path then looks the ids up under the lock and
-/// acknowledges what is already stored.
+/// The log's head as an append left it: the position and hash the next append chains from.
+#[derive(Debug, Clone)]
+pub(super) struct Tip {
+    position: i64,
+    hash: Vec<u8>,
+}
+
+/// Which way an append went: `fast` in one round trip from the writer's remembered tip, `slow` through
+/// the transaction that reads the head and versions under the lock (a first append, or after another
+/// writer or a conflict moved things). Counted for `/metrics`.
+#[derive(Debug, Default)]
+pub struct AppendPaths {
+    pub fast: AtomicU64,
+    pub slow: AtomicU64,
+}
+
+/// Appends the requests in one transaction. With a tip from the writer's previous append, and every
+/// stream's version known from the requests' expectations, that is one call of `append_at_head`; when
+/// its check under the lock fails (nothing written), or there is no tip, the slow path below. Either way
+/// `tip` is left where this append left the head.
 pub(super) async fn append_transaction(
     pool: &sqlx::PgPool,
     requests: &[AppendRequest],
+    tip: &mut Option<Tip>,
+    paths: &AppendPaths,
 ) -> Result<AppendResults, EventStoreError> {
+    let mut look_up_event_ids = false;
+    if let Some(from) = tip.take() {
+        match append_at_tip(pool, requests, &from).await {
+            Ok(Some((results, after))) => {
+                *tip = Some(after);
+                paths.fast.fetch_add(1, Ordering::Relaxed);
+                return Ok(results);
+            }
+            Ok(None) => {}
+            // A retry of an append that went in: the slow path acknowledges it.
+            Err(e) if reuses_an_event_id(&e) => look_up_event_ids = true,
+            Err(e) => return Err(e),
+        }
+    }
+    paths.slow.fetch_add(1, Ordering::Relaxed);
     let attempt = |look_up_event_ids| async move {
         let mut tx = pool.begin().await.map_err(EventStoreError::classify)?;
-        let results = append_in(&mut tx, requests, look_up_event_ids).await?;
+        let (results, after) = append_in(&mut tx, requests, look_up_event_ids).await?;
         tx.commit().await.map_err(EventStoreError::classify)?;
-        Ok::<_, EventStoreError>(results)
+        Ok::<_, EventStoreError>((results, after))
     };
-    match attempt(false).await {
-        Err(EventStoreError::Database(sqlx::Error::Database(db))) if db.constraint() == Some("events_event_id_key") => {
-            attempt(true).await
-        }
-        other => other,
-    }
+    let (results, after) = match attempt(look_up_event_ids).await {
+        Err(e) if !look_up_event_ids && reuses_an_event_id(&e) => attempt(true).await?,
+        other => other?,
+    };
+    *tip = Some(after);
+    Ok(results)
 }
 
-async fn append_in(
-    tx: &mut sqlx::PgConnection,
+fn reuses_an_event_id(error: &EventStoreError) -> bool {
+    matches!(error, EventStoreError::Database(sqlx::Error::Database(db)) if db.constraint() == Some("events_event_id_key"))
+}
+
+/// The fast path: `Ok(None)` when it does not apply (a stream whose version the requests do not pin
+/// down, a request the plan would reject, nothing to insert) or when the log is not as `from` says.
+async fn append_at_tip(
+    pool: &sqlx::PgPool,
     requests: &[AppendRequest],
-    look_up_event_ids: bool,
-) -> Result<AppendResults, EventStoreError> {
-    let classify = EventStoreError::classify;
-    let (head, last_hash): (i64, Vec<u8>) = sqlx::query_as("SELECT position, last_hash FROM log_head FOR UPDATE")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(classify)?;
-
-    // Read after the lock is held: this statement's snapshot sees every earlier append.
-    let stream_ids: Vec<String> = requests.iter().map(|r| r.stream_id.clone()).collect();
-    let mut versions: HashMap<String, u64> = sqlx::query_as::<_, (String, i64)>(
-        // One index probe per stream, whatever the statistics say: with `stream_id = ANY($1)` a generic
-        // plan may scan the whole log once per array element.
-        "SELECT s.id, v.version FROM unnest($1::text[]) AS s(id)
-     CROSS JOIN LATERAL (SELECT max(version) AS version FROM events e WHERE e.stream_id = s.id) v
-     WHERE v.version IS NOT NULL",
+    from: &Tip,
+) -> Result<Option<(AppendResults, Tip)>, EventStoreError> {
+    let mut assumed: HashMap<String, u64> = HashMap::new();
+    for request in requests {
+        if !assumed.contains_key(&request.stream_id) {
+            let version = match request.expected {
+                ExpectedVersion::NoStream => 0,
+                ExpectedVersion::Exact(v) => v,
+                ExpectedVersion::Any | ExpectedVersion::StreamExists => return Ok(None),
+            };
+            assumed.insert(request.stream_id.clone(), version);
+        }
+    }
+    let (stream_ids, stream_versions): (Vec<String>, Vec<i64>) =
+        assumed.iter().map(|(s, &v)| (s.clone(), v as i64)).unzip();
+    let plan = plan(requests, from, assumed, &HashMap::new())?;
+    if plan.columns.position.is_empty() || plan.results.iter().any(Result::is_err) {
+        return Ok(None);
+    }
+    let c = plan.columns;
+    let appended: bool = sqlx::query_scalar(
+        "SELECT append_at_head($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+         $19, $20, $21)",
     )
-    .bind(&stream_ids)
-    .fetch_all(&mut *tx)
+    .bind(from.position)
+    .bind(&from.hash)
+    .bind(stream_ids)
+    .bind(stream_versions)
+    .bind(c.position)
+    .bind(c.event_id)
+    .bind(c.stream_id)
+    .bind(c.scope)
+    .bind(c.version)
+    .bind(c.event_type)
+    .bind(c.schema_version)
+    .bind(c.payload)
+    .bind(c.metadata)
+    .bind(c.causation_id)
+    .bind(c.correlation_id)
+    .bind(c.actor)
+    .bind(c.recorded_at)
+    .bind(c.hash)
+    .bind(plan.after.position)
+    .bind(&plan.after.hash)
+    .bind(NOTIFY_CHANNEL)
+    .fetch_one(pool)
     .await
-    .map_err(classify)?
-    .into_iter()
-    .map(|(s, v)| (s, v as u64))
-    .collect();
+    .map_err(EventStoreError::classify)?;
+    Ok(appended.then_some((plan.results, plan.after)))
+}
 
-    let stored = if look_up_event_ids {
-        let ids: Vec<Uuid> = requests
-            .iter()
-            .flat_map(|r| r.events.iter().map(|e| e.event_id))
-            .collect();
-        stored_event_ids(tx, &ids).await?
-    } else {
-        HashMap::new()
-    };
+/// An append worked out in memory: each request's result, the rows to insert, and the head after them.
+struct Plan {
+    results: AppendResults,
+    columns: Columns,
+    after: Tip,
+}
 
+/// Decides every request against the streams' versions (absent: 0; each accepted request moves its
+/// stream for the ones after it) and `stored`, the requests' event ids already in the log (a retry),
+/// and computes the accepted events' positions and hash chain from `from`.
+fn plan(
+    requests: &[AppendRequest],
+    from: &Tip,
+    mut versions: HashMap<String, u64>,
+    stored: &HashMap<Uuid, (String, i64, i64)>,
+) -> Result<Plan, EventStoreError> {
     let recorded_at = Utc::now().trunc_subsecs(6);
-    let mut position = head;
-    let mut previous = last_hash;
+    let mut position = from.position;
+    let mut previous = from.hash.clone();
     let mut columns = Columns::default();
     let mut results = Vec::with_capacity(requests.len());
     for request in requests {
-        if let Some(ack) = acknowledge_retry(request, &stored)? {
+        if let Some(ack) = acknowledge_retry(request, stored)? {
             results.push(Ok(ack));
             continue;
         }
@@ -211,6 +288,64 @@ async fn append_in(
             already_appended: false,
         }));
     }
+    Ok(Plan {
+        results,
+        columns,
+        after: Tip {
+            position,
+            hash: previous,
+        },
+    })
+}
+
+/// The slow path, inside a transaction: lock the head, read the versions, plan, insert.
+async fn append_in(
+    tx: &mut sqlx::PgConnection,
+    requests: &[AppendRequest],
+    look_up_event_ids: bool,
+) -> Result<(AppendResults, Tip), EventStoreError> {
+    let classify = EventStoreError::classify;
+    let (head, last_hash): (i64, Vec<u8>) = sqlx::query_as("SELECT position, last_hash FROM log_head FOR UPDATE")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(classify)?;
+
+    // Read after the lock is held: this statement's snapshot sees every earlier append.
+    let stream_ids: Vec<String> = requests.iter().map(|r| r.stream_id.clone()).collect();
+    let versions: HashMap<String, u64> = sqlx::query_as::<_, (String, i64)>(
+        // One index probe per stream, whatever the statistics say: with `stream_id = ANY($1)` a generic
+        // plan may scan the whole log once per array element.
+        "SELECT s.id, v.version FROM unnest($1::text[]) AS s(id)
+     CROSS JOIN LATERAL (SELECT max(version) AS version FROM events e WHERE e.stream_id = s.id) v
+     WHERE v.version IS NOT NULL",
+    )
+    .bind(&stream_ids)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(classify)?
+    .into_iter()
+    .map(|(s, v)| (s, v as u64))
+    .collect();
+
+    let stored = if look_up_event_ids {
+        let ids: Vec<Uuid> = requests
+            .iter()
+            .flat_map(|r| r.events.iter().map(|e| e.event_id))
+            .collect();
+        stored_event_ids(tx, &ids).await?
+    } else {
+        HashMap::new()
+    };
+
+    let from = Tip {
+        position: head,
+        hash: last_hash,
+    };
+    let Plan {
+        mut results,
+        columns,
+        after,
+    } = plan(requests, &from, versions, &stored)?;
 
     // A retry whose expected version no longer holds (it already moved the stream) is still a retry.
     let rejected: Vec<usize> = (0..results.len()).filter(|&i| results[i].is_err()).collect();
@@ -227,7 +362,7 @@ async fn append_in(
         }
     }
 
-    if position > head {
+    if after.position > head {
         let c = columns;
         sqlx::query(INSERT_AND_MOVE_HEAD)
             .bind(c.position)
@@ -244,14 +379,14 @@ async fn append_in(
             .bind(c.actor)
             .bind(c.recorded_at)
             .bind(c.hash)
-            .bind(position)
-            .bind(&previous)
+            .bind(after.position)
+            .bind(&after.hash)
             .bind(NOTIFY_CHANNEL)
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
     }
-    Ok(results)
+    Ok((results, after))
 }
 
 impl Columns {

@@ -5,7 +5,9 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::append::{append_transaction, AppendResults};
+use std::sync::Arc;
+
+use super::append::{append_transaction, AppendPaths, AppendResults};
 use super::{AppendRequest, EventStoreError};
 
 /// Most requests joined into one transaction.
@@ -16,13 +18,15 @@ pub(super) struct Job {
     pub reply: oneshot::Sender<Result<AppendResults, EventStoreError>>,
 }
 
-pub(super) fn spawn_writer(pool: sqlx::PgPool) -> mpsc::UnboundedSender<Job> {
+pub(super) fn spawn_writer(pool: sqlx::PgPool, paths: Arc<AppendPaths>) -> mpsc::UnboundedSender<Job> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(writer(pool, rx));
+    tokio::spawn(writer(pool, rx, paths));
     tx
 }
 
-async fn writer(pool: sqlx::PgPool, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn writer(pool: sqlx::PgPool, mut rx: mpsc::UnboundedReceiver<Job>, paths: Arc<AppendPaths>) {
+    // Where this writer's last append left the log; all its appends go through here, in order.
+    let mut tip = None;
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         let mut requests = jobs[0].requests.len();
@@ -37,13 +41,13 @@ async fn writer(pool: sqlx::PgPool, mut rx: mpsc::UnboundedReceiver<Job>) {
         }
         if jobs.len() == 1 {
             let job = jobs.pop().expect("one job");
-            let result = append_transaction(&pool, &job.requests).await;
+            let result = append_transaction(&pool, &job.requests, &mut tip, &paths).await;
             let _ = job.reply.send(result);
             continue;
         }
         let lengths: Vec<usize> = jobs.iter().map(|j| j.requests.len()).collect();
         let combined: Vec<AppendRequest> = jobs.iter_mut().flat_map(|j| std::mem::take(&mut j.requests)).collect();
-        match append_transaction(&pool, &combined).await {
+        match append_transaction(&pool, &combined, &mut tip, &paths).await {
             Ok(results) => {
                 let mut results = results.into_iter();
                 for (job, n) in jobs.into_iter().zip(lengths) {
@@ -57,7 +61,7 @@ async fn writer(pool: sqlx::PgPool, mut rx: mpsc::UnboundedReceiver<Job>) {
                 let mut combined = combined.into_iter();
                 for (job, n) in jobs.into_iter().zip(lengths) {
                     let own: Vec<AppendRequest> = combined.by_ref().take(n).collect();
-                    let _ = job.reply.send(append_transaction(&pool, &own).await);
+                    let _ = job.reply.send(append_transaction(&pool, &own, &mut tip, &paths).await);
                 }
             }
         }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use thiserror::Error;
 use uuid::Uuid;
 
-pub use append::{AppendRejection, AppendRequest, AppendResults, Appended};
+pub use append::{AppendPaths, AppendRejection, AppendRequest, AppendResults, Appended};
 pub use chain::{verify_chain, VerifyReport};
 
 /// The channel every append notifies with the new head position.
@@ -113,16 +113,23 @@ impl EventStoreError {
 pub struct EventStore {
     pool: sqlx::PgPool,
     writer: tokio::sync::mpsc::UnboundedSender<group_commit::Job>,
+    paths: std::sync::Arc<AppendPaths>,
 }
 
 impl EventStore {
     /// Must be called inside a tokio runtime: it starts the store's group-commit writer task.
     pub fn new(pool: sqlx::PgPool) -> Self {
-        let writer = group_commit::spawn_writer(pool.clone());
-        EventStore { pool, writer }
+        let paths = std::sync::Arc::new(AppendPaths::default());
+        let writer = group_commit::spawn_writer(pool.clone(), paths.clone());
+        EventStore { pool, writer, paths }
     }
 
     pub fn pool(&self) -> &sqlx::PgPool {
         &self.pool
+    }
+
+    /// How this store's appends went so far: in one round trip, or through the slow path.
+    pub fn append_paths(&self) -> &AppendPaths {
+        &self.paths
     }
 }
