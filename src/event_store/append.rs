@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::Row;
 use uuid::Uuid;
 
 use super::chain::HashInput;
@@ -191,36 +192,29 @@ async fn append_at_tip(
     if plan.columns.position.is_empty() || plan.results.iter().any(Result::is_err) {
         return Ok(None);
     }
-    let c = plan.columns;
-    let appended: bool = sqlx::query_scalar(
+    let Plan {
+        results,
+        columns,
+        after,
+    } = plan;
+    let query = sqlx::query(
         "SELECT append_at_head($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
          $19, $20, $21)",
     )
     .bind(from.position)
     .bind(&from.hash)
     .bind(stream_ids)
-    .bind(stream_versions)
-    .bind(c.position)
-    .bind(c.event_id)
-    .bind(c.stream_id)
-    .bind(c.scope)
-    .bind(c.version)
-    .bind(c.event_type)
-    .bind(c.schema_version)
-    .bind(c.payload)
-    .bind(c.metadata)
-    .bind(c.causation_id)
-    .bind(c.correlation_id)
-    .bind(c.actor)
-    .bind(c.recorded_at)
-    .bind(c.hash)
-    .bind(plan.after.position)
-    .bind(&plan.after.hash)
-    .bind(NOTIFY_CHANNEL)
-    .fetch_one(pool)
-    .await
-    .map_err(EventStoreError::classify)?;
-    Ok(appended.then_some((plan.results, plan.after)))
+    .bind(stream_versions);
+    let appended: bool = columns
+        .bind_to(query)
+        .bind(after.position)
+        .bind(&after.hash)
+        .bind(NOTIFY_CHANNEL)
+        .fetch_one(pool)
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(EventStoreError::classify)?;
+    Ok(appended.then_some((results, after)))
 }
 
 /// An append worked out in memory: each request's result, the rows to insert, and the head after them.
@@ -363,22 +357,8 @@ async fn append_in(
     }
 
     if after.position > head {
-        let c = columns;
-        sqlx::query(INSERT_AND_MOVE_HEAD)
-            .bind(c.position)
-            .bind(c.event_id)
-            .bind(c.stream_id)
-            .bind(c.scope)
-            .bind(c.version)
-            .bind(c.event_type)
-            .bind(c.schema_version)
-            .bind(c.payload)
-            .bind(c.metadata)
-            .bind(c.causation_id)
-            .bind(c.correlation_id)
-            .bind(c.actor)
-            .bind(c.recorded_at)
-            .bind(c.hash)
+        columns
+            .bind_to(sqlx::query(INSERT_AND_MOVE_HEAD))
             .bind(after.position)
             .bind(&after.hash)
             .bind(NOTIFY_CHANNEL)
@@ -389,7 +369,28 @@ async fn append_in(
     Ok((results, after))
 }
 
+type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
 impl Columns {
+    /// Binds the 14 columns, in table order, as the query's next parameters.
+    fn bind_to(self, query: Query<'_>) -> Query<'_> {
+        query
+            .bind(self.position)
+            .bind(self.event_id)
+            .bind(self.stream_id)
+            .bind(self.scope)
+            .bind(self.version)
+            .bind(self.event_type)
+            .bind(self.schema_version)
+            .bind(self.payload)
+            .bind(self.metadata)
+            .bind(self.causation_id)
+            .bind(self.correlation_id)
+            .bind(self.actor)
+            .bind(self.recorded_at)
+            .bind(self.hash)
+    }
+
     fn push(
         &mut self,
         position: i64,
