@@ -4,9 +4,43 @@
 -- commit left, computes the next events' positions, versions and hashes from them, and sends everything
 -- in one call of this function, outside an explicit transaction (so the call commits too). Under the
 -- log_head lock the function checks that assumption: nothing was appended since, and every stream is at
--- the version the writer assumed. When the assumption holds it inserts, moves the head and notifies,
--- exactly as the five-step append does; when it does not, it writes nothing and returns false, and the
--- writer takes the five-step path, which reads the head and versions under the lock.
+-- the version the writer assumed. When the assumption holds it inserts, moves the head and notifies
+-- (insert_events, which the five-step path calls too once it holds the lock); when it does not, it writes
+-- nothing and returns false, and the writer takes the five-step path, which reads the head and versions
+-- under the lock.
+
+-- Writes worked-out events at the head and moves the head past them, with the notification tailers wait
+-- for. The caller holds the log_head lock and has checked the streams' versions.
+CREATE FUNCTION insert_events(
+    positions         bigint[],
+    event_ids         uuid[],
+    event_streams     text[],
+    scopes            text[],
+    versions          bigint[],
+    event_types       text[],
+    schema_versions   integer[],
+    payloads          text[],
+    metadatas         text[],
+    causation_ids     uuid[],
+    correlation_ids   uuid[],
+    actors            text[],
+    recorded_ats      timestamptz[],
+    hashes            bytea[],
+    new_position      bigint,
+    new_hash          bytea,
+    channel           text
+) RETURNS void LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    INSERT INTO events (position, event_id, stream_id, scope, version, event_type, schema_version,
+                        payload, metadata, causation_id, correlation_id, actor, recorded_at, hash)
+    SELECT p, e, s, sc, v, t, sv, pl::json, md::json, c, co, a, r, h
+    FROM unnest(positions, event_ids, event_streams, scopes, versions, event_types, schema_versions,
+                payloads, metadatas, causation_ids, correlation_ids, actors, recorded_ats, hashes)
+         AS x(p, e, s, sc, v, t, sv, pl, md, c, co, a, r, h);
+    UPDATE log_head SET position = new_position, last_hash = new_hash;
+    PERFORM pg_notify(channel, new_position::text);
+END $$;
+
 CREATE FUNCTION append_at_head(
     expected_position bigint,
     expected_hash     bytea,
@@ -46,13 +80,8 @@ BEGIN
     ) THEN
         RETURN false;
     END IF;
-    INSERT INTO events (position, event_id, stream_id, scope, version, event_type, schema_version,
-                        payload, metadata, causation_id, correlation_id, actor, recorded_at, hash)
-    SELECT p, e, s, sc, v, t, sv, pl::json, md::json, c, co, a, r, h
-    FROM unnest(positions, event_ids, event_streams, scopes, versions, event_types, schema_versions,
-                payloads, metadatas, causation_ids, correlation_ids, actors, recorded_ats, hashes)
-         AS x(p, e, s, sc, v, t, sv, pl, md, c, co, a, r, h);
-    UPDATE log_head SET position = new_position, last_hash = new_hash;
-    PERFORM pg_notify(channel, new_position::text);
+    PERFORM insert_events(positions, event_ids, event_streams, scopes, versions, event_types,
+                          schema_versions, payloads, metadatas, causation_ids, correlation_ids, actors,
+                          recorded_ats, hashes, new_position, new_hash, channel);
     RETURN true;
 END $$;

@@ -167,6 +167,16 @@ async fn a_retried_append_with_the_same_event_ids_is_acknowledged_not_duplicated
     assert!(store.append(other).await.is_err());
 }
 
+async fn versions(store: &EventStore, stream: &str) -> Vec<i64> {
+    store
+        .read_stream(stream, 1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect()
+}
+
 fn paths(store: &EventStore) -> (u64, u64) {
     let p = store.append_paths();
     (p.fast.load(Ordering::SeqCst), p.slow.load(Ordering::SeqCst))
@@ -227,14 +237,7 @@ async fn appends_from_the_remembered_head_fall_back_whenever_the_log_moved_under
         "rejections used up no position"
     );
 
-    let stream: Vec<i64> = a
-        .read_stream("s:1", 1)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.version)
-        .collect();
-    assert_eq!(stream, (1..=6).collect::<Vec<_>>());
+    assert_eq!(versions(&a, "s:1").await, (1..=6).collect::<Vec<_>>());
     let positions: Vec<i64> = a.read_all(0, 100).await.unwrap().iter().map(|e| e.position).collect();
     assert_eq!(positions, (1..=12).collect::<Vec<_>>());
     assert_eq!(a.head().await.unwrap(), 12);
@@ -289,14 +292,10 @@ async fn two_writers_contending_keep_the_log_gapless_and_the_chain_whole() {
     assert_eq!(total, TASKS * APPENDS);
     let store = &stores[0];
     assert_eq!(store.head().await.unwrap(), total as i64);
-    let shared: Vec<i64> = store
-        .read_stream("s:shared", 1)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.version)
-        .collect();
-    assert_eq!(shared, (1..=(TASKS * APPENDS / 2) as i64).collect::<Vec<_>>());
+    assert_eq!(
+        versions(store, "s:shared").await,
+        (1..=(TASKS * APPENDS / 2) as i64).collect::<Vec<_>>()
+    );
     assert!(verify_chain(store).await.unwrap().is_ok());
     let (fast, slow) = stores.iter().map(paths).fold((0, 0), |(f, s), (a, b)| (f + a, s + b));
     assert!(fast > 0 && slow > 0, "both paths taken: {fast} fast, {slow} slow");

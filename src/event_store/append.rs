@@ -67,18 +67,9 @@ struct Columns {
     hash: Vec<Vec<u8>>,
 }
 
-const INSERT_AND_MOVE_HEAD: &str = "
-WITH inserted AS (
-    INSERT INTO events (position, event_id, stream_id, scope, version, event_type, schema_version,
-                        payload, metadata, causation_id, correlation_id, actor, recorded_at, hash)
-    SELECT p, e, s, sc, v, t, sv, pl::json, md::json, c, co, a, r, h
-    FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::int[],
-                $8::text[], $9::text[], $10::uuid[], $11::uuid[], $12::text[], $13::timestamptz[], $14::bytea[])
-         AS x(p, e, s, sc, v, t, sv, pl, md, c, co, a, r, h)
-), head AS (
-    UPDATE log_head SET position = $15, last_hash = $16 RETURNING position
-)
-SELECT pg_notify($17, position::text) FROM head";
+/// Writes a planned append's rows and moves the head (migrations/0004), under the lock the caller holds.
+const INSERT_EVENTS: &str =
+    "SELECT insert_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
 
 impl EventStore {
     /// Appends one stream's events; a version mismatch is `Ok(Err(rejection))`.
@@ -358,7 +349,7 @@ async fn append_in(
 
     if after.position > head {
         columns
-            .bind_to(sqlx::query(INSERT_AND_MOVE_HEAD))
+            .bind_to(sqlx::query(INSERT_EVENTS))
             .bind(after.position)
             .bind(&after.hash)
             .bind(NOTIFY_CHANNEL)

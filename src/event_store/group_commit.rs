@@ -3,9 +3,9 @@
 //! call goes to a single writer task, which takes whatever calls are waiting and appends them together in
 //! one transaction: one fsync for the group, and each call still gets its own per-request results.
 
-use tokio::sync::{mpsc, oneshot};
-
 use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
 
 use super::append::{append_transaction, AppendPaths, AppendResults};
 use super::{AppendRequest, EventStoreError};
