@@ -33,6 +33,12 @@ impl Histogram {
         self.sum_nanos.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
     }
 
+    /// Observations so far and their total time.
+    pub fn totals(&self) -> (u64, Duration) {
+        let nanos = self.sum_nanos.load(Ordering::Relaxed);
+        (self.count.load(Ordering::Relaxed), Duration::from_nanos(nanos))
+    }
+
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;

@@ -64,7 +64,10 @@ pub async fn search(
     request.validate(MAX_K)?;
     state.wait_for(body.wait_for.or(params.wait_for)).await?;
     let started = Instant::now();
-    let vector = if request.mode.needs_vector() {
+    let embedding = async {
+        if !request.mode.needs_vector() {
+            return Ok(None);
+        }
         let encoder = state.query_encoder()?;
         let question = body.query.clone();
         let vector = tokio::task::spawn_blocking(move || encoder.encode(&question))
@@ -72,15 +75,16 @@ pub async fn search(
             .map_err(|e| ApiError::internal(&e))?
             .map_err(|e| ApiError::internal(&e))?;
         state.metrics().query_embed_latency.observe(started.elapsed());
-        Some(vector)
-    } else {
-        None
+        Ok::<_, ApiError>(Some(vector))
     };
+    // The snapshot's round trips to the database overlap the model work instead of following it.
+    let (vector, snapshot) = tokio::join!(embedding, search::Snapshot::live(state.pool()));
+    let (vector, snapshot) = (vector?, snapshot?);
     let query = search::Query {
         text: &body.query,
         vector: vector.as_deref(),
     };
-    let response = search::search(state.pool(), query, &request).await?;
+    let response = snapshot.search(query, &request).await?;
     state.metrics().search_latency.observe(started.elapsed());
     Ok(Json(response))
 }

@@ -42,6 +42,8 @@ pub struct Phase {
     pub dense_search: Latency,
     pub hybrid_search: Latency,
     pub command: Latency,
+    /// Mean time to embed a question, from the server's own histogram (dense and hybrid searches alike).
+    pub query_embedding_mean_ms: f64,
     /// Events the projector applied during the phase (0 when idle).
     pub projected_during: u64,
     /// Whether the projector still had a backlog when the phase ended.
@@ -110,15 +112,15 @@ pub async fn run_search_bench(
 
     state.set_query_encoder(encoder);
     state.set_projector(ProjectorState::Running(projector.stats()));
-    let (address, server) = super::serve_on_loopback(state).await?;
+    let (address, server) = super::serve_on_loopback(state.clone()).await?;
 
     // Idle: the projector runs, as in `recall serve`, but has nothing to do but the phase's own commands.
     let worker = projector.spawn(Target::Active);
-    let idle = phase(&pool, address, &queries, &config).await?;
+    let idle = phase(&pool, &state, address, &queries, &config).await?;
     super::add_documents(&handler, &backlog).await?;
     // Let the projector reach full speed on the backlog before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let under_projection = phase(&pool, address, &queries, &config).await?;
+    let under_projection = phase(&pool, &state, address, &queries, &config).await?;
     worker.stop().await?;
     server.abort();
     Ok(SearchBenchReport {
@@ -177,11 +179,13 @@ async fn hnsw_recall(
 /// One client alternating a search and a command with think time between, over HTTP.
 async fn phase(
     pool: &sqlx::PgPool,
+    state: &AppState,
     address: SocketAddr,
     queries: &[String],
     config: &SearchBenchConfig,
 ) -> Result<Phase, BenchError> {
     let before = projector::status(pool).await?;
+    let embedded_before = state.metrics().query_embed_latency.totals();
     let base = format!("http://{address}");
     let (queries, requests, pause) = (queries.to_vec(), config.requests, config.pause);
     let (dense, hybrid, command) = tokio::task::spawn_blocking(move || -> Result<_, BenchError> {
@@ -223,12 +227,16 @@ async fn phase(
     .await
     .map_err(|e| ProjectorError::Panicked(e.to_string()))??;
     let after = projector::status(pool).await?;
+    let embedded_after = state.metrics().query_embed_latency.totals();
+    let queries_embedded = embedded_after.0.saturating_sub(embedded_before.0).max(1);
+    let embedding = embedded_after.1.saturating_sub(embedded_before.1);
     let checkpoint = |r: &projector::StatusReport| r.active().map_or(0, |p| p.checkpoint);
     let still_behind = after.active().is_some_and(|p| p.lag_events > 0);
     Ok(Phase {
         dense_search: Latency::from_samples(dense),
         hybrid_search: Latency::from_samples(hybrid),
         command: Latency::from_samples(command),
+        query_embedding_mean_ms: embedding.as_secs_f64() * 1000.0 / queries_embedded as f64,
         projected_during: (checkpoint(&after) - checkpoint(&before)).max(0) as u64,
         backlog_throughout: still_behind,
     })

@@ -73,6 +73,9 @@ pub enum BenchCommand {
         /// --foreground-window 0`), to compare with the default.
         #[arg(long)]
         no_yield: bool,
+        /// Keep the scratch database afterwards (its name is printed), to inspect the index and plans.
+        #[arg(long)]
+        keep_database: bool,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -116,8 +119,9 @@ async fn scratch_database(name: &str) -> anyhow::Result<(sqlx::PgPool, sqlx::pos
     Ok((pool, admin))
 }
 
-/// Runs `work` on a fresh scratch database and drops the database afterwards, whatever `work` returned.
-async fn on_scratch_database<T, F, Fut>(work: F) -> anyhow::Result<T>
+/// Runs `work` on a fresh scratch database and drops the database afterwards (unless `keep`), whatever
+/// `work` returned.
+async fn on_scratch_database<T, F, Fut>(keep: bool, work: F) -> anyhow::Result<T>
 where
     F: FnOnce(sqlx::PgPool) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
@@ -126,7 +130,11 @@ where
     let (pool, admin) = scratch_database(&name).await.context("creating the scratch database")?;
     let result = work(pool.clone()).await;
     pool.close().await;
-    drop_database(&admin, &name).await?;
+    if keep {
+        eprintln!("kept the scratch database {name}");
+    } else {
+        drop_database(&admin, &name).await?;
+    }
     result
 }
 
@@ -173,7 +181,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 duration: std::time::Duration::from_secs(seconds),
                 threads,
             };
-            let report = on_scratch_database(|pool| async move {
+            let report = on_scratch_database(false, |pool| async move {
                 Ok(recall::bench::run_soak(EventStore::new(pool), embedder, config).await?)
             })
             .await?;
@@ -224,6 +232,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             pause_ms,
             recall_queries,
             no_yield,
+            keep_database,
             json,
             model,
         } => {
@@ -251,7 +260,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 threads,
                 yield_to_requests: !no_yield,
             };
-            let report = on_scratch_database(|pool| async move {
+            let report = on_scratch_database(keep_database, |pool| async move {
                 Ok(
                     recall::bench::run_search_bench(EventStore::new(pool), embedder, base, extra, questions, config)
                         .await?,
@@ -267,8 +276,8 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 );
                 for (name, phase) in [("idle", &report.idle), ("projector busy", &report.under_projection)] {
                     println!(
-                        "{name:>15}: dense search p50 {:.1} ms p99 {:.1} ms | hybrid search p50 {:.1} ms p99 {:.1} ms | command p50 {:.2} ms p99 {:.2} ms | {} events projected meanwhile{}",
-                        phase.dense_search.p50_ms, phase.dense_search.p99_ms, phase.hybrid_search.p50_ms, phase.hybrid_search.p99_ms, phase.command.p50_ms, phase.command.p99_ms,
+                        "{name:>15}: dense search p50 {:.1} ms p99 {:.1} ms (question's embedding: mean {:.1} ms) | hybrid search p50 {:.1} ms p99 {:.1} ms | command p50 {:.2} ms p99 {:.2} ms | {} events projected meanwhile{}",
+                        phase.dense_search.p50_ms, phase.dense_search.p99_ms, phase.query_embedding_mean_ms, phase.hybrid_search.p50_ms, phase.hybrid_search.p99_ms, phase.command.p50_ms, phase.command.p99_ms,
                         phase.projected_during, if phase.backlog_throughout { ", backlog left at the end" } else { "" }
                     );
                 }
@@ -325,7 +334,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             documents.truncate(limit.unwrap_or(usize::MAX));
             let embedder = tokio::task::spawn_blocking(move || model.load()).await??;
             let backend = std::sync::Arc::new(recall::projector::ModelBackend::new(embedder, 32));
-            let report = on_scratch_database(|pool| async move {
+            let report = on_scratch_database(false, |pool| async move {
                 Ok(recall::bench::run_project_bench(EventStore::new(pool), backend, documents).await?)
             })
             .await?;
@@ -359,7 +368,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 bulk_documents: bulk,
                 bulk_batch: batch,
             };
-            let report = on_scratch_database(|pool| async move {
+            let report = on_scratch_database(false, |pool| async move {
                 Ok(run_append_bench(&CommandHandler::new(EventStore::new(pool)), config).await?)
             })
             .await?;

@@ -5,7 +5,8 @@
 //! kernel instead: a general GEMM packs the whole weight matrix on every call and wakes its thread pool,
 //! which for a 15-token query costs more than the arithmetic. For that path the weights are packed once
 //! at load, in 16-column panels laid out for sequential streaming, and each panel is multiplied against
-//! all rows while it sits in cache.
+//! all rows while it sits in cache. On a CPU with AVX-512 a panel is one register wide and up to 16 rows
+//! accumulate in registers at once; with AVX2 it is two registers and six rows.
 //!
 //! The panels hold the weights in half precision (IEEE binary16), widened to f32 as they are loaded;
 //! products and sums stay in f32. Why: a query multiplies ~20 rows against every weight once, so it
@@ -20,10 +21,14 @@ use rayon::prelude::*;
 
 use super::kernels::{contiguous, SharedOut};
 
-/// Columns per panel: two AVX2 registers of eight floats.
+/// Columns per panel: one AVX-512 register, or two AVX2 registers, of f32.
 const PANEL: usize = 16;
-/// Rows per register block: 6 rows x 2 registers of accumulators leave room for the loads.
-const ROW_BLOCK: usize = 6;
+/// Rows multiplied against a panel per pass over it. The AVX-512 kernel keeps them all in registers
+/// (16 accumulators of its 32), so a query of up to 16 tokens streams each panel once.
+const ROW_BLOCK: usize = 16;
+/// Rows per register block of the AVX2 kernel: 6 rows x 2 registers of accumulators leave room for the
+/// loads in its 16 registers.
+const AVX2_ROWS: usize = 6;
 /// Up to this many rows the packed kernel beats the general GEMM on this model's shapes (measured).
 const MAX_ROWS: usize = 48;
 
@@ -140,8 +145,11 @@ impl Matmul<'_> {
             let panel = &w.panels[p * k * PANEL..(p + 1) * k * PANEL];
             let cols = PANEL.min(n - p * PANEL);
             let mut tile = [0.0f32; ROW_BLOCK * PANEL];
-            for r0 in (0..m).step_by(ROW_BLOCK) {
-                let rows = ROW_BLOCK.min(m - r0);
+            // Blocks of equal size: 20 rows as 10 + 10, not 16 + 4, whose short pass costs nearly as
+            // much as a full one.
+            let block = m.div_ceil(m.div_ceil(ROW_BLOCK));
+            for r0 in (0..m).step_by(block) {
+                let rows = block.min(m - r0);
                 multiply_panel(&x[r0 * k..(r0 + rows) * k], rows, k, panel, &mut tile);
                 for r in 0..rows {
                     let row = &mut tile[r * PANEL..r * PANEL + cols];
@@ -160,19 +168,29 @@ impl Matmul<'_> {
     }
 }
 
-/// tile[r][0..16] = sum over kk of x[r][kk] * panel[kk][0..16], for up to six rows.
+/// tile[r][0..16] = sum over kk of x[r][kk] * panel[kk][0..16], for up to ROW_BLOCK rows.
 fn multiply_panel(x: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32; ROW_BLOCK * PANEL]) {
+    assert!((1..=ROW_BLOCK).contains(&rows) && x.len() >= rows * k && panel.len() >= k * PANEL);
     #[cfg(target_arch = "x86_64")]
     {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (whose conversion from binary16 needs nothing more); the
+            // slices were checked above.
+            return unsafe { multiply_panel_avx512(x, rows, k, panel, tile) };
+        }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-            // SAFETY: the CPU has AVX2, FMA and F16C.
-            return unsafe { multiply_panel_avx2(x, rows, k, panel, tile) };
+            for r0 in (0..rows).step_by(AVX2_ROWS) {
+                let n = AVX2_ROWS.min(rows - r0);
+                // SAFETY: the CPU has AVX2, FMA and F16C; rows r0..r0 + n of x and of the tile exist.
+                unsafe { multiply_panel_avx2(&x[r0 * k..], n, k, panel, &mut tile[r0 * PANEL..]) };
+            }
+            return;
         }
     }
     multiply_panel_portable(x, rows, k, panel, tile)
 }
 
-fn multiply_panel_portable(x: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32; ROW_BLOCK * PANEL]) {
+fn multiply_panel_portable(x: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32]) {
     tile.fill(0.0);
     let mut wide = [0.0f32; PANEL];
     for kk in 0..k {
@@ -188,11 +206,13 @@ fn multiply_panel_portable(x: &[f32], rows: usize, k: usize, panel: &[u16], tile
     }
 }
 
+/// Up to AVX2_ROWS rows; `x` and `tile` start at the block's first row.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn multiply_panel_avx2(x: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32; ROW_BLOCK * PANEL]) {
+unsafe fn multiply_panel_avx2(x: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32]) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 2]; ROW_BLOCK];
+    debug_assert!(rows <= AVX2_ROWS && x.len() >= rows * k && tile.len() >= rows * PANEL);
+    let mut acc = [[_mm256_setzero_ps(); 2]; AVX2_ROWS];
     let w = panel.as_ptr();
     let xp = x.as_ptr();
     for kk in 0..k {
@@ -208,6 +228,43 @@ unsafe fn multiply_panel_avx2(x: &[f32], rows: usize, k: usize, panel: &[u16], t
     for (r, a) in acc.iter().enumerate().take(rows) {
         _mm256_storeu_ps(tile.as_mut_ptr().add(r * PANEL), a[0]);
         _mm256_storeu_ps(tile.as_mut_ptr().add(r * PANEL + 8), a[1]);
+    }
+}
+
+/// The row count picks a kernel compiled for it, so that its accumulators are registers, not an
+/// array indexed at run time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn multiply_panel_avx512(x: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32]) {
+    macro_rules! by_rows {
+        ($($r:literal)*) => {
+            match rows {
+                $($r => panel_avx512::<$r>(x, k, panel, tile),)*
+                _ => unreachable!("multiply_panel checks 1 <= rows <= ROW_BLOCK"),
+            }
+        };
+    }
+    by_rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+}
+
+/// R rows against one panel: per step of k, one load widening 16 binary16 weights and R fused
+/// multiply-adds whose x operand is broadcast from memory.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn panel_avx512<const R: usize>(x: &[f32], k: usize, panel: &[u16], tile: &mut [f32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(x.len() >= R * k && panel.len() >= k * PANEL && tile.len() >= R * PANEL);
+    let mut acc = [_mm512_setzero_ps(); R];
+    let w = panel.as_ptr();
+    let xp = x.as_ptr();
+    for kk in 0..k {
+        let wv = _mm512_cvtph_ps(_mm256_loadu_si256(w.add(kk * PANEL) as *const __m256i));
+        for (r, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add(r * k + kk)), wv, *a);
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        _mm512_storeu_ps(tile.as_mut_ptr().add(r * PANEL), *a);
     }
 }
 
@@ -230,7 +287,8 @@ mod tests {
 
     #[test]
     fn both_paths_multiply_and_add_the_bias_like_the_reference() {
-        // 37 columns: two whole panels and a partial one; row counts on both sides of MAX_ROWS.
+        // 37 columns: two whole panels and a partial one; row counts that split into blocks of rows
+        // unevenly, and on both sides of MAX_ROWS.
         let (k, n) = (53, 37);
         let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
         let w: Vec<f32> = (0..k * n).map(value).collect();
@@ -242,7 +300,7 @@ mod tests {
             w16.iter().zip(&w).any(|(a, b)| a != b),
             "the values must not all be exact in binary16"
         );
-        for m in [1, 5, 6, 7, MAX_ROWS, MAX_ROWS + 1, 200] {
+        for m in [1, 5, 6, 7, 15, 16, 17, 20, 33, MAX_ROWS, MAX_ROWS + 1, 200] {
             let x: Vec<f32> = (0..m * k).map(|i| value(i + 11)).collect();
             let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
             let w = if m <= MAX_ROWS { &w16 } else { &w };
@@ -262,31 +320,53 @@ mod tests {
     }
 
     #[test]
-    fn the_portable_panel_kernel_matches_the_vector_one() {
-        // Machines without AVX2, FMA and F16C take the portable kernel: it must compute the same tile.
+    fn every_panel_kernel_this_cpu_has_computes_the_same_tile() {
+        // Each machine takes the widest kernel it has (AVX-512, else AVX2 in blocks of six rows, else
+        // portable), so every one it can run is checked here, for every row count a pass may have.
         let k = 29;
         let value = |i: usize| ((i * 104_729 % 997) as f32 / 498.5) - 1.0;
         let panel: Vec<u16> = (0..k * PANEL)
             .map(|i| half::f16::from_f32(value(i)).to_bits())
             .collect();
+        type Kernel = fn(&[f32], usize, usize, &[u16], &mut [f32]);
+        let mut kernels: Vec<(&str, Kernel)> = vec![("portable", multiply_panel_portable)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+                kernels.push(("avx2", |x, rows, k, panel, tile| {
+                    for r0 in (0..rows).step_by(AVX2_ROWS) {
+                        let n = AVX2_ROWS.min(rows - r0);
+                        // SAFETY: detected above; the slices hold these rows.
+                        unsafe { multiply_panel_avx2(&x[r0 * k..], n, k, panel, &mut tile[r0 * PANEL..]) };
+                    }
+                }));
+            }
+            if is_x86_feature_detected!("avx512f") {
+                // SAFETY: detected above; the slices hold these rows.
+                kernels.push(("avx512", |x, rows, k, panel, tile| unsafe {
+                    multiply_panel_avx512(x, rows, k, panel, tile)
+                }));
+            }
+        }
+        kernels.push(("dispatched", |x, rows, k, panel, tile| {
+            multiply_panel(x, rows, k, panel, tile.try_into().expect("a whole tile"))
+        }));
         for rows in 1..=ROW_BLOCK {
             let x: Vec<f32> = (0..rows * k).map(|i| value(i + 5)).collect();
-            let (mut portable, mut dispatched) = ([f32::NAN; ROW_BLOCK * PANEL], [f32::NAN; ROW_BLOCK * PANEL]);
-            multiply_panel_portable(&x, rows, k, &panel, &mut portable);
-            multiply_panel(&x, rows, k, &panel, &mut dispatched);
-            for i in 0..rows * PANEL {
-                let (r, c) = (i / PANEL, i % PANEL);
-                let want: f64 = (0..k)
-                    .map(|kk| x[r * k + kk] as f64 * half::f16::from_bits(panel[kk * PANEL + c]).to_f64())
-                    .sum();
-                assert!(
-                    (portable[i] as f64 - want).abs() < 1e-4,
-                    "portable, rows={rows}, element {i}"
-                );
-                assert!(
-                    (dispatched[i] as f64 - want).abs() < 1e-4,
-                    "dispatched, rows={rows}, element {i}"
-                );
+            for (name, kernel) in &kernels {
+                let mut tile = [f32::NAN; ROW_BLOCK * PANEL];
+                kernel(&x, rows, k, &panel, &mut tile);
+                for i in 0..rows * PANEL {
+                    let (r, c) = (i / PANEL, i % PANEL);
+                    let want: f64 = (0..k)
+                        .map(|kk| x[r * k + kk] as f64 * half::f16::from_bits(panel[kk * PANEL + c]).to_f64())
+                        .sum();
+                    assert!(
+                        (tile[i] as f64 - want).abs() < 1e-4,
+                        "{name}, rows={rows}, element {i}: {} against {want}",
+                        tile[i]
+                    );
+                }
             }
         }
     }

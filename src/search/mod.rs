@@ -146,7 +146,8 @@ pub struct SearchResponse {
 
 #[tracing::instrument(skip_all, fields(k = request.k, mode = request.mode.name(), as_of = ?request.as_of))]
 pub async fn search(pool: &PgPool, query: Query<'_>, request: &SearchRequest) -> Result<SearchResponse, SearchError> {
-    run(pool, query, request, false).await
+    request.validate(MAX_K)?;
+    Snapshot::open(pool, false).await?.search(query, request).await
 }
 
 /// The same search by an exact scan of every candidate chunk instead of the HNSW index: slow, but the
@@ -156,89 +157,115 @@ pub async fn search_exact(
     query: Query<'_>,
     request: &SearchRequest,
 ) -> Result<SearchResponse, SearchError> {
-    run(pool, query, request, true).await
+    request.validate(MAX_K)?;
+    Snapshot::open(pool, true).await?.search(query, request).await
 }
 
-async fn run(
-    pool: &PgPool,
-    query: Query<'_>,
-    request: &SearchRequest,
-    exact: bool,
-) -> Result<SearchResponse, SearchError> {
-    request.validate(MAX_K)?;
-    let vector = match (request.mode.needs_vector(), query.vector) {
-        (true, None) => {
-            return Err(SearchError::NoVector {
-                mode: request.mode.name(),
-            })
-        }
-        (_, v) => v.map(|v| pgvector::Vector::from(v.to_vec())),
-    };
-    // One snapshot for the receipt and the rows, so the receipt describes exactly what was searched. Each
-    // round trip to the server is a wake-up that can wait for a CPU under load, so the transaction's
-    // options go with its BEGIN, and its settings with the first read (the snapshot is taken there).
-    let mut tx = pool
-        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .await?;
-    // Settings for this transaction only, applied by the statement that reads the checkpoint:
-    // - the HNSW scan keeps going past rows that scopes and filters drop (iterative scan), and looks at
-    //   HNSW_EF_SEARCH candidates (at 110k chunks, pgvector's default of 40 gave recall@10 0.91, 100 gave
-    //   0.97, 200 gives 0.99 for about 1 ms more);
-    // - every execution is planned with its own parameters: a generic plan cannot see the LIMIT or the
-    //   query's words and may scan every chunk instead of using the indexes;
-    // - an exact search turns the index off.
-    // set_config is volatile, so PostgreSQL evaluates the subquery although no column of it is read.
-    let (generation, checkpoint): (i64, i64) = sqlx::query_as(
-        "SELECT p.generation, p.checkpoint
-         FROM (SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),
-                      set_config('hnsw.ef_search', $1, true),
-                      set_config('plan_cache_mode', 'force_custom_plan', true),
-                      set_config('enable_indexscan', $2, true)) AS settings,
-              projections p
-         WHERE p.status = 'active'",
-    )
-    .bind(HNSW_EF_SEARCH.to_string())
-    .bind(if exact { "off" } else { "on" })
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(SearchError::NoReadModel)?;
-    let position = match request.as_of {
-        None => checkpoint,
-        Some(p) if p > checkpoint => return Err(SearchError::AsOfAhead { as_of: p, checkpoint }),
-        Some(p) => p,
-    };
-    let scope = request.scope.as_ref().map(|s| s.as_str().to_owned());
-    // Fusion needs more than k from each side: a chunk ranked low by one and high by the other may win.
-    let depth = match request.mode {
-        SearchMode::Hybrid => (request.k * 3).clamp(50, MAX_K),
-        _ => request.k,
-    };
-    let ranked = |mode: SearchMode| {
-        let sql = sql::query(mode, request.as_of.is_some());
-        sqlx::query_as::<_, SearchHit>(sql)
-            .bind(vector.clone())
-            .bind(generation)
-            .bind(scope.clone())
-            .bind(request.filter.clone())
-            .bind(depth as i64)
-            .bind(request.first_chunk_only)
-            .bind(position)
-            .bind(query.text)
-    };
-    let mut results = match request.mode {
-        SearchMode::Dense | SearchMode::Lexical => ranked(request.mode).fetch_all(&mut *tx).await?,
-        SearchMode::Hybrid => {
-            let dense = ranked(SearchMode::Dense).fetch_all(&mut *tx).await?;
-            let lexical = ranked(SearchMode::Lexical).fetch_all(&mut *tx).await?;
-            fuse(sorted(dense), lexical)
-        }
-    };
-    // The transaction only read, so ending it either way is the same; dropping it queues a ROLLBACK that
-    // goes out as the connection returns to the pool, and the answer does not wait a round trip for it.
-    drop(tx);
-    results = sorted(results);
-    results.truncate(request.k);
-    Ok(SearchResponse { position, results })
+/// The read model at one moment, with the position it reflects: one transaction whose snapshot the
+/// receipt and the rows share, so the receipt describes exactly what was searched. Opening it costs two
+/// round trips to the server; the HTTP API opens it while the question is being embedded, so that they
+/// are not on the answer's path.
+pub struct Snapshot {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    generation: i64,
+    checkpoint: i64,
+}
+
+impl Snapshot {
+    /// A snapshot for a live (HNSW) search.
+    pub async fn live(pool: &PgPool) -> Result<Self, SearchError> {
+        Self::open(pool, false).await
+    }
+
+    async fn open(pool: &PgPool, exact: bool) -> Result<Self, SearchError> {
+        // Each round trip to the server is a wake-up that can wait for a CPU under load, so the
+        // transaction's options go with its BEGIN, and its settings with the first read (the snapshot is
+        // taken there).
+        let mut tx = pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+        // Settings for this transaction only, applied by the statement that reads the checkpoint:
+        // - the HNSW scan keeps going past rows that scopes and filters drop (iterative scan), and looks
+        //   at HNSW_EF_SEARCH candidates (at 110k chunks, pgvector's default of 40 gave recall@10 0.91,
+        //   100 gave 0.97, 200 gives 0.99 for about 1 ms more);
+        // - every execution is planned with its own parameters: a generic plan cannot see the LIMIT or
+        //   the query's words and may scan every chunk instead of using the indexes;
+        // - an exact search turns the index off.
+        // set_config is volatile, so PostgreSQL evaluates the subquery although no column of it is read.
+        let (generation, checkpoint): (i64, i64) = sqlx::query_as(
+            "SELECT p.generation, p.checkpoint
+             FROM (SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),
+                          set_config('hnsw.ef_search', $1, true),
+                          set_config('plan_cache_mode', 'force_custom_plan', true),
+                          set_config('enable_indexscan', $2, true)) AS settings,
+                  projections p
+             WHERE p.status = 'active'",
+        )
+        .bind(HNSW_EF_SEARCH.to_string())
+        .bind(if exact { "off" } else { "on" })
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(SearchError::NoReadModel)?;
+        Ok(Snapshot {
+            tx,
+            generation,
+            checkpoint,
+        })
+    }
+
+    /// Runs the search in this snapshot. The transaction only read, so ending it either way is the same:
+    /// it is dropped, which queues a ROLLBACK that goes out as the connection returns to the pool, and
+    /// the answer does not wait a round trip for it.
+    pub async fn search(mut self, query: Query<'_>, request: &SearchRequest) -> Result<SearchResponse, SearchError> {
+        request.validate(MAX_K)?;
+        let vector = match (request.mode.needs_vector(), query.vector) {
+            (true, None) => {
+                return Err(SearchError::NoVector {
+                    mode: request.mode.name(),
+                })
+            }
+            (_, v) => v.map(|v| pgvector::Vector::from(v.to_vec())),
+        };
+        let position = match request.as_of {
+            None => self.checkpoint,
+            Some(p) if p > self.checkpoint => {
+                return Err(SearchError::AsOfAhead {
+                    as_of: p,
+                    checkpoint: self.checkpoint,
+                })
+            }
+            Some(p) => p,
+        };
+        let scope = request.scope.as_ref().map(|s| s.as_str().to_owned());
+        // Fusion needs more than k from each side: a chunk ranked low by one and high by the other may win.
+        let depth = match request.mode {
+            SearchMode::Hybrid => (request.k * 3).clamp(50, MAX_K),
+            _ => request.k,
+        };
+        let ranked = |mode: SearchMode| {
+            let sql = sql::query(mode, request.as_of.is_some());
+            sqlx::query_as::<_, SearchHit>(sql)
+                .bind(vector.clone())
+                .bind(self.generation)
+                .bind(scope.clone())
+                .bind(request.filter.clone())
+                .bind(depth as i64)
+                .bind(request.first_chunk_only)
+                .bind(position)
+                .bind(query.text)
+        };
+        let mut results = match request.mode {
+            SearchMode::Dense | SearchMode::Lexical => ranked(request.mode).fetch_all(&mut *self.tx).await?,
+            SearchMode::Hybrid => {
+                let dense = ranked(SearchMode::Dense).fetch_all(&mut *self.tx).await?;
+                let lexical = ranked(SearchMode::Lexical).fetch_all(&mut *self.tx).await?;
+                fuse(sorted(dense), lexical)
+            }
+        };
+        results = sorted(results);
+        results.truncate(request.k);
+        Ok(SearchResponse { position, results })
+    }
 }
 
 /// Best first, ties in a fixed order so that a replay lists them alike. (The relaxed index scan may
