@@ -42,6 +42,9 @@ pub struct Phase {
     pub dense_search: Latency,
     pub hybrid_search: Latency,
     pub command: Latency,
+    /// The share of CPU time the host took from this machine during the phase, where it tells
+    /// (a virtual machine's steal time; `None` where /proc/stat is unreadable).
+    pub steal_percent: Option<f64>,
     /// Mean time to embed a question, from the server's own histogram (dense and hybrid searches alike).
     pub query_embedding_mean_ms: f64,
     /// Events the projector applied during the phase (0 when idle).
@@ -186,6 +189,7 @@ async fn phase(
 ) -> Result<Phase, BenchError> {
     let before = projector::status(pool).await?;
     let embedded_before = state.metrics().query_embed_latency.totals();
+    let cpu_before = super::CpuTimes::now();
     let base = format!("http://{address}");
     let (queries, requests, pause) = (queries.to_vec(), config.requests, config.pause);
     let (dense, hybrid, command) = tokio::task::spawn_blocking(move || -> Result<_, BenchError> {
@@ -228,6 +232,9 @@ async fn phase(
     .map_err(|e| ProjectorError::Panicked(e.to_string()))??;
     let after = projector::status(pool).await?;
     let embedded_after = state.metrics().query_embed_latency.totals();
+    let steal_percent = cpu_before
+        .zip(super::CpuTimes::now())
+        .map(|(a, b)| b.steal_percent_since(&a));
     let queries_embedded = embedded_after.0.saturating_sub(embedded_before.0).max(1);
     let embedding = embedded_after.1.saturating_sub(embedded_before.1);
     let checkpoint = |r: &projector::StatusReport| r.active().map_or(0, |p| p.checkpoint);
@@ -236,6 +243,7 @@ async fn phase(
         dense_search: Latency::from_samples(dense),
         hybrid_search: Latency::from_samples(hybrid),
         command: Latency::from_samples(command),
+        steal_percent,
         query_embedding_mean_ms: embedding.as_secs_f64() * 1000.0 / queries_embedded as f64,
         projected_during: (checkpoint(&after) - checkpoint(&before)).max(0) as u64,
         backlog_throughout: still_behind,

@@ -276,9 +276,10 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 );
                 for (name, phase) in [("idle", &report.idle), ("projector busy", &report.under_projection)] {
                     println!(
-                        "{name:>15}: dense search p50 {:.1} ms p99 {:.1} ms (question's embedding: mean {:.1} ms) | hybrid search p50 {:.1} ms p99 {:.1} ms | command p50 {:.2} ms p99 {:.2} ms | {} events projected meanwhile{}",
+                        "{name:>15}: dense search p50 {:.1} ms p99 {:.1} ms (question's embedding: mean {:.1} ms) | hybrid search p50 {:.1} ms p99 {:.1} ms | command p50 {:.2} ms p99 {:.2} ms | {} events projected meanwhile{}{}",
                         phase.dense_search.p50_ms, phase.dense_search.p99_ms, phase.query_embedding_mean_ms, phase.hybrid_search.p50_ms, phase.hybrid_search.p99_ms, phase.command.p50_ms, phase.command.p99_ms,
-                        phase.projected_during, if phase.backlog_throughout { ", backlog left at the end" } else { "" }
+                        phase.projected_during, if phase.backlog_throughout { ", backlog left at the end" } else { "" },
+                        phase.steal_percent.map(|p| format!(" | CPU steal {p:.1}%")).unwrap_or_default()
                     );
                 }
             }
