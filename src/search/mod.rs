@@ -145,7 +145,6 @@ pub struct SearchResponse {
     pub results: Vec<SearchHit>,
 }
 
-#[tracing::instrument(skip_all, fields(k = request.k, mode = request.mode.name(), as_of = ?request.as_of))]
 pub async fn search(pool: &PgPool, query: Query<'_>, request: &SearchRequest) -> Result<SearchResponse, SearchError> {
     request.validate(MAX_K)?;
     Snapshot::open(pool, false).await?.search(query, request).await
@@ -217,6 +216,7 @@ impl Snapshot {
     /// Runs the search in this snapshot. The transaction only read, so ending it either way is the same:
     /// it is dropped, which queues a ROLLBACK that goes out as the connection returns to the pool, and
     /// the answer does not wait a round trip for it.
+    #[tracing::instrument(skip_all, fields(k = request.k, mode = request.mode.name(), as_of = ?request.as_of))]
     pub async fn search(mut self, query: Query<'_>, request: &SearchRequest) -> Result<SearchResponse, SearchError> {
         request.validate(MAX_K)?;
         let vector = match (request.mode.needs_vector(), query.vector) {
