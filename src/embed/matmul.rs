@@ -178,16 +178,17 @@ fn multiply_panel(x: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f
             // slices were checked above.
             return unsafe { multiply_panel_avx512(x, rows, k, panel, tile) };
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-            for r0 in (0..rows).step_by(AVX2_ROWS) {
-                let n = AVX2_ROWS.min(rows - r0);
-                // SAFETY: the CPU has AVX2, FMA and F16C; rows r0..r0 + n of x and of the tile exist.
-                unsafe { multiply_panel_avx2(&x[r0 * k..], n, k, panel, &mut tile[r0 * PANEL..]) };
-            }
-            return;
+        if has_avx2_fma_f16c() {
+            // SAFETY: the CPU has AVX2, FMA and F16C; the slices were checked above.
+            return unsafe { multiply_panel_avx2(x, rows, k, panel, tile) };
         }
     }
     multiply_panel_portable(x, rows, k, panel, tile)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma_f16c() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
 }
 
 fn multiply_panel_portable(x: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32]) {
@@ -206,10 +207,20 @@ fn multiply_panel_portable(x: &[f32], rows: usize, k: usize, panel: &[u16], tile
     }
 }
 
-/// Up to AVX2_ROWS rows; `x` and `tile` start at the block's first row.
+/// Any number of rows, in register blocks of AVX2_ROWS.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn multiply_panel_avx2(x: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32]) {
+    for r0 in (0..rows).step_by(AVX2_ROWS) {
+        let n = AVX2_ROWS.min(rows - r0);
+        avx2_block(&x[r0 * k..], n, k, panel, &mut tile[r0 * PANEL..]);
+    }
+}
+
+/// Up to AVX2_ROWS rows; `x` and `tile` start at the block's first row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_block(x: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32]) {
     use std::arch::x86_64::*;
     debug_assert!(rows <= AVX2_ROWS && x.len() >= rows * k && tile.len() >= rows * PANEL);
     let mut acc = [[_mm256_setzero_ps(); 2]; AVX2_ROWS];
@@ -332,13 +343,10 @@ mod tests {
         let mut kernels: Vec<(&str, Kernel)> = vec![("portable", multiply_panel_portable)];
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-                kernels.push(("avx2", |x, rows, k, panel, tile| {
-                    for r0 in (0..rows).step_by(AVX2_ROWS) {
-                        let n = AVX2_ROWS.min(rows - r0);
-                        // SAFETY: detected above; the slices hold these rows.
-                        unsafe { multiply_panel_avx2(&x[r0 * k..], n, k, panel, &mut tile[r0 * PANEL..]) };
-                    }
+            if has_avx2_fma_f16c() {
+                // SAFETY: detected above; the slices hold these rows.
+                kernels.push(("avx2", |x, rows, k, panel, tile| unsafe {
+                    multiply_panel_avx2(x, rows, k, panel, tile)
                 }));
             }
             if is_x86_feature_detected!("avx512f") {
@@ -356,15 +364,14 @@ mod tests {
             for (name, kernel) in &kernels {
                 let mut tile = [f32::NAN; ROW_BLOCK * PANEL];
                 kernel(&x, rows, k, &panel, &mut tile);
-                for i in 0..rows * PANEL {
+                for (i, &got) in tile[..rows * PANEL].iter().enumerate() {
                     let (r, c) = (i / PANEL, i % PANEL);
                     let want: f64 = (0..k)
                         .map(|kk| x[r * k + kk] as f64 * half::f16::from_bits(panel[kk * PANEL + c]).to_f64())
                         .sum();
                     assert!(
-                        (tile[i] as f64 - want).abs() < 1e-4,
-                        "{name}, rows={rows}, element {i}: {} against {want}",
-                        tile[i]
+                        (got as f64 - want).abs() < 1e-4,
+                        "{name}, rows={rows}, element {i}: {got} against {want}"
                     );
                 }
             }
