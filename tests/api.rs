@@ -17,6 +17,7 @@ use recall::api::{self, ApiConfig, AppState, ProjectorState};
 use recall::commands::CommandHandler;
 use recall::embed::ComputePool;
 use recall::event_store::EventStore;
+use recall::placement::Priority;
 use recall::projector::{EmbedBackend, ModelBackend, Projector, ProjectorOptions, RunningProjector, Target};
 use recall::search::QueryEncoder;
 
@@ -36,7 +37,7 @@ impl App {
         let mut projector = None;
         if projecting {
             let backend = common::model_backend();
-            let pool = ComputePool::new("test-query", 2, 0).unwrap();
+            let pool = ComputePool::new("test-query", 2, Priority::Normal).unwrap();
             state.set_query_encoder(Arc::new(QueryEncoder::new(backend.embedder().clone(), pool)));
             let p = Projector::new(store.clone(), backend, ProjectorOptions::default());
             state.set_projector(ProjectorState::Running(p.stats()));
@@ -630,7 +631,7 @@ async fn readiness_follows_the_model_and_the_projector_and_wait_for_times_out() 
     );
     assert_eq!(headers["retry-after"], "1");
 
-    let pool = ComputePool::new("test-query", 1, 0).unwrap();
+    let pool = ComputePool::new("test-query", 1, Priority::Normal).unwrap();
     app.state.set_query_encoder(Arc::new(QueryEncoder::new(
         common::model_backend().embedder().clone(),
         pool,
@@ -717,16 +718,16 @@ async fn requests_make_the_projector_yield_a_core_and_it_still_projects_everythi
         ModelBackend::shared(
             embedder.clone(),
             embedder.chunker(32, true),
-            Some(ComputePool::new("test-all", 2, 0).unwrap()),
+            Some(ComputePool::new("test-all", 2, Priority::Normal).unwrap()),
         )
         .yielding_to(
             state.foreground().clone(),
-            ComputePool::new("test-narrow", 1, 0).unwrap(),
+            ComputePool::new("test-narrow", 1, Priority::Normal).unwrap(),
         ),
     );
     state.set_query_encoder(Arc::new(QueryEncoder::new(
         embedder.clone(),
-        ComputePool::new("test-query", 1, 0).unwrap(),
+        ComputePool::new("test-query", 1, Priority::Normal).unwrap(),
     )));
     let projector = Projector::new(store.clone(), backend.clone(), ProjectorOptions::default())
         .yielding_to(state.foreground().clone());

@@ -20,6 +20,7 @@ use recall::commands::CommandHandler;
 use recall::domain::{Limits, Scope};
 use recall::embed::ComputePool;
 use recall::event_store::EventStore;
+use recall::placement::Priority;
 use recall::projector::{Projector, ProjectorOptions, Target};
 use recall::search::QueryEncoder;
 
@@ -62,7 +63,7 @@ async fn a_catalogue_of_bad_http_requests_gets_the_documented_answers_and_leaves
     let backend = common::model_backend();
     state.set_query_encoder(Arc::new(QueryEncoder::new(
         backend.embedder().clone(),
-        ComputePool::new("hostile-query", 1, 0).unwrap(),
+        ComputePool::new("hostile-query", 1, Priority::Normal).unwrap(),
     )));
     let router = api::router(state);
     let auth = ("authorization", "Bearer catalogue-token");

@@ -1,5 +1,5 @@
 //! `recall bench embed`: embedder throughput on a passage corpus (whole passages truncated at
-//! max_seq_length, as sentence-transformers encodes them) and the latency of one short query.
+//! max_seq_length, as sentence-transformers encodes them) and the latency of one query (a short one unless given).
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,8 @@ pub struct EmbedBenchReport {
     pub passages_per_s: f64,
     pub tokens_per_s: f64,
     pub query_latency: Latency,
+    /// Word pieces of the timed query, with its special tokens.
+    pub query_tokens: usize,
     /// Idle time before each timed query.
     pub query_pause_ms: u64,
     pub device: &'static str,
@@ -28,6 +30,7 @@ pub fn run_embed_bench(
     texts: &[String],
     passes: usize,
     max_batch_tokens: usize,
+    query: &str,
     query_pause: Duration,
 ) -> Result<EmbedBenchReport, EmbedError> {
     let inputs = texts
@@ -46,7 +49,7 @@ pub fn run_embed_bench(
     }
     times.sort();
     let median = times[times.len() / 2].as_secs_f64();
-    let query = "how do I sort a list of dictionaries by a key";
+    let query_tokens = embedder.truncated_input(query)?.len();
     let mut samples: Vec<Duration> = Vec::new();
     for _ in 0..100 {
         // Left idle for a while, this VM's cores take the next query markedly slower (see the README).
@@ -62,6 +65,7 @@ pub fn run_embed_bench(
         passages_per_s: inputs.len() as f64 / median,
         tokens_per_s: tokens as f64 / median,
         query_latency: Latency::from_samples(samples),
+        query_tokens,
         query_pause_ms: query_pause.as_millis() as u64,
         device: embedder.device_name(),
         threads: candle_core::utils::get_num_threads(),

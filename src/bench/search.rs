@@ -15,7 +15,7 @@ use crate::commands::CommandHandler;
 use crate::domain::{DocumentContent, DocumentKey};
 use crate::embed::{ChunkOptions, ComputePool, Embedder};
 use crate::event_store::EventStore;
-use crate::placement::CpuSet;
+use crate::placement::{self, CpuSet, Priority};
 use crate::projector::{self, Foreground, Projector, ProjectorError, ProjectorOptions, Target};
 use crate::search::{self, Query, QueryEncoder, SearchMode, SearchRequest};
 
@@ -78,7 +78,9 @@ pub async fn run_search_bench(
     let state = AppState::new(handler.clone(), ApiConfig::default());
     super::add_documents(&handler, &base).await?;
     // As in `recall serve`: the projector's model threads and database processes yield to the API's.
-    let background = crate::postgres::open_background_beside(&pool, 10, CpuSet::background()).await?;
+    let background =
+        crate::postgres::open_background_beside(&pool, placement::BACKGROUND_DATABASE_NICENESS, CpuSet::background())
+            .await?;
     let chunker = embedder.chunker_with(ChunkOptions {
         max_tokens: config.chunk_tokens,
         overlap: 0,
@@ -93,7 +95,7 @@ pub async fn run_search_bench(
         embedder.clone(),
         chunker,
         config.threads,
-        10,
+        placement::BACKGROUND_MODEL,
         foreground,
         ProjectorOptions {
             batch_events: 64,
@@ -109,7 +111,7 @@ pub async fn run_search_bench(
 
     let encoder = Arc::new(QueryEncoder::new(
         embedder,
-        ComputePool::new("bench-query", config.threads, 0)?,
+        ComputePool::new("bench-query", config.threads, Priority::Normal)?,
     ));
     let (recall_at_10, recall_queries) = hnsw_recall(&pool, &encoder, &queries, config.recall_queries).await?;
 

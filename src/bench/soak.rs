@@ -14,7 +14,7 @@ use crate::api::{ApiConfig, AppState, ProjectorState};
 use crate::commands::CommandHandler;
 use crate::embed::{ComputePool, Embedder};
 use crate::event_store::EventStore;
-use crate::placement::CpuSet;
+use crate::placement::{self, CpuSet, Priority};
 use crate::projector::{self, Projector, ProjectorError, ProjectorOptions, Target};
 use crate::search::QueryEncoder;
 
@@ -181,7 +181,9 @@ pub async fn run_soak(
 ) -> Result<SoakReport, BenchError> {
     let pool = store.pool().clone();
     let handler = CommandHandler::new(store.clone());
-    let background = crate::postgres::open_background_beside(&pool, 10, CpuSet::background()).await?;
+    let background =
+        crate::postgres::open_background_beside(&pool, placement::BACKGROUND_DATABASE_NICENESS, CpuSet::background())
+            .await?;
     let state = AppState::new(handler, ApiConfig::default());
     // As `recall serve` runs it: yielding a core while the clients' requests arrive.
     let projector = Projector::beside_api(
@@ -189,7 +191,7 @@ pub async fn run_soak(
         embedder.clone(),
         embedder.chunker(32, true),
         config.threads,
-        10,
+        placement::BACKGROUND_MODEL,
         state.foreground().clone(),
         ProjectorOptions {
             batch_events: 64,
@@ -198,7 +200,7 @@ pub async fn run_soak(
     )?;
     state.set_query_encoder(Arc::new(QueryEncoder::new(
         embedder,
-        ComputePool::new("soak-query", config.threads, 0)?,
+        ComputePool::new("soak-query", config.threads, Priority::Normal)?,
     )));
     state.set_projector(ProjectorState::Running(projector.stats()));
     let (address, server) = super::serve_on_loopback(state).await?;

@@ -14,15 +14,12 @@ use recall::api::{self, ApiConfig, AppState, ProjectorState};
 use recall::commands::CommandHandler;
 use recall::embed::ComputePool;
 use recall::event_store::EventStore;
+use recall::placement::{self, Priority};
 use recall::projector::{Projector, ProjectorOptions, Target};
 use recall::search::QueryEncoder;
 
 use super::embed::ModelArgs;
 use super::{open_store, WriteSettings};
-
-/// The projector's model threads run at this nice value, so that a query's threads (at 0) get the
-/// cores first when both want them.
-const PROJECTOR_NICENESS: i32 = 10;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -130,7 +127,10 @@ async fn model_and_projector(
     let threads = args.model.threads();
     let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let embedder = Arc::new(model.load()?);
-        let queries = QueryEncoder::new(embedder.clone(), ComputePool::new("recall-query", threads, 0)?);
+        let queries = QueryEncoder::new(
+            embedder.clone(),
+            ComputePool::new("recall-query", threads, Priority::Normal)?,
+        );
         Ok((embedder, queries))
     })
     .await;
@@ -153,7 +153,7 @@ async fn model_and_projector(
         embedder.clone(),
         embedder.chunker(args.overlap, true),
         threads,
-        PROJECTOR_NICENESS,
+        placement::BACKGROUND_MODEL,
         state.foreground().clone(),
         ProjectorOptions {
             batch_events: args.batch.max(1),
@@ -180,8 +180,8 @@ async fn model_and_projector(
 async fn projector_store(api: &EventStore) -> anyhow::Result<EventStore> {
     let pool = recall::postgres::open_background_beside(
         api.pool(),
-        PROJECTOR_NICENESS,
-        recall::placement::CpuSet::background(),
+        placement::BACKGROUND_DATABASE_NICENESS,
+        placement::CpuSet::background(),
     )
     .await
     .context("connecting the projector")?;

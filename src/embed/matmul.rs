@@ -5,8 +5,11 @@
 //! kernel instead: a general GEMM packs the whole weight matrix on every call and wakes its thread pool,
 //! which for a 15-token query costs more than the arithmetic. For that path the weights are packed once
 //! at load, in 16-column panels laid out for sequential streaming, and each panel is multiplied against
-//! all rows while it sits in cache. On a CPU with AVX-512 a panel is one register wide and up to 16 rows
-//! accumulate in registers at once; with AVX2 it is two registers and six rows.
+//! all rows while it sits in cache. On a CPU with AVX-512 a panel is one register wide and up to 24 rows
+//! accumulate in registers at once; with AVX2 it is two registers and six rows. The rows are handed to
+//! the kernels transposed (k-major within each block of rows), so that the x values one step of k needs
+//! lie side by side: the kernel reads them at fixed offsets from one pointer, instead of computing an
+//! address per row, whose integer work competed with the multiply-adds for the same execution ports.
 //!
 //! The panels hold the weights in half precision (IEEE binary16), widened to f32 as they are loaded;
 //! products and sums stay in f32. Why: a query multiplies ~20 rows against every weight once, so it
@@ -24,11 +27,14 @@ use super::kernels::{contiguous, SharedOut};
 /// Columns per panel: one AVX-512 register, or two AVX2 registers, of f32.
 const PANEL: usize = 16;
 /// Rows multiplied against a panel per pass over it. The AVX-512 kernel keeps them all in registers
-/// (16 accumulators of its 32), so a query of up to 16 tokens streams each panel once.
-const ROW_BLOCK: usize = 16;
+/// (24 accumulators and the widened weights, of its 32), so a query of up to 24 word pieces (a typical
+/// question) streams and widens each panel once.
+const ROW_BLOCK: usize = 24;
 /// Rows per register block of the AVX2 kernel: 6 rows x 2 registers of accumulators leave room for the
 /// loads in its 16 registers.
 const AVX2_ROWS: usize = 6;
+/// Steps of k per task when rows are transposed.
+const TRANSPOSE_STEPS: usize = 128;
 /// Up to this many rows the packed kernel beats the general GEMM on this model's shapes (measured).
 const MAX_ROWS: usize = 48;
 
@@ -140,17 +146,18 @@ impl Matmul<'_> {
         let mut out = vec![0.0f32; m * n];
         let shared = SharedOut(out.as_mut_ptr());
         let n_panels = n.div_ceil(PANEL);
+        // Blocks of equal size: 30 rows as 15 + 15, not 24 + 6, whose short pass costs nearly as much
+        // as a full one.
+        let block = m.div_ceil(m.div_ceil(ROW_BLOCK));
+        let xt = transposed_blocks(x, m, k, block);
         (0..n_panels).into_par_iter().with_min_len(8).for_each(|p| {
             let shared = &shared;
             let panel = &w.panels[p * k * PANEL..(p + 1) * k * PANEL];
             let cols = PANEL.min(n - p * PANEL);
             let mut tile = [0.0f32; ROW_BLOCK * PANEL];
-            // Blocks of equal size: 20 rows as 10 + 10, not 16 + 4, whose short pass costs nearly as
-            // much as a full one.
-            let block = m.div_ceil(m.div_ceil(ROW_BLOCK));
             for r0 in (0..m).step_by(block) {
                 let rows = block.min(m - r0);
-                multiply_panel(&x[r0 * k..(r0 + rows) * k], rows, k, panel, &mut tile);
+                multiply_panel(&xt[r0 * k..(r0 + rows) * k], rows, k, panel, &mut tile);
                 for r in 0..rows {
                     let row = &mut tile[r * PANEL..r * PANEL + cols];
                     if let Some(bias) = self.bias {
@@ -168,22 +175,48 @@ impl Matmul<'_> {
     }
 }
 
-/// tile[r][0..16] = sum over kk of x[r][kk] * panel[kk][0..16], for up to ROW_BLOCK rows.
-fn multiply_panel(x: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32; ROW_BLOCK * PANEL]) {
-    assert!((1..=ROW_BLOCK).contains(&rows) && x.len() >= rows * k && panel.len() >= k * PANEL);
+/// x (m, k) row-major, rearranged so that each block of `block` rows (the last may be shorter) keeps its
+/// place but is stored k-major: row r0 + r, column kk of a block of `rows` rows at r0 * k + kk * rows + r.
+fn transposed_blocks(x: &[f32], m: usize, k: usize, block: usize) -> Vec<f32> {
+    let mut xt = vec![0.0f32; m * k];
+    for r0 in (0..m).step_by(block) {
+        let rows = block.min(m - r0);
+        let src = &x[r0 * k..(r0 + rows) * k];
+        // Written in order, read across the rows: each source line is read from L1 by the next 15
+        // steps, where writing across would touch a new line per value (measured: the other order took
+        // ~8% of a query, this one ~5% on one thread, so the threads share it).
+        xt[r0 * k..(r0 + rows) * k]
+            .par_chunks_mut(rows * TRANSPOSE_STEPS)
+            .enumerate()
+            .for_each(|(c, steps)| {
+                for (i, step) in steps.chunks_exact_mut(rows).enumerate() {
+                    let kk = c * TRANSPOSE_STEPS + i;
+                    for (r, v) in step.iter_mut().enumerate() {
+                        *v = src[r * k + kk];
+                    }
+                }
+            });
+    }
+    xt
+}
+
+/// tile[r][0..16] = sum over kk of x[r][kk] * panel[kk][0..16], for up to ROW_BLOCK rows given k-major
+/// (`xt[kk * rows + r]`).
+fn multiply_panel(xt: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32; ROW_BLOCK * PANEL]) {
+    assert!((1..=ROW_BLOCK).contains(&rows) && xt.len() >= rows * k && panel.len() >= k * PANEL);
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F (whose conversion from binary16 needs nothing more); the
             // slices were checked above.
-            return unsafe { multiply_panel_avx512(x, rows, k, panel, tile) };
+            return unsafe { multiply_panel_avx512(xt, rows, k, panel, tile) };
         }
         if has_avx2_fma_f16c() {
             // SAFETY: the CPU has AVX2, FMA and F16C; the slices were checked above.
-            return unsafe { multiply_panel_avx2(x, rows, k, panel, tile) };
+            return unsafe { multiply_panel_avx2(xt, rows, k, panel, tile) };
         }
     }
-    multiply_panel_portable(x, rows, k, panel, tile)
+    multiply_panel_portable(xt, rows, k, panel, tile)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -191,15 +224,14 @@ fn has_avx2_fma_f16c() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
 }
 
-fn multiply_panel_portable(x: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32]) {
+fn multiply_panel_portable(xt: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32]) {
     tile.fill(0.0);
     let mut wide = [0.0f32; PANEL];
     for kk in 0..k {
         for (w, &h) in wide.iter_mut().zip(&panel[kk * PANEL..(kk + 1) * PANEL]) {
             *w = half::f16::from_bits(h).to_f32();
         }
-        for r in 0..rows {
-            let xv = x[r * k + kk];
+        for (r, &xv) in xt[kk * rows..(kk + 1) * rows].iter().enumerate() {
             for c in 0..PANEL {
                 tile[r * PANEL + c] += xv * wide[c];
             }
@@ -210,28 +242,28 @@ fn multiply_panel_portable(x: &[f32], rows: usize, k: usize, panel: &[u16], tile
 /// Any number of rows, in register blocks of AVX2_ROWS.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn multiply_panel_avx2(x: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32]) {
+unsafe fn multiply_panel_avx2(xt: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32]) {
     for r0 in (0..rows).step_by(AVX2_ROWS) {
         let n = AVX2_ROWS.min(rows - r0);
-        avx2_block(&x[r0 * k..], n, k, panel, &mut tile[r0 * PANEL..]);
+        avx2_block(&xt[r0..], rows, n, k, panel, &mut tile[r0 * PANEL..]);
     }
 }
 
-/// Up to AVX2_ROWS rows; `x` and `tile` start at the block's first row.
+/// Up to AVX2_ROWS rows of a k-major block of `stride` rows; `xt` and `tile` start at the first of them.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn avx2_block(x: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32]) {
+unsafe fn avx2_block(xt: &[f32], stride: usize, rows: usize, k: usize, panel: &[u16], tile: &mut [f32]) {
     use std::arch::x86_64::*;
-    debug_assert!(rows <= AVX2_ROWS && x.len() >= rows * k && tile.len() >= rows * PANEL);
+    debug_assert!(rows <= AVX2_ROWS && xt.len() > (k - 1) * stride + rows - 1 && tile.len() >= rows * PANEL);
     let mut acc = [[_mm256_setzero_ps(); 2]; AVX2_ROWS];
     let w = panel.as_ptr();
-    let xp = x.as_ptr();
+    let xp = xt.as_ptr();
     for kk in 0..k {
         let w0 = _mm256_cvtph_ps(_mm_loadu_si128(w.add(kk * PANEL) as *const __m128i));
         let w1 = _mm256_cvtph_ps(_mm_loadu_si128(w.add(kk * PANEL + 8) as *const __m128i));
         // The row count is fixed per call; the branches predict perfectly.
         for (r, a) in acc.iter_mut().enumerate().take(rows) {
-            let xv = _mm256_set1_ps(*xp.add(r * k + kk));
+            let xv = _mm256_set1_ps(*xp.add(kk * stride + r));
             a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
             a[1] = _mm256_fmadd_ps(xv, w1, a[1]);
         }
@@ -246,32 +278,33 @@ unsafe fn avx2_block(x: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut
 /// array indexed at run time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn multiply_panel_avx512(x: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32]) {
+unsafe fn multiply_panel_avx512(xt: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32]) {
     macro_rules! by_rows {
         ($($r:literal)*) => {
             match rows {
-                $($r => panel_avx512::<$r>(x, k, panel, tile),)*
+                $($r => panel_avx512::<$r>(xt, k, panel, tile),)*
                 _ => unreachable!("multiply_panel checks 1 <= rows <= ROW_BLOCK"),
             }
         };
     }
-    by_rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+    by_rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24)
 }
 
-/// R rows against one panel: per step of k, one load widening 16 binary16 weights and R fused
-/// multiply-adds whose x operand is broadcast from memory.
+/// R rows (k-major) against one panel: per step of k, one load widening 16 binary16 weights and R fused
+/// multiply-adds whose x operand is broadcast from memory, at offsets fixed at compile time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn panel_avx512<const R: usize>(x: &[f32], k: usize, panel: &[u16], tile: &mut [f32]) {
+unsafe fn panel_avx512<const R: usize>(xt: &[f32], k: usize, panel: &[u16], tile: &mut [f32]) {
     use std::arch::x86_64::*;
-    debug_assert!(x.len() >= R * k && panel.len() >= k * PANEL && tile.len() >= R * PANEL);
+    debug_assert!(xt.len() >= R * k && panel.len() >= k * PANEL && tile.len() >= R * PANEL);
     let mut acc = [_mm512_setzero_ps(); R];
     let w = panel.as_ptr();
-    let xp = x.as_ptr();
+    let xp = xt.as_ptr();
     for kk in 0..k {
         let wv = _mm512_cvtph_ps(_mm256_loadu_si256(w.add(kk * PANEL) as *const __m256i));
+        let step = xp.add(kk * R);
         for (r, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add(r * k + kk)), wv, *a);
+            *a = _mm512_fmadd_ps(_mm512_set1_ps(*step.add(r)), wv, *a);
         }
     }
     for (r, a) in acc.iter().enumerate() {
@@ -311,7 +344,7 @@ mod tests {
             w16.iter().zip(&w).any(|(a, b)| a != b),
             "the values must not all be exact in binary16"
         );
-        for m in [1, 5, 6, 7, 15, 16, 17, 20, 33, MAX_ROWS, MAX_ROWS + 1, 200] {
+        for m in [1, 5, 6, 7, 15, 16, 17, 20, 24, 25, 30, 33, MAX_ROWS, MAX_ROWS + 1, 200] {
             let x: Vec<f32> = (0..m * k).map(|i| value(i + 11)).collect();
             let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
             let w = if m <= MAX_ROWS { &w16 } else { &w };
@@ -361,9 +394,10 @@ mod tests {
         }));
         for rows in 1..=ROW_BLOCK {
             let x: Vec<f32> = (0..rows * k).map(|i| value(i + 5)).collect();
+            let xt = transposed_blocks(&x, rows, k, rows);
             for (name, kernel) in &kernels {
                 let mut tile = [f32::NAN; ROW_BLOCK * PANEL];
-                kernel(&x, rows, k, &panel, &mut tile);
+                kernel(&xt, rows, k, &panel, &mut tile);
                 for (i, &got) in tile[..rows * PANEL].iter().enumerate() {
                     let (r, c) = (i / PANEL, i % PANEL);
                     let want: f64 = (0..k)
@@ -374,6 +408,24 @@ mod tests {
                         "{name}, rows={rows}, element {i}: {got} against {want}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_blocks_store_each_block_k_major_in_place() {
+        // 5 rows of 3 in blocks of 2: rows 0-1, 2-3, then 4 alone.
+        let x: Vec<f32> = (0..15).map(|i| i as f32).collect();
+        let xt = transposed_blocks(&x, 5, 3, 2);
+        assert_eq!(xt, [0., 3., 1., 4., 2., 5., 6., 9., 7., 10., 8., 11., 12., 13., 14.]);
+        // Longer rows, split across tasks, in blocks of 15.
+        let (m, k) = (30, 3 * TRANSPOSE_STEPS + 7);
+        let x: Vec<f32> = (0..m * k).map(|i| i as f32).collect();
+        let xt = transposed_blocks(&x, m, k, 15);
+        for r in 0..m {
+            let (r0, rows) = (r / 15 * 15, 15);
+            for kk in 0..k {
+                assert_eq!(xt[r0 * k + kk * rows + (r - r0)], x[r * k + kk], "row {r}, column {kk}");
             }
         }
     }

@@ -163,7 +163,7 @@ impl Projector {
         self
     }
 
-    /// The projector as `recall serve` runs it beside the API: model threads at `niceness` on pools of
+    /// The projector as `recall serve` runs it beside the API: model threads at `priority` on pools of
     /// `threads` and one fewer, yielding a core to `foreground` traffic (give `Foreground::never()` to
     /// keep every core busy). `store` should be on a pool opened with `postgres::open_background`.
     pub fn beside_api(
@@ -171,17 +171,17 @@ impl Projector {
         embedder: Arc<crate::embed::Embedder>,
         chunker: crate::embed::Chunker,
         threads: usize,
-        niceness: i32,
+        priority: crate::placement::Priority,
         foreground: Foreground,
         options: ProjectorOptions,
     ) -> Result<Self, crate::embed::EmbedError> {
-        let all = crate::embed::ComputePool::new("recall-project", threads, niceness)?;
+        let all = crate::embed::ComputePool::new("recall-project", threads, priority)?;
         // While requests arrive, the narrow pool (and the projector's database processes, see
         // `postgres::open_background_beside`) keep off the first CPU: see `crate::placement` for why.
         let narrow = crate::embed::ComputePool::pinned(
             "recall-narrow",
             threads.saturating_sub(1).max(1),
-            niceness,
+            priority,
             crate::placement::CpuSet::background(),
         )?;
         let backend = ModelBackend::shared(embedder, chunker, Some(all)).yielding_to(foreground.clone(), narrow);
