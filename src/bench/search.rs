@@ -35,6 +35,8 @@ pub struct SearchBenchConfig {
     pub threads: usize,
     /// As `recall serve` does by default: while requests arrive, the projector leaves a core free.
     pub yield_to_requests: bool,
+    /// Scheduling of the query pool's threads.
+    pub query_priority: Priority,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -111,7 +113,7 @@ pub async fn run_search_bench(
 
     let encoder = Arc::new(QueryEncoder::new(
         embedder,
-        ComputePool::new("bench-query", config.threads, Priority::Normal)?,
+        ComputePool::new("bench-query", config.threads, config.query_priority)?,
     ));
     let (recall_at_10, recall_queries) = hnsw_recall(&pool, &encoder, &queries, config.recall_queries).await?;
 

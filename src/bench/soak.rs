@@ -25,6 +25,8 @@ pub struct SoakConfig {
     pub clients: usize,
     pub duration: Duration,
     pub threads: usize,
+    /// Scheduling of the query pool's threads.
+    pub query_priority: Priority,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -200,7 +202,7 @@ pub async fn run_soak(
     )?;
     state.set_query_encoder(Arc::new(QueryEncoder::new(
         embedder,
-        ComputePool::new("soak-query", config.threads, Priority::Normal)?,
+        ComputePool::new("soak-query", config.threads, config.query_priority)?,
     )));
     state.set_projector(ProjectorState::Running(projector.stats()));
     let (address, server) = super::serve_on_loopback(state).await?;

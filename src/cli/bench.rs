@@ -79,6 +79,9 @@ pub enum BenchCommand {
         /// Keep the scratch database afterwards (its name is printed), to inspect the index and plans.
         #[arg(long)]
         keep_database: bool,
+        /// Scheduling of the threads that embed questions, as `recall serve --query-priority`.
+        #[arg(long, value_enum, default_value = "realtime")]
+        query_priority: super::QueryPriority,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -92,6 +95,9 @@ pub enum BenchCommand {
         /// Seconds of load.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Scheduling of the threads that embed questions, as `recall serve --query-priority`.
+        #[arg(long, value_enum, default_value = "realtime")]
+        query_priority: super::QueryPriority,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -174,6 +180,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Soak {
             clients,
             seconds,
+            query_priority,
             json,
             model,
         } => {
@@ -183,6 +190,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 clients,
                 duration: std::time::Duration::from_secs(seconds),
                 threads,
+                query_priority: query_priority.priority(),
             };
             let report = on_scratch_database(false, |pool| async move {
                 Ok(recall::bench::run_soak(EventStore::new(pool), embedder, config).await?)
@@ -236,6 +244,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             recall_queries,
             no_yield,
             keep_database,
+            query_priority,
             json,
             model,
         } => {
@@ -262,6 +271,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 recall_queries,
                 threads,
                 yield_to_requests: !no_yield,
+                query_priority: query_priority.priority(),
             };
             let report = on_scratch_database(keep_database, |pool| async move {
                 Ok(

@@ -145,6 +145,22 @@ fn embedded_server() -> anyhow::Result<postgres::EmbeddedServer> {
     Ok(postgres::EmbeddedServer::locate(postgres::default_home())?)
 }
 
+/// Scheduling of the threads that embed questions (see `recall::placement::Priority::Realtime`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum QueryPriority {
+    Realtime,
+    Normal,
+}
+
+impl QueryPriority {
+    fn priority(self) -> recall::placement::Priority {
+        match self {
+            QueryPriority::Realtime => recall::placement::Priority::Realtime,
+            QueryPriority::Normal => recall::placement::Priority::Normal,
+        }
+    }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Ingest(args) => documents::ingest(args).await,

@@ -14,12 +14,12 @@ use recall::api::{self, ApiConfig, AppState, ProjectorState};
 use recall::commands::CommandHandler;
 use recall::embed::ComputePool;
 use recall::event_store::EventStore;
-use recall::placement::{self, Priority};
+use recall::placement;
 use recall::projector::{Projector, ProjectorOptions, Target};
 use recall::search::QueryEncoder;
 
 use super::embed::ModelArgs;
-use super::{open_store, WriteSettings};
+use super::{open_store, QueryPriority, WriteSettings};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -47,6 +47,10 @@ pub struct ServeArgs {
     overlap: usize,
     #[command(flatten)]
     settings: WriteSettings,
+    /// Scheduling of the threads that embed questions: `realtime` (where permitted) keeps a search from
+    /// waiting behind the projector's threads; `normal` leaves them to the usual scheduler.
+    #[arg(long, env = "RECALL_QUERY_PRIORITY", value_enum, default_value = "realtime")]
+    query_priority: QueryPriority,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -125,12 +129,10 @@ async fn model_and_projector(
     }
     let model = args.model.clone();
     let threads = args.model.threads();
+    let priority = args.query_priority.priority();
     let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let embedder = Arc::new(model.load()?);
-        let queries = QueryEncoder::new(
-            embedder.clone(),
-            ComputePool::new("recall-query", threads, Priority::Normal)?,
-        );
+        let queries = QueryEncoder::new(embedder.clone(), ComputePool::new("recall-query", threads, priority)?);
         Ok((embedder, queries))
     })
     .await;
