@@ -33,9 +33,6 @@ impl CpuSet {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Priority {
     Normal,
-    /// A nice value: a smaller share of a contended CPU, but a waking normal thread may still wait for
-    /// the end of this one's slice.
-    Nice(i32),
     /// Linux's SCHED_IDLE: the thread runs only when no other thread wants the CPU, and a waking one
     /// takes it at once. For model threads, which hold nothing a request could wait on (a database
     /// process holds locks, so it gets a nice value instead). Measured with a one-thread model run
@@ -63,7 +60,6 @@ pub const BACKGROUND_DATABASE_NICENESS: i32 = 10;
 pub(crate) fn set_priority(id: i32, priority: Priority) -> bool {
     match priority {
         Priority::Normal => true,
-        Priority::Nice(niceness) => renice(id, niceness),
         Priority::Idle => scheduler_policy(id, Policy::Idle),
         Priority::Realtime => {
             let done = scheduler_policy(id, Policy::RoundRobin);
@@ -206,7 +202,7 @@ mod tests {
             // SAFETY: sched_getscheduler has no memory-safety preconditions.
             let idle = unsafe { libc::sched_getscheduler(0) };
             let nice = std::thread::spawn(|| {
-                assert!(set_priority(current_thread(), Priority::Nice(7)));
+                assert!(renice(current_thread(), 7));
                 // SAFETY: as above; getpriority with a thread id reads that thread's nice value.
                 unsafe { libc::getpriority(libc::PRIO_PROCESS, current_thread() as libc::id_t) }
             })
