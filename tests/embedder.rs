@@ -231,6 +231,57 @@ proptest! {
     }
 }
 
+/// Whatever the text, chunks cover it in order with exact offsets, within the word-piece and the
+/// character limits (the overlap is not checked: a window cut by characters may be shorter than it).
+fn check_bounds(text: &str) -> Result<(), TestCaseError> {
+    let chunks = chunker(32).chunk("a title", text).unwrap();
+    let chars: Vec<char> = text.chars().collect();
+    prop_assert!(!chunks.is_empty());
+    prop_assert_eq!(chunks[0].char_start, 0);
+    prop_assert_eq!(chunks.last().unwrap().char_end, chars.len());
+    for pair in chunks.windows(2) {
+        prop_assert!(pair[1].char_start > pair[0].char_start);
+        prop_assert!(pair[1].char_start <= pair[0].char_end);
+    }
+    for c in &chunks {
+        prop_assert!(c.input_ids.len() <= 256);
+        prop_assert!(c.char_end - c.char_start <= recall::embed::MAX_CHUNK_CHARS);
+        let slice: String = chars[c.char_start..c.char_end].iter().collect();
+        prop_assert_eq!(&slice, &c.text);
+    }
+    Ok(())
+}
+
+#[test]
+fn text_the_tokenizer_cannot_split_is_cut_by_characters() {
+    // Numbers between control characters: the tokenizer drops the separators and makes one unknown word.
+    let numbers: String = (0..20_000).map(|i| format!("{i}\u{1}")).collect();
+    check_bounds(&numbers).unwrap();
+    assert!(chunker(32).chunk("", &numbers).unwrap().len() >= numbers.chars().count() / recall::embed::MAX_CHUNK_CHARS);
+    check_bounds(&"y".repeat(50_000)).unwrap();
+    check_bounds(&format!("a{}b", " ".repeat(50_000))).unwrap();
+    check_bounds(&"\u{1}\u{2}".repeat(9_000)).unwrap();
+    check_bounds(&"ab ".repeat(20_000)).unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn any_text_is_chunked_within_bounds(
+        pieces in proptest::collection::vec(
+            prop_oneof![
+                any::<String>(),
+                (any::<char>(), 1usize..12_000).prop_map(|(c, n)| c.to_string().repeat(n)),
+                proptest::collection::vec(proptest::char::range('\u{1}', '\u{1f}'), 1..200)
+                    .prop_map(|v| v.into_iter().collect::<String>()),
+            ],
+            1..5,
+        ),
+    ) {
+        check_bounds(&pieces.concat())?;
+    }
+}
+
 #[test]
 fn the_embed_command_streams_one_line_per_input_in_order() {
     use std::io::Write;

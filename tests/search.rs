@@ -212,7 +212,7 @@ async fn search_finds_the_right_document_respects_scopes_and_replays_as_of_recei
         Err(SearchError::BadK { .. })
     ));
     assert!(matches!(
-        search(&pool, query(&q), &request(1001)).await,
+        search(&pool, query(&q), &request(101)).await,
         Err(SearchError::BadK { .. })
     ));
     assert!(matches!(

@@ -92,7 +92,8 @@ fn context(state: &AppState, headers: &HeaderMap) -> Result<CommandContext, ApiE
     })
 }
 
-/// `If-Match: 3`, `"3"` or `W/"3"` is an expected version; `*` or no header means any.
+/// `If-Match: "3"` (or a bare 3) is an expected version; `*` or no header means any. A weak tag
+/// (`W/"3"`) never matches: If-Match compares strongly (RFC 9110 §13.1.1).
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
@@ -101,15 +102,21 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     if raw == "*" {
         return Ok(None);
     }
-    raw.trim_start_matches("W/")
-        .trim_matches('"')
-        .parse::<u64>()
-        .map(Some)
-        .map_err(|_| {
-            ApiError::bad_request(format!(
-                "If-Match must be a document version such as \"3\" (from the ETag or `version`), not {raw:?}"
-            ))
-        })
+    if raw.starts_with("W/") {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            format!(
+                "If-Match compares strongly, so the weak tag {raw} never matches (RFC 9110 §13.1.1); send the strong ETag, such as {:?}",
+                raw.trim_start_matches("W/")
+            ),
+        ));
+    }
+    raw.trim_matches('"').parse::<u64>().map(Some).map_err(|_| {
+        ApiError::bad_request(format!(
+            "If-Match must be a document version such as \"3\" (from the ETag or `version`), not {raw:?}"
+        ))
+    })
 }
 
 fn etag(version: u64) -> HeaderValue {

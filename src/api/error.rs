@@ -127,9 +127,11 @@ impl From<CommandError> for ApiError {
 impl From<SearchError> for ApiError {
     fn from(error: SearchError) -> Self {
         match &error {
-            SearchError::BadK { .. } | SearchError::BadAsOf(_) | SearchError::BadFilter => {
-                ApiError::bad_request(error.to_string())
-            }
+            SearchError::BadK { .. }
+            | SearchError::BadAsOf(_)
+            | SearchError::BadFilter
+            | SearchError::EmptyQuery
+            | SearchError::QueryTooLong { .. } => ApiError::bad_request(error.to_string()),
             SearchError::AsOfAhead { .. } => ApiError::new(StatusCode::CONFLICT, "as_of_ahead", error.to_string()),
             SearchError::NoReadModel => ApiError::unavailable(
                 "there is no read model yet: the projector has not started; retry shortly or run `recall project`",

@@ -10,6 +10,10 @@ use super::{ApiError, AppState, ProjectorState};
 use crate::postgres::MIGRATOR;
 use crate::projector;
 
+/// Failed attempts in a row after which a retrying projector makes the service not ready (one or two
+/// are a restart of the database or a lost race, and cure themselves).
+const UNREADY_AFTER_ATTEMPTS: u32 = 3;
+
 /// The process is up and serving HTTP.
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
@@ -36,7 +40,14 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let projector = match state.projector() {
         ProjectorState::External => Ok("external".to_owned()),
         ProjectorState::Starting => Ok("starting".to_owned()),
-        ProjectorState::Running(_) => Ok("running".to_owned()),
+        // A projector that keeps failing at one position is not keeping the read model current.
+        ProjectorState::Running(stats) => match stats.retrying() {
+            Some(r) if r.attempts >= UNREADY_AFTER_ATTEMPTS => Err(format!(
+                "retrying at position {} since {} ({} failed attempts): {}",
+                r.position, r.since, r.attempts, r.error
+            )),
+            _ => Ok("running".to_owned()),
+        },
         ProjectorState::Failed(e) => Err(format!("stopped: {e}")),
     };
     let ready = database.is_ok() && model.is_ok() && projector.is_ok();

@@ -197,8 +197,7 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     match offered {
         Some(token) if tokens.iter().any(|t| constant_time_eq(t.as_bytes(), token.as_bytes())) => {
             Ok(next.run(request).await)
@@ -214,6 +213,12 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
             "this server requires `Authorization: Bearer <token>` (one of its RECALL_API_TOKEN values)",
         )),
     }
+}
+
+/// The token of a `Bearer` credential; the scheme's name is case-insensitive (RFC 9110 §11.1).
+fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim().split_once(|c: char| c == ' ' || c == '\t')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

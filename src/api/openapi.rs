@@ -36,6 +36,31 @@ pub fn openapi() -> Value {
             .extend(extra.as_object().expect("an object").clone());
         all
     };
+    // Apart, because one json! of the whole document is past the macro's recursion limit.
+    let search_request = json!({"type": "object", "required": ["query"], "additionalProperties": false, "properties": {
+                    "query": {"type": "string"},
+                    "k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+                    "mode": {"enum": ["dense", "lexical", "hybrid"], "default": "hybrid",
+                        "description": "Embeddings, BM25, or both fused by reciprocal rank."},
+                    "scope": {"type": "string"},
+                    "filter": {"type": "object", "description": "Metadata the documents must contain."},
+                    "as_of": {"type": "integer", "minimum": 0, "description": "Search as of this log position (a receipt)."},
+                    "wait_for": {"type": "integer", "minimum": 0},
+                    "distinct_documents": {"type": "boolean", "default": false,
+                        "description": "Each document once, at its best chunk: up to k distinct documents."},
+                    "other_chunks": {"type": "boolean", "default": false,
+                        "description": "With distinct_documents: each result lists its document's other matching chunks."}}});
+    let search_response = json!({"type": "object", "properties": {
+                    "position": {"type": "integer", "description": "The receipt: the log position the read model reflected."},
+                    "results": {"type": "array", "items": {"type": "object", "properties": {
+                        "scope": {"type": "string"}, "document_id": {"type": "string"},
+                        "chunk_index": {"type": "integer"}, "score": {"type": "number"},
+                        "title": {"type": "string"}, "text": {"type": "string"},
+                        "char_start": {"type": "integer"}, "char_end": {"type": "integer"},
+                        "metadata": {"type": "object"},
+                        "other_chunks": {"type": "array", "items": {"type": "object", "properties": {
+                            "chunk_index": {"type": "integer"}, "char_start": {"type": "integer"},
+                            "char_end": {"type": "integer"}, "score": {"type": "number"}}}}}}}}});
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -98,7 +123,7 @@ pub fn openapi() -> Value {
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}}}},
                 "responses": {
                     "200": ok("Results, best first, and the receipt position.", "SearchResponse"),
-                    "400": error_response("Invalid request (k out of 1..100, a bad filter or as_of, unknown field)."),
+                    "400": error_response("Invalid request (an empty or over-long query, k out of 1..100, a bad filter or as_of, unknown field)."),
                     "401": error_response("Missing or wrong bearer token."),
                     "409": error_response("as_of is ahead of what the read model reflects."),
                     "503": error_response("The model is loading, there is no read model yet, or the database is unavailable."),
@@ -137,23 +162,8 @@ pub fn openapi() -> Value {
                     "position": {"type": "integer", "description": "The log position the read model reflected."}}},
                 "History": {"type": "object", "properties": {
                     "scope": {"type": "string"}, "id": {"type": "string"}, "events": {"type": "array", "items": {"type": "object"}}}},
-                "SearchRequest": {"type": "object", "required": ["query"], "additionalProperties": false, "properties": {
-                    "query": {"type": "string"},
-                    "k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
-                    "mode": {"enum": ["dense", "lexical", "hybrid"], "default": "hybrid",
-                        "description": "Embeddings, BM25, or both fused by reciprocal rank."},
-                    "scope": {"type": "string"},
-                    "filter": {"type": "object", "description": "Metadata the documents must contain."},
-                    "as_of": {"type": "integer", "minimum": 0, "description": "Search as of this log position (a receipt)."},
-                    "wait_for": {"type": "integer", "minimum": 0}}},
-                "SearchResponse": {"type": "object", "properties": {
-                    "position": {"type": "integer", "description": "The receipt: the log position the read model reflected."},
-                    "results": {"type": "array", "items": {"type": "object", "properties": {
-                        "scope": {"type": "string"}, "document_id": {"type": "string"},
-                        "chunk_index": {"type": "integer"}, "score": {"type": "number"},
-                        "title": {"type": "string"}, "text": {"type": "string"},
-                        "char_start": {"type": "integer"}, "char_end": {"type": "integer"},
-                        "metadata": {"type": "object"}}}}}},
+                "SearchRequest": search_request,
+                "SearchResponse": search_response,
             },
         },
     })

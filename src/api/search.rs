@@ -12,12 +12,6 @@ use super::{ApiError, AppState};
 use crate::domain::Scope;
 use crate::search::{self, SearchMode, SearchRequest, SearchResponse};
 
-/// The most results one request may ask for.
-const MAX_K: usize = 100;
-
-/// Longest accepted question; the model reads at most its first 256 word pieces anyway.
-const MAX_QUERY_BYTES: usize = 16 * 1024;
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SearchBody {
@@ -28,6 +22,8 @@ pub struct SearchBody {
     filter: Option<Value>,
     as_of: Option<i64>,
     wait_for: Option<i64>,
+    distinct_documents: Option<bool>,
+    other_chunks: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -43,15 +39,6 @@ pub async fn search(
 ) -> Result<Json<SearchResponse>, ApiError> {
     let Query(params) = params?;
     let Json(body) = body?;
-    if body.query.trim().is_empty() {
-        return Err(ApiError::bad_request("query is empty; send the question as \"query\""));
-    }
-    if body.query.len() > MAX_QUERY_BYTES {
-        return Err(ApiError::bad_request(format!(
-            "query is {} bytes, over the limit of {MAX_QUERY_BYTES}; ask a shorter question",
-            body.query.len()
-        )));
-    }
     let request = SearchRequest {
         k: body.k.unwrap_or(10),
         mode: body.mode.unwrap_or_default(),
@@ -59,9 +46,11 @@ pub async fn search(
         filter: body.filter,
         as_of: body.as_of,
         first_chunk_only: false,
+        distinct_documents: body.distinct_documents.unwrap_or(false),
+        other_chunks: body.other_chunks.unwrap_or(false),
     };
     // Before any waiting or model work.
-    request.validate(MAX_K)?;
+    request.validate(&body.query)?;
     state.wait_for(body.wait_for.or(params.wait_for)).await?;
     let started = Instant::now();
     let embedding = async {

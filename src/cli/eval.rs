@@ -41,6 +41,10 @@ pub struct EvalArgs {
     /// Seconds to wait for the corpus to be projected.
     #[arg(long, default_value_t = 3600.0)]
     wait_timeout: f64,
+    /// Also write each query's ranking to this file, in the TREC run format
+    /// (`query-id Q0 document-id rank score recall`), for trec_eval or a comparison between builds.
+    #[arg(long)]
+    run: Option<std::path::PathBuf>,
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -108,24 +112,40 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
 
     let questions: Vec<String> = queries.iter().map(|(_, q)| q.clone()).collect();
     let vectors = question_vectors(args.mode.needs_vector().then(|| embedder.clone()), questions).await?;
+    // Documents rank by their best chunk: the search's own distinct-documents ranking, the very one an
+    // agent gets, so that eval measures what users are served.
     let request = SearchRequest {
-        // Enough chunks for 100 distinct documents in nearly every ranking.
-        k: if args.first_chunk_only { 100 } else { 400 },
+        k: 100,
         mode: args.mode,
         scope: Some(recall::domain::Scope::parse(&scope)?),
         first_chunk_only: args.first_chunk_only,
+        distinct_documents: true,
         ..SearchRequest::default()
     };
     let started = Instant::now();
     let mut scores = Vec::with_capacity(queries.len());
+    let mut run = String::new();
     for ((id, text), vector) in queries.iter().zip(&vectors) {
         let query = Query {
             text,
             vector: vector.as_deref(),
         };
-        let response = search(store.pool(), query, &request).await?;
-        let ranking = eval::rank_documents(&response.results);
+        let response = search(store.pool(), query, &request)
+            .await
+            .with_context(|| format!("query {id}"))?;
+        for (rank, hit) in response.results.iter().enumerate() {
+            run.push_str(&format!(
+                "{id} Q0 {} {} {} recall\n",
+                hit.document_id,
+                rank + 1,
+                hit.score
+            ));
+        }
+        let ranking: Vec<String> = response.results.into_iter().map(|h| h.document_id).collect();
         scores.push(eval::score(&ranking, qrels.judged(id).expect("filtered above")));
+    }
+    if let Some(path) = &args.run {
+        std::fs::write(path, run).with_context(|| format!("cannot write {}", path.display()))?;
     }
     let mean = eval::mean(&scores);
     let per_query_ms = started.elapsed().as_secs_f64() * 1e3 / queries.len() as f64;

@@ -190,6 +190,12 @@ pub async fn status(json: bool, prometheus: bool) -> anyhow::Result<ExitCode> {
                 "generation {} ({}): {} | checkpoint {} | lag {} events, {:.1}s | {} documents, {} chunks | {} parked failures",
                 p.generation, p.status, p.model, p.checkpoint, p.lag_events, p.lag_seconds, p.documents, p.current_chunks, p.parked_failures
             );
+            if let (Some(since), Some(error)) = (p.retrying_since, &p.last_error) {
+                println!(
+                    "  retrying at position {} since {since} ({} failed attempts): {error}",
+                    p.checkpoint, p.retry_attempts
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

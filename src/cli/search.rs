@@ -36,6 +36,12 @@ pub struct SearchArgs {
     /// Replay a search as of this log position (a receipt).
     #[arg(long)]
     as_of: Option<i64>,
+    /// Each document once, at its best chunk: up to k distinct documents.
+    #[arg(long)]
+    distinct_documents: bool,
+    /// With --distinct-documents: list each document's other matching chunks.
+    #[arg(long, requires = "distinct_documents")]
+    other_chunks: bool,
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -61,7 +67,9 @@ pub(super) fn read_queries(path: &std::path::Path) -> anyhow::Result<Vec<(Option
     Ok(out)
 }
 
-/// Each question's vector, embedded in one go, or none when there is no model (lexical search).
+/// Each question's vector, or none when there is no model (lexical search). Each question is embedded
+/// on its own, as the HTTP API embeds one: a batch pads its rows and takes other kernels, whose rounding
+/// could swap near-ties, and the same request must rank alike through every interface.
 pub(super) async fn question_vectors(
     embedder: Option<Arc<Embedder>>,
     questions: Vec<String>,
@@ -70,8 +78,10 @@ pub(super) async fn question_vectors(
         return Ok(vec![None; questions.len()]);
     };
     let vectors = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = questions.iter().map(String::as_str).collect();
-        embedder.encode(&refs)
+        questions
+            .iter()
+            .map(|q| Ok(embedder.encode(&[q.as_str()])?.remove(0)))
+            .collect::<Result<Vec<_>, recall::embed::EmbedError>>()
     })
     .await??;
     Ok(vectors.into_iter().map(Some).collect())
@@ -90,13 +100,23 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
         as_of: args.as_of,
         mode: args.mode,
         first_chunk_only: false,
+        distinct_documents: args.distinct_documents,
+        other_chunks: args.other_chunks,
     };
-    let store = open_store().await?;
     let queries: Vec<(Option<String>, String)> = match (&args.query, &args.queries) {
         (Some(q), _) => vec![(None, q.clone())],
         (None, Some(path)) => read_queries(path)?,
         (None, None) => unreachable!("clap requires one"),
     };
+    // The same checks as the HTTP API's, before any database or model work.
+    for (i, (id, text)) in queries.iter().enumerate() {
+        request.validate(text).with_context(|| match (id, &args.queries) {
+            (Some(id), Some(path)) => format!("{}: query {id}", path.display()),
+            (None, Some(path)) => format!("{}: query {}", path.display(), i + 1),
+            _ => "the question".to_owned(),
+        })?;
+    }
+    let store = open_store().await?;
     // Lexical search needs no model; the others embed every question in one go.
     let embedder = if args.mode.needs_vector() {
         let model = args.model.clone();
@@ -135,6 +155,13 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
                     hit.title,
                     snippet.replace('\n', " ")
                 );
+                if let Some(others) = hit.other_chunks.as_ref().filter(|o| !o.is_empty()) {
+                    let spans: Vec<String> = others
+                        .iter()
+                        .map(|m| format!("#{} [{}..{}] {:.4}", m.chunk_index, m.char_start, m.char_end, m.score))
+                        .collect();
+                    println!("    also: {}", spans.join(", "));
+                }
             }
         }
     }

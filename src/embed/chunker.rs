@@ -83,40 +83,90 @@ impl Chunker {
             v
         };
 
-        let mut chars = CharIndex::new(text);
-        if ids.is_empty() {
-            return Ok(vec![Chunk {
-                index: 0,
-                char_start: 0,
-                char_end: chars.at(text.len()),
-                text: text.to_owned(),
-                input_ids: input(&[]),
-                text_tokens: 0,
-            }]);
+        // Where each token begins, in bytes and characters; a chunk runs up to where the next token after
+        // it begins, so the whitespace between tokens is covered too, and the last one to the end.
+        // (Kept non-decreasing, whatever the tokenizer reports, so that every slice is a valid range.)
+        let mut byte_starts: Vec<usize> = Vec::with_capacity(ids.len() + 1);
+        for i in 0..=ids.len() {
+            let at = match i {
+                0 => 0,
+                i if i == ids.len() => text.len(),
+                i => offsets[i].0.min(text.len()),
+            };
+            byte_starts.push(at.max(byte_starts.last().copied().unwrap_or(0)));
         }
+        let mut chars = CharIndex::new(text);
+        let char_starts: Vec<usize> = byte_starts.iter().map(|&b| chars.at(b)).collect();
+        let byte_at = |i: usize| byte_starts[i];
+        let char_at = |i: usize| char_starts[i];
+
         let mut chunks = Vec::new();
-        let mut start = 0usize;
-        loop {
-            let end = (start + budget).min(ids.len());
-            let byte_start = if start == 0 { 0 } else { offsets[start].0 };
-            // A chunk runs up to where the next token after it begins, so the whitespace between tokens
-            // is covered too; the last chunk runs to the end of the text.
-            let byte_end = if end == ids.len() { text.len() } else { offsets[end].0 };
+        let mut push = |byte_start: usize, byte_end: usize, char_start: usize, window: &[u32]| {
+            let text = &text[byte_start..byte_end];
             chunks.push(Chunk {
                 index: chunks.len(),
-                char_start: chars.at(byte_start),
-                char_end: chars.at(byte_end),
-                text: text[byte_start..byte_end].to_owned(),
-                input_ids: input(&ids[start..end]),
-                text_tokens: end - start,
+                char_start,
+                char_end: char_start + text.chars().count(),
+                text: text.to_owned(),
+                input_ids: input(window),
+                text_tokens: window.len(),
             });
+        };
+        if ids.is_empty() {
+            // Nothing the model reads (whitespace, control characters): kept, in bounded pieces.
+            for (from, to, at) in pieces(text, 0, text.len(), 0) {
+                push(from, to, at, &[]);
+            }
+            return Ok(chunks);
+        }
+        let mut start = 0usize;
+        loop {
+            // As many tokens as fit the budget in word pieces and in characters.
+            let mut end = start;
+            while end < ids.len() && end - start < budget && char_at(end + 1) - char_at(start) <= MAX_CHUNK_CHARS {
+                end += 1;
+            }
+            if end == start {
+                // One word piece (with the text up to the next) spans more characters than a chunk may
+                // hold: an unknown "word" of megabytes, say. Its text is cut into pieces of the limit,
+                // each embedded as that word piece, so that no row exceeds what PostgreSQL can index.
+                for (from, to, at) in pieces(text, byte_at(start), byte_at(start + 1), char_at(start)) {
+                    push(from, to, at, &ids[start..start + 1]);
+                }
+                end = start + 1;
+            } else {
+                push(byte_at(start), byte_at(end), char_at(start), &ids[start..end]);
+            }
             if end == ids.len() {
                 break;
             }
-            start = end - overlap;
+            // The overlap, unless the window was too short (cut by characters) to step past it.
+            start = if end - start > overlap { end - overlap } else { end };
         }
         Ok(chunks)
     }
+}
+
+/// The most characters one chunk holds, whatever the tokenizer makes of the text: ordinary prose fills
+/// its 256 word pieces in about 1,200, so only text the tokenizer cannot split (no separators, control
+/// characters) reaches it. Bounds each row's text and its tsvector (PostgreSQL refuses over 1 MB).
+pub const MAX_CHUNK_CHARS: usize = 4096;
+
+/// `text[from..to]` cut into pieces of at most MAX_CHUNK_CHARS characters (one empty piece for an empty
+/// range): (byte start, byte end, character start), given the character offset of `from`.
+fn pieces(text: &str, from: usize, to: usize, char_from: usize) -> Vec<(usize, usize, usize)> {
+    let mut out = Vec::new();
+    let mut piece_start = from;
+    let mut piece_char = char_from;
+    for (n, (i, _)) in text[from..to].char_indices().enumerate() {
+        if n > 0 && n % MAX_CHUNK_CHARS == 0 {
+            out.push((piece_start, from + i, piece_char));
+            piece_start = from + i;
+            piece_char = char_from + n;
+        }
+    }
+    out.push((piece_start, to, piece_char));
+    out
 }
 
 /// Byte offset to character offset, for offsets that arrive in increasing order (with restarts).

@@ -13,7 +13,7 @@ mod pool;
 
 use thiserror::Error;
 
-pub use chunker::{Chunk, ChunkOptions, Chunker};
+pub use chunker::{Chunk, ChunkOptions, Chunker, MAX_CHUNK_CHARS};
 pub use files::{ModelFiles, ModelIdentity, ModelSource, DEFAULT_MODEL};
 pub use model::{DevicePreference, Embedder, EmbedderOptions, EncoderKind};
 pub use pool::ComputePool;

@@ -1,12 +1,11 @@
 //! Retrieval quality the way BEIR measures it: qrels (graded or binary relevance), each query's ranking
-//! of documents (a document ranks by its best chunk), and the mean of nDCG@10, Recall@100 and MRR@10
-//! over the queries that have relevance judgements. Pure and synchronous; `recall eval` feeds it.
+//! of documents (search's distinct-documents ranking: a document ranks by its best chunk), and the mean
+//! of nDCG@10, Recall@100 and MRR@10 over the queries that have relevance judgements. Pure and
+//! synchronous; `recall eval` feeds it.
 
 use std::collections::HashMap;
 
 use thiserror::Error;
-
-use crate::search::SearchHit;
 
 #[derive(Debug, Error, PartialEq)]
 pub enum EvalError {
@@ -52,15 +51,6 @@ impl Qrels {
     pub fn judged(&self, query: &str) -> Option<&HashMap<String, i32>> {
         self.0.get(query).filter(|docs| docs.values().any(|&g| g > 0))
     }
-}
-
-/// Document ids in the order of their best chunk (`hits` best first).
-pub fn rank_documents(hits: &[SearchHit]) -> Vec<String> {
-    let mut seen = std::collections::HashSet::new();
-    hits.iter()
-        .filter(|h| seen.insert(h.document_id.as_str()))
-        .map(|h| h.document_id.clone())
-        .collect()
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
@@ -177,22 +167,5 @@ mod tests {
                 reason: "the score is not an integer".into()
             }
         );
-    }
-
-    #[test]
-    fn documents_rank_by_their_best_chunk() {
-        let hit = |d: &str| SearchHit {
-            scope: "s".into(),
-            document_id: d.into(),
-            chunk_index: 0,
-            score: 0.0,
-            title: String::new(),
-            text: String::new(),
-            char_start: 0,
-            char_end: 0,
-            metadata: serde_json::json!({}),
-        };
-        let hits = [hit("b"), hit("a"), hit("b"), hit("c"), hit("a")];
-        assert_eq!(rank_documents(&hits), ["b", "a", "c"]);
     }
 }

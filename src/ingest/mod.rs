@@ -53,6 +53,12 @@ pub fn parse_jsonl_line(
     limits: &Limits,
 ) -> Result<IngestItem, IngestError> {
     let source_name = format!("{origin}:{line_no}");
+    // A UTF-8 byte order mark, which some editors put at the start of a file, is not part of the JSON.
+    let line = if line_no == 1 {
+        line.strip_prefix('\u{feff}').unwrap_or(line)
+    } else {
+        line
+    };
     let record: JsonlRecord = serde_json::from_str(line).map_err(|e| {
         let detail = e.to_string();
         if e.is_data() {

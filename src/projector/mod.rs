@@ -84,7 +84,28 @@ impl ProjectorError {
             ProjectorError::Database(_) | ProjectorError::Store(_) | ProjectorError::LostCheckpoint { .. }
         )
     }
+
+    /// Errors the database raised about what a batch asked of it (a value out of range, a row too large
+    /// to index, a statement cancelled by its timeout), rather than about being reachable or about a
+    /// concurrent transaction: retrying the same events as they are cannot be expected to help, so the
+    /// projector looks for the event at fault and parks it.
+    fn is_caused_by_the_events(&self) -> bool {
+        match self {
+            ProjectorError::Database(e) => {
+                !crate::postgres::is_unavailable(e)
+                    && match e {
+                        // 40: serialization failures and deadlocks, which a retry does cure.
+                        sqlx::Error::Database(db) => !db.code().is_some_and(|c| c.starts_with("40")),
+                        _ => false,
+                    }
+            }
+            _ => false,
+        }
+    }
 }
+
+/// How many times one event's write is tried, alone, before it is parked with its error.
+const ATTEMPTS_PER_EVENT: u32 = 3;
 
 /// What to do with an event the projector cannot apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -122,6 +143,49 @@ pub struct ProjectorStats {
     pub batches: AtomicU64,
     pub parked: AtomicU64,
     pub checkpoint: AtomicU64,
+    retrying: std::sync::Mutex<Option<Retrying>>,
+}
+
+/// A projector that has failed and is retrying from its checkpoint.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Retrying {
+    /// Failed attempts in a row at this checkpoint.
+    pub attempts: u32,
+    /// The checkpoint it keeps starting over from.
+    pub position: i64,
+    pub since: chrono::DateTime<chrono::Utc>,
+    pub error: String,
+}
+
+impl ProjectorStats {
+    /// Whether the projector is retrying after errors, and since when.
+    pub fn retrying(&self) -> Option<Retrying> {
+        self.retrying.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn record_failure(&self, position: i64, error: String) -> Retrying {
+        let mut state = self.retrying.lock().unwrap_or_else(|p| p.into_inner());
+        let next = match state.take() {
+            Some(r) if r.position == position => Retrying {
+                attempts: r.attempts + 1,
+                error,
+                ..r
+            },
+            _ => Retrying {
+                attempts: 1,
+                position,
+                since: chrono::Utc::now(),
+                error,
+            },
+        };
+        *state = Some(next.clone());
+        next
+    }
+
+    fn record_progress(&self, checkpoint: i64) {
+        self.checkpoint.store(checkpoint as u64, Ordering::Relaxed);
+        *self.retrying.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 #[derive(Clone)]
@@ -229,14 +293,34 @@ impl Projector {
         }
     }
 
+    /// Chunks and embeds a batch on a blocking thread. Should the tokenizer or the model panic on some
+    /// input, the batch is prepared again event by event and the event that panics is parked, so that
+    /// no input can stop the projector.
     async fn prepare(
         &self,
         events: Vec<crate::event_store::RecordedEvent>,
     ) -> Result<prepare::PreparedBatch, ProjectorError> {
-        let backend = self.backend.clone();
-        tokio::task::spawn_blocking(move || prepare::prepare(&*backend, &events))
-            .await
-            .map_err(|e| ProjectorError::Panicked(e.to_string()))
+        let events: Arc<[crate::event_store::RecordedEvent]> = events.into();
+        let (backend, all) = (self.backend.clone(), events.clone());
+        match tokio::task::spawn_blocking(move || prepare::prepare(&*backend, &all)).await {
+            Ok(batch) => Ok(batch),
+            Err(e) if e.is_panic() && events.len() > 1 => {
+                tracing::warn!("preparing a batch panicked; preparing its events one by one");
+                let mut batch = prepare::PreparedBatch::default();
+                for i in 0..events.len() {
+                    let (backend, all) = (self.backend.clone(), events.clone());
+                    let one = tokio::task::spawn_blocking(move || prepare::prepare(&*backend, &all[i..=i]))
+                        .await
+                        .unwrap_or_else(|e| prepare::panicked(&events[i], &e));
+                    batch.effects.extend(one.effects);
+                    batch.tokens += one.tokens;
+                    batch.last_position = one.last_position;
+                }
+                Ok(batch)
+            }
+            Err(e) if e.is_panic() => Ok(prepare::panicked(&events[0], &e)),
+            Err(e) => Err(ProjectorError::Panicked(e.to_string())),
+        }
     }
 
     /// Under `--on-error stop`, cut the batch before its first failure and say why; the part before it
@@ -275,11 +359,29 @@ impl Projector {
         )
     }
 
+    /// Writes a prepared batch. When the database rejects it for what it holds, the batch is written
+    /// again event by event to find the one at fault, which is parked with the error after
+    /// ATTEMPTS_PER_EVENT tries; every other event of the batch is projected.
     async fn write(
         &self,
         generation: i64,
         expected: i64,
         batch: prepare::PreparedBatch,
+    ) -> Result<usize, ProjectorError> {
+        match self.write_once(generation, expected, &batch).await {
+            Err(e) if e.is_caused_by_the_events() => {
+                tracing::warn!(error = %e, effects = batch.effects.len(), "a batch was refused; writing its events one by one");
+                self.write_isolating(generation, expected, batch).await
+            }
+            other => other,
+        }
+    }
+
+    async fn write_once(
+        &self,
+        generation: i64,
+        expected: i64,
+        batch: &prepare::PreparedBatch,
     ) -> Result<usize, ProjectorError> {
         let n = batch.effects.len();
         let parked = batch
@@ -287,12 +389,56 @@ impl Projector {
             .iter()
             .filter(|e| matches!(e, prepare::Effect::Failed { .. }))
             .count();
-        let checkpoint = write::write_batch(&self.pool, generation, expected, &batch).await?;
+        let checkpoint = write::write_batch(&self.pool, generation, expected, batch).await?;
         self.stats.events.fetch_add(n as u64, Ordering::Relaxed);
         self.stats.tokens.fetch_add(batch.tokens as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.parked.fetch_add(parked as u64, Ordering::Relaxed);
-        self.stats.checkpoint.store(checkpoint as u64, Ordering::Relaxed);
+        self.stats.record_progress(checkpoint);
+        Ok(n)
+    }
+
+    async fn write_isolating(
+        &self,
+        generation: i64,
+        mut checkpoint: i64,
+        batch: prepare::PreparedBatch,
+    ) -> Result<usize, ProjectorError> {
+        let n = batch.effects.len();
+        for effect in batch.effects {
+            let position = effect.position();
+            let single = prepare::PreparedBatch {
+                tokens: effect.tokens(),
+                last_position: position,
+                effects: vec![effect],
+            };
+            let mut attempt = 1;
+            loop {
+                match self.write_once(generation, checkpoint, &single).await {
+                    Ok(_) => break,
+                    Err(e) if e.is_caused_by_the_events() && attempt < ATTEMPTS_PER_EVENT => attempt += 1,
+                    Err(e) if e.is_caused_by_the_events() => {
+                        let parked = prepare::PreparedBatch {
+                            effects: vec![single.effects[0].failed(format!("writing to the read model failed: {e}"))],
+                            last_position: position,
+                            tokens: 0,
+                        };
+                        self.write_once(generation, checkpoint, &parked).await?;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            checkpoint = position;
+        }
+        if batch.last_position > checkpoint {
+            // Nothing left to apply (a batch cut short), but the checkpoint still moves to its end.
+            let rest = prepare::PreparedBatch {
+                last_position: batch.last_position,
+                ..Default::default()
+            };
+            self.write_once(generation, checkpoint, &rest).await?;
+        }
         Ok(n)
     }
 
@@ -320,7 +466,10 @@ impl Projector {
             match attempt.await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "projector error; starting over from the checkpoint");
+                    let position = self.stats.checkpoint.load(Ordering::Relaxed) as i64;
+                    let retrying = self.stats.record_failure(position, e.to_string());
+                    tracing::warn!(error = %e, retry_in = ?backoff, attempts = retrying.attempts, "projector error; starting over from the checkpoint");
+                    self.record_retry(target, &retrying).await;
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.as_mut() => return Ok(()),
@@ -329,6 +478,27 @@ impl Projector {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Best effort (the database may be what fails): where `recall status` and /metrics see it.
+    async fn record_retry(&self, target: Target, retrying: &Retrying) {
+        let generation = match target {
+            Target::Generation(g) => Some(g),
+            Target::Active => None,
+        };
+        let recorded = sqlx::query(
+            "UPDATE projections SET retry_attempts = $2, retrying_since = $3, last_error = $4
+             WHERE CASE WHEN $1::bigint IS NULL THEN status = 'active' ELSE generation = $1 END",
+        )
+        .bind(generation)
+        .bind(retrying.attempts as i32)
+        .bind(retrying.since)
+        .bind(&retrying.error)
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = recorded {
+            tracing::debug!(error = %e, "could not record the projector's retry");
         }
     }
 
@@ -393,6 +563,7 @@ impl Projector {
         listener.listen(NOTIFY_CHANNEL).await?;
         // Re-read under the lock: a previous holder may have moved it.
         let mut checkpoint = load(&self.pool, g).await?.checkpoint;
+        self.stats.checkpoint.store(checkpoint as u64, Ordering::Relaxed);
         let mut read_after = checkpoint;
         let mut writing: Option<JoinHandle<Result<(i64, usize), ProjectorError>>> = None;
         loop {

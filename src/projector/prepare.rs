@@ -16,9 +16,28 @@ pub(crate) struct PreparedChunk {
     pub embedding: Vec<f32>,
 }
 
+/// The event an effect comes from, to park it by if its write is refused.
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    event_id: uuid::Uuid,
+    stream_id: String,
+    event_type: String,
+}
+
+impl Source {
+    fn of(event: &RecordedEvent) -> Self {
+        Source {
+            event_id: event.event_id,
+            stream_id: event.stream_id.clone(),
+            event_type: event.event_type.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) enum Effect {
     Upsert {
+        source: Source,
         scope: String,
         id: String,
         version: i64,
@@ -28,6 +47,7 @@ pub(crate) enum Effect {
         chunks: Vec<PreparedChunk>,
     },
     Remove {
+        source: Source,
         scope: String,
         id: String,
         version: i64,
@@ -40,6 +60,47 @@ pub(crate) enum Effect {
         event_type: String,
         error: String,
     },
+}
+
+impl Effect {
+    pub fn position(&self) -> i64 {
+        match self {
+            Effect::Upsert { position, .. } | Effect::Remove { position, .. } | Effect::Failed { position, .. } => {
+                *position
+            }
+        }
+    }
+
+    /// Word pieces embedded for this effect.
+    pub fn tokens(&self) -> usize {
+        match self {
+            Effect::Upsert { chunks, .. } => chunks.iter().map(|c| c.tokens as usize).sum(),
+            _ => 0,
+        }
+    }
+
+    /// This effect's event, parked with `error` instead of applied.
+    pub fn failed(&self, error: String) -> Effect {
+        let (position, event_id, stream_id, event_type) = match self {
+            Effect::Failed {
+                position,
+                event_id,
+                stream_id,
+                event_type,
+                ..
+            } => (*position, *event_id, stream_id, event_type),
+            Effect::Upsert { position, source, .. } | Effect::Remove { position, source, .. } => {
+                (*position, source.event_id, &source.stream_id, &source.event_type)
+            }
+        };
+        Effect::Failed {
+            position,
+            event_id,
+            stream_id: stream_id.clone(),
+            event_type: event_type.clone(),
+            error,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -56,6 +117,15 @@ fn failed(event: &RecordedEvent, error: String) -> Effect {
         stream_id: event.stream_id.clone(),
         event_type: event.event_type.clone(),
         error,
+    }
+}
+
+/// The batch of one event whose preparation panicked: the event parked with the panic's message.
+pub(crate) fn panicked(event: &RecordedEvent, panic: &tokio::task::JoinError) -> PreparedBatch {
+    PreparedBatch {
+        effects: vec![failed(event, format!("chunking or embedding panicked: {panic}"))],
+        last_position: event.position,
+        tokens: 0,
     }
 }
 
@@ -79,6 +149,7 @@ pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> P
                     Ok(chunks) => {
                         pending.push((effects.len(), event, chunks));
                         effects.push(Effect::Upsert {
+                            source: Source::of(event),
                             scope: scope.to_string(),
                             id: id.to_string(),
                             version: event.version,
@@ -92,6 +163,7 @@ pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> P
                 }
             }
             DocumentEvent::Removed { scope, id } => effects.push(Effect::Remove {
+                source: Source::of(event),
                 scope: scope.to_string(),
                 id: id.to_string(),
                 version: event.version,

@@ -18,6 +18,10 @@ pub struct ProjectionStatus {
     pub documents: i64,
     pub current_chunks: i64,
     pub parked_failures: i64,
+    /// Failed attempts in a row at this checkpoint (0 when the last batch committed).
+    pub retry_attempts: i32,
+    pub retrying_since: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -37,12 +41,28 @@ pub async fn status(pool: &PgPool) -> Result<StatusReport, ProjectorError> {
     let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
         .fetch_one(pool)
         .await?;
-    let rows: Vec<(i64, String, String, String, i32, i64, Option<f64>, i64, i64, i64)> = sqlx::query_as(
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(
+        i64,
+        String,
+        String,
+        String,
+        i32,
+        i64,
+        Option<f64>,
+        i64,
+        i64,
+        i64,
+        i32,
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<String>,
+    )> = sqlx::query_as(
         "SELECT p.generation, p.status, p.model_name, p.model_revision, p.dimension, p.checkpoint,
                 (SELECT extract(epoch FROM now() - e.recorded_at)::float8 FROM events e WHERE e.position = p.checkpoint + 1),
                 (SELECT count(*) FROM documents d WHERE d.generation = p.generation AND NOT d.removed),
                 (SELECT count(*) FROM chunks c WHERE c.generation = p.generation AND c.valid_to IS NULL),
-                (SELECT count(*) FROM projection_failures f WHERE f.generation = p.generation AND f.resolved_at IS NULL)
+                (SELECT count(*) FROM projection_failures f WHERE f.generation = p.generation AND f.resolved_at IS NULL),
+                p.retry_attempts, p.retrying_since, p.last_error
          FROM projections p ORDER BY p.generation",
     )
     .fetch_all(pool)
@@ -50,7 +70,21 @@ pub async fn status(pool: &PgPool) -> Result<StatusReport, ProjectorError> {
     let projections = rows
         .into_iter()
         .map(
-            |(generation, status, name, revision, dimension, checkpoint, lag, documents, chunks, failures)| {
+            |(
+                generation,
+                status,
+                name,
+                revision,
+                dimension,
+                checkpoint,
+                lag,
+                documents,
+                chunks,
+                failures,
+                retry_attempts,
+                retrying_since,
+                last_error,
+            )| {
                 ProjectionStatus {
                     generation,
                     status,
@@ -62,6 +96,9 @@ pub async fn status(pool: &PgPool) -> Result<StatusReport, ProjectorError> {
                     documents,
                     current_chunks: chunks,
                     parked_failures: failures,
+                    retry_attempts,
+                    retrying_since,
+                    last_error,
                 }
             },
         )
@@ -75,7 +112,7 @@ impl StatusReport {
         let mut out = String::new();
         out.push_str("# HELP recall_log_head_position Position of the last committed event.\n# TYPE recall_log_head_position gauge\n");
         out.push_str(&format!("recall_log_head_position {}\n", self.head));
-        let gauges: [(&str, &str, fn(&ProjectionStatus) -> f64); 6] = [
+        let gauges: [(&str, &str, fn(&ProjectionStatus) -> f64); 8] = [
             ("recall_projection_checkpoint", "Last log position projected.", |p| {
                 p.checkpoint as f64
             }),
@@ -99,6 +136,19 @@ impl StatusReport {
                 "recall_projection_parked_failures",
                 "Events parked by the projector.",
                 |p| p.parked_failures as f64,
+            ),
+            (
+                "recall_projection_retry_attempts",
+                "Failed attempts in a row at the checkpoint (0 while projecting normally).",
+                |p| p.retry_attempts as f64,
+            ),
+            (
+                "recall_projection_retrying_seconds",
+                "How long the projector has been retrying at its checkpoint (0 while projecting normally).",
+                |p| {
+                    p.retrying_since
+                        .map_or(0.0, |t| (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1e3)
+                },
             ),
         ];
         for (name, help, value) in gauges {

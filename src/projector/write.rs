@@ -254,7 +254,8 @@ pub(crate) async fn write_batch(
         .execute(&mut *tx)
         .await?;
     let moved = sqlx::query(
-        "UPDATE projections SET checkpoint = $3, updated_at = now()
+        "UPDATE projections SET checkpoint = $3, updated_at = now(),
+                                retry_attempts = 0, retrying_since = NULL, last_error = NULL
          WHERE generation = $1 AND checkpoint = $2 AND status <> 'retired'",
     )
     .bind(generation)

@@ -20,6 +20,10 @@ use crate::domain::Scope;
 pub enum SearchError {
     #[error("k must be between 1 and {max}, not {k}")]
     BadK { k: usize, max: usize },
+    #[error("the query is empty; ask a question with at least one word")]
+    EmptyQuery,
+    #[error("the query is {bytes} bytes, over the limit of {max}; ask a shorter question")]
+    QueryTooLong { bytes: usize, max: usize },
     #[error(
         "as_of position {as_of} is ahead of what the read model reflects ({checkpoint}); wait for it or search live"
     )]
@@ -36,8 +40,16 @@ pub enum SearchError {
     Database(#[from] sqlx::Error),
 }
 
-/// The largest k a caller of the library may ask for (the HTTP API allows 1..=100).
-pub const MAX_K: usize = 1000;
+/// The most results one search may ask for, through any interface.
+pub const MAX_K: usize = 100;
+
+/// The longest accepted question; the model reads at most its first 256 word pieces anyway.
+pub const MAX_QUERY_BYTES: usize = 16 * 1024;
+
+/// How deep each ranking goes when results are fused or grouped by document: the same depth for every
+/// k up to MAX_K, so that asking for more results never reorders the first ones (a deeper list would
+/// give a chunk ranked low on one side a share it did not have before).
+const RANKING_DEPTH: usize = 3 * MAX_K;
 
 /// Candidates the HNSW scan keeps while searching (pgvector's `hnsw.ef_search`): with the graph built at
 /// ef_construction 128 (migrations/0005), 140 finds 0.99 of the exact top 10 at 112k chunks.
@@ -84,14 +96,29 @@ pub struct SearchRequest {
     /// Consider only each document's first chunk: the BEIR/MTEB protocol, which embeds a document
     /// truncated at max_seq_length (used by `recall eval` to compare with published numbers).
     pub first_chunk_only: bool,
+    /// Each document once, at its best chunk: k distinct documents (or fewer, when the best
+    /// RANKING_DEPTH chunks of each ranking hold fewer).
+    pub distinct_documents: bool,
+    /// With `distinct_documents`: list the document's other matching chunks (offsets and scores).
+    pub other_chunks: bool,
 }
 
 impl SearchRequest {
-    /// What can be checked before any work: k within 1..=`max_k`, a filter that is an object, an
-    /// as_of that is a position. The HTTP API checks with its own, smaller bound before embedding.
-    pub fn validate(&self, max_k: usize) -> Result<(), SearchError> {
-        if self.k == 0 || self.k > max_k {
-            return Err(SearchError::BadK { k: self.k, max: max_k });
+    /// The one definition of a valid search, which every interface (CLI, HTTP API, evaluation) calls
+    /// before any work: a question with a word in it and not too long, k within 1..=MAX_K, a filter that
+    /// is an object, an as_of that is a position.
+    pub fn validate(&self, query: &str) -> Result<(), SearchError> {
+        if query.trim().is_empty() {
+            return Err(SearchError::EmptyQuery);
+        }
+        if query.len() > MAX_QUERY_BYTES {
+            return Err(SearchError::QueryTooLong {
+                bytes: query.len(),
+                max: MAX_QUERY_BYTES,
+            });
+        }
+        if self.k == 0 || self.k > MAX_K {
+            return Err(SearchError::BadK { k: self.k, max: MAX_K });
         }
         if self.filter.as_ref().is_some_and(|f| !f.is_object()) {
             return Err(SearchError::BadFilter);
@@ -112,6 +139,8 @@ impl Default for SearchRequest {
             filter: None,
             as_of: None,
             first_chunk_only: false,
+            distinct_documents: false,
+            other_chunks: false,
         }
     }
 }
@@ -135,6 +164,19 @@ pub struct SearchHit {
     pub char_start: i32,
     pub char_end: i32,
     pub metadata: serde_json::Value,
+    /// With `distinct_documents` and `other_chunks`: the document's other matching chunks, best first.
+    #[sqlx(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_chunks: Option<Vec<ChunkMatch>>,
+}
+
+/// Where another matching chunk of a document lies, and how well it matched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkMatch {
+    pub chunk_index: i32,
+    pub char_start: i32,
+    pub char_end: i32,
+    pub score: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -146,7 +188,7 @@ pub struct SearchResponse {
 }
 
 pub async fn search(pool: &PgPool, query: Query<'_>, request: &SearchRequest) -> Result<SearchResponse, SearchError> {
-    request.validate(MAX_K)?;
+    request.validate(query.text)?;
     Snapshot::open(pool, false).await?.search(query, request).await
 }
 
@@ -157,7 +199,7 @@ pub async fn search_exact(
     query: Query<'_>,
     request: &SearchRequest,
 ) -> Result<SearchResponse, SearchError> {
-    request.validate(MAX_K)?;
+    request.validate(query.text)?;
     Snapshot::open(pool, true).await?.search(query, request).await
 }
 
@@ -218,7 +260,7 @@ impl Snapshot {
     /// the answer does not wait a round trip for it.
     #[tracing::instrument(skip_all, fields(k = request.k, mode = request.mode.name(), as_of = ?request.as_of))]
     pub async fn search(mut self, query: Query<'_>, request: &SearchRequest) -> Result<SearchResponse, SearchError> {
-        request.validate(MAX_K)?;
+        request.validate(query.text)?;
         let vector = match (request.mode.needs_vector(), query.vector) {
             (true, None) => {
                 return Err(SearchError::NoVector {
@@ -238,10 +280,12 @@ impl Snapshot {
             Some(p) => p,
         };
         let scope = request.scope.as_ref().map(|s| s.as_str().to_owned());
-        // Fusion needs more than k from each side: a chunk ranked low by one and high by the other may win.
-        let depth = match request.mode {
-            SearchMode::Hybrid => (request.k * 3).clamp(50, MAX_K),
-            _ => request.k,
+        // Fusion needs more than k from each side (a chunk ranked low by one and high by the other may
+        // win), and k documents need more than k chunks.
+        let depth = if request.mode == SearchMode::Hybrid || request.distinct_documents {
+            RANKING_DEPTH
+        } else {
+            request.k
         };
         let ranked = |mode: SearchMode| {
             let sql = sql::query(mode, request.as_of.is_some());
@@ -255,15 +299,19 @@ impl Snapshot {
                 .bind(position)
                 .bind(query.text)
         };
-        let mut results = match request.mode {
-            SearchMode::Dense | SearchMode::Lexical => ranked(request.mode).fetch_all(&mut *self.tx).await?,
+        let ranking = match request.mode {
+            SearchMode::Dense | SearchMode::Lexical => sorted(ranked(request.mode).fetch_all(&mut *self.tx).await?),
             SearchMode::Hybrid => {
                 let dense = ranked(SearchMode::Dense).fetch_all(&mut *self.tx).await?;
                 let lexical = ranked(SearchMode::Lexical).fetch_all(&mut *self.tx).await?;
-                fuse(sorted(dense), lexical)
+                fuse(dense, lexical)
             }
         };
-        results = sorted(results);
+        let mut results = if request.distinct_documents {
+            distinct_documents(ranking, request.other_chunks)
+        } else {
+            ranking
+        };
         results.truncate(request.k);
         Ok(SearchResponse { position, results })
     }
@@ -280,10 +328,12 @@ fn sorted(mut hits: Vec<SearchHit>) -> Vec<SearchHit> {
     hits
 }
 
-/// Reciprocal rank fusion: each chunk scores the sum of 1 / (60 + rank) over the rankings it is in.
+/// Reciprocal rank fusion: each chunk scores the sum of 1 / (60 + rank) over the rankings it is in. Each
+/// ranking's ranks come from its own scores (sorted here), never from the order the rows arrived in.
+/// Returns the fused ranking, best first.
 fn fuse(dense: Vec<SearchHit>, lexical: Vec<SearchHit>) -> Vec<SearchHit> {
     let mut fused: HashMap<(String, String, i32), SearchHit> = HashMap::new();
-    for ranking in [dense, lexical] {
+    for ranking in [sorted(dense), sorted(lexical)] {
         for (rank, hit) in ranking.into_iter().enumerate() {
             let share = 1.0 / (RRF_K + rank as f64 + 1.0);
             fused
@@ -292,7 +342,37 @@ fn fuse(dense: Vec<SearchHit>, lexical: Vec<SearchHit>) -> Vec<SearchHit> {
                 .or_insert(SearchHit { score: share, ..hit });
         }
     }
-    fused.into_values().collect()
+    sorted(fused.into_values().collect())
+}
+
+/// Each document once, at its best chunk, in the order of those chunks (`ranking` best first); with
+/// `other_chunks`, the document's other chunks in the ranking go with it.
+fn distinct_documents(ranking: Vec<SearchHit>, other_chunks: bool) -> Vec<SearchHit> {
+    let mut position: HashMap<(String, String), usize> = HashMap::new();
+    let mut documents: Vec<SearchHit> = Vec::new();
+    for hit in ranking {
+        let key = (hit.scope.clone(), hit.document_id.clone());
+        match position.get(&key) {
+            Some(&i) => {
+                if let Some(others) = documents[i].other_chunks.as_mut() {
+                    others.push(ChunkMatch {
+                        chunk_index: hit.chunk_index,
+                        char_start: hit.char_start,
+                        char_end: hit.char_end,
+                        score: hit.score,
+                    });
+                }
+            }
+            None => {
+                position.insert(key, documents.len());
+                documents.push(SearchHit {
+                    other_chunks: other_chunks.then(Vec::new),
+                    ..hit
+                });
+            }
+        }
+    }
+    documents
 }
 
 #[cfg(test)]
@@ -310,6 +390,7 @@ mod tests {
             char_start: 0,
             char_end: 0,
             metadata: serde_json::json!({}),
+            other_chunks: None,
         }
     }
 
@@ -317,11 +398,125 @@ mod tests {
     fn fusion_rewards_agreement_between_the_rankings() {
         let dense = vec![hit("a", 0.9), hit("b", 0.8), hit("c", 0.7)];
         let lexical = vec![hit("c", 12.0), hit("b", 9.0), hit("d", 3.0)];
-        let fused = sorted(fuse(dense, lexical));
+        let fused = fuse(dense, lexical);
         let order: Vec<&str> = fused.iter().map(|h| h.document_id.as_str()).collect();
         // c: 1/63 + 1/61 = 0.032267; b: 2/62 = 0.032258; a: 1/61; d: 1/63.
         assert_eq!(order, ["c", "b", "a", "d"]);
         assert!((fused[0].score - (1.0 / 63.0 + 1.0 / 61.0)).abs() < 1e-12);
         assert!((fused[3].score - 1.0 / 63.0).abs() < 1e-12);
+    }
+
+    fn chunk(id: &str, index: i32, score: f64) -> SearchHit {
+        SearchHit {
+            chunk_index: index,
+            char_start: index * 100,
+            char_end: index * 100 + 120,
+            ..hit(id, score)
+        }
+    }
+
+    fn keys(hits: &[SearchHit]) -> Vec<(String, i32, u64)> {
+        hits.iter()
+            .map(|h| (h.document_id.clone(), h.chunk_index, h.score.to_bits()))
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// The SQL may return rows in any order: fusion ranks each list by its own scores, so the answer
+        /// is the same whatever order either list arrives in (ties included).
+        #[test]
+        fn fusion_ignores_the_order_rows_arrive_in(
+            dense in proptest::collection::vec((0u8..40, 0i32..3, 0u16..50), 0..60),
+            lexical in proptest::collection::vec((0u8..40, 0i32..3, 0u16..50), 0..60),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let dedupe = |rows: Vec<(u8, i32, u16)>| {
+                let mut seen = std::collections::HashSet::new();
+                rows.into_iter()
+                    .filter(|(d, c, _)| seen.insert((*d, *c)))
+                    .map(|(d, c, s)| chunk(&format!("d{d}"), c, f64::from(s) / 10.0))
+                    .collect::<Vec<_>>()
+            };
+            let (dense, lexical) = (dedupe(dense), dedupe(lexical));
+            let shuffle = |mut v: Vec<SearchHit>, salt: u64| {
+                // A fixed permutation per seed: sort by a hash of the key.
+                v.sort_by_key(|h| {
+                    use std::hash::{Hash, Hasher};
+                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                    (seed ^ salt, &h.document_id, h.chunk_index).hash(&mut hasher);
+                    hasher.finish()
+                });
+                v
+            };
+            let expected = fuse(sorted(dense.clone()), sorted(lexical.clone()));
+            let shuffled = fuse(shuffle(dense.clone(), 1), shuffle(lexical.clone(), 2));
+            let reversed = fuse(sorted(dense).into_iter().rev().collect(), sorted(lexical).into_iter().rev().collect());
+            proptest::prop_assert_eq!(keys(&expected), keys(&shuffled));
+            proptest::prop_assert_eq!(keys(&expected), keys(&reversed));
+            for pair in expected.windows(2) {
+                proptest::prop_assert!(pair[0].score >= pair[1].score);
+            }
+        }
+    }
+
+    #[test]
+    fn a_document_ranks_once_at_its_best_chunk_with_its_other_chunks_if_asked() {
+        let ranking = sorted(vec![
+            chunk("a", 2, 0.9),
+            chunk("b", 0, 0.8),
+            chunk("a", 0, 0.7),
+            chunk("c", 1, 0.6),
+            chunk("b", 3, 0.5),
+        ]);
+        let plain = distinct_documents(ranking.clone(), false);
+        let order: Vec<(&str, i32)> = plain.iter().map(|h| (h.document_id.as_str(), h.chunk_index)).collect();
+        assert_eq!(order, [("a", 2), ("b", 0), ("c", 1)]);
+        assert!(plain.iter().all(|h| h.other_chunks.is_none()));
+
+        let with_others = distinct_documents(ranking, true);
+        let others = |i: usize| -> Vec<(i32, i32, i32)> {
+            with_others[i]
+                .other_chunks
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|m| (m.chunk_index, m.char_start, m.char_end))
+                .collect()
+        };
+        assert_eq!(others(0), [(0, 0, 120)]);
+        assert_eq!(others(1), [(3, 300, 420)]);
+        assert!(others(2).is_empty());
+    }
+
+    #[test]
+    fn one_definition_of_a_valid_request() {
+        let request = SearchRequest::default();
+        assert!(matches!(request.validate(""), Err(SearchError::EmptyQuery)));
+        assert!(matches!(request.validate(" \n\t"), Err(SearchError::EmptyQuery)));
+        assert!(matches!(
+            request.validate(&"x".repeat(MAX_QUERY_BYTES + 1)),
+            Err(SearchError::QueryTooLong { .. })
+        ));
+        assert!(request.validate("a question").is_ok());
+        for k in [0, MAX_K + 1] {
+            assert!(matches!(
+                SearchRequest {
+                    k,
+                    ..SearchRequest::default()
+                }
+                .validate("q"),
+                Err(SearchError::BadK { .. })
+            ));
+        }
+        let bad_filter = SearchRequest {
+            filter: Some(serde_json::json!([1])),
+            ..SearchRequest::default()
+        };
+        assert!(matches!(bad_filter.validate("q"), Err(SearchError::BadFilter)));
+        let bad_as_of = SearchRequest {
+            as_of: Some(-1),
+            ..SearchRequest::default()
+        };
+        assert!(matches!(bad_as_of.validate("q"), Err(SearchError::BadAsOf(-1))));
     }
 }

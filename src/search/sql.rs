@@ -141,7 +141,8 @@ fn lexical(as_of: bool) -> String {
          top AS (
              SELECT * FROM scores ORDER BY score DESC, scope, document_id, chunk_index LIMIT $5
          )
-         {details}",
+         {details}
+         ORDER BY top.score DESC, c.scope, c.document_id, c.chunk_index",
         stats = stats(as_of)
     )
 }
