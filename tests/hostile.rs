@@ -506,3 +506,111 @@ fn no_request_body_makes_the_api_panic_answer_5xx_or_append_when_it_rejects() {
         })
         .unwrap();
 }
+
+/// Every status recall sends carries `{"error": {"code", "message"}}`, whether a handler or the framework
+/// (an extractor's rejection, a method the route lacks, an unknown path) refused the request.
+#[tokio::test]
+async fn every_route_answers_malformed_paths_methods_and_headers_with_the_json_error() {
+    let (pool, _) = common::fresh_database().await;
+    let config = ApiConfig {
+        tokens: vec![TOKEN.into()],
+        ..ApiConfig::default()
+    };
+    let router = api::router(AppState::new(CommandHandler::new(EventStore::new(pool)), config));
+    let auth = ("authorization", "Bearer catalogue-token");
+    let paths = [
+        "/v1/documents",
+        "/v1/documents/doc",
+        "/v1/documents/%FF%FE",
+        "/v1/documents/%ZZ",
+        "/v1/documents/a%00b",
+        "/v1/documents/%FF%FE/history",
+        "/v1/documents/doc/history",
+        "/v1/search",
+        "/v1/search?wait_for=%FF",
+        "/v1/search?wait_for=soon",
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+        "/v1/nothing/here",
+        "/v1/documents/doc/history/extra",
+    ];
+    let header_sets: [&[(&str, &str)]; 6] = [
+        &[auth],
+        &[auth, ("content-type", "text/plain")],
+        &[auth, ("content-type", "application/json"), ("if-match", "W/\"1\"")],
+        &[auth, ("content-type", "application/json"), ("idempotency-key", "not-a-uuid")],
+        &[("authorization", "Basic Y2F0YWxvZ3Vl")],
+        &[("authorization", "bearer")],
+    ];
+    let mut checked = 0;
+    for path in paths {
+        for method in ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
+            for headers in header_sets {
+                let (status, body) = send(&router, method, path, headers, b"{\"text\": ".to_vec()).await;
+                if status.is_client_error() || status.is_server_error() {
+                    assert!(
+                        body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+                        "{method} {path} {headers:?}: {status} without the JSON error: {body}"
+                    );
+                    assert!(status != StatusCode::INTERNAL_SERVER_ERROR, "{method} {path}: {body}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 300, "{checked}");
+    let (status, body) = send(&router, "PATCH", "/v1/documents/doc", &[auth], vec![]).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    let (status, body) = send(&router, "GET", "/v1/documents/%FF%FE", &[auth], vec![]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+/// RFC 9110: the authorization scheme is case-insensitive; If-Match compares strongly.
+#[tokio::test]
+async fn the_scheme_is_case_insensitive_and_a_weak_etag_never_matches() {
+    let (pool, _) = common::fresh_database().await;
+    let store = EventStore::new(pool.clone());
+    let config = ApiConfig {
+        tokens: vec![TOKEN.into()],
+        ..ApiConfig::default()
+    };
+    let router = api::router(AppState::new(CommandHandler::new(store.clone()), config));
+    let json_type = ("content-type", "application/json");
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let token = format!("{scheme} {TOKEN}");
+        let (status, body) = send(
+            &router,
+            "POST",
+            "/v1/documents",
+            &[("authorization", &token), json_type],
+            json!({"id": format!("d-{scheme}"), "text": "some text"}).to_string().into_bytes(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{scheme}: {body}");
+    }
+    let auth = ("authorization", "bearer catalogue-token");
+    let before = store.head().await.unwrap();
+    let (status, body) = send(
+        &router,
+        "PUT",
+        "/v1/documents/d-Bearer",
+        &[auth, json_type, ("if-match", "W/\"1\"")],
+        json!({"text": "new text"}).to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{body}");
+    assert_eq!(body["error"]["code"], "precondition_failed");
+    assert_eq!(store.head().await.unwrap(), before, "nothing appended");
+    let (status, body) = send(
+        &router,
+        "PUT",
+        "/v1/documents/d-Bearer",
+        &[auth, json_type, ("if-match", "\"1\"")],
+        json!({"text": "new text"}).to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

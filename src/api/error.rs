@@ -84,6 +84,45 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The outermost layer: any error status that left without recall's JSON body (a rejection by one of the
+/// framework's extractors, such as a path that is not valid percent-encoded UTF-8, or a method the route
+/// does not have) gets one, with the framework's explanation as the message and its headers kept.
+pub async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let detail = String::from_utf8_lossy(&bytes).trim().to_owned();
+    let allow = parts.headers.get(header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            format!("{method} is not allowed here; this path takes {allow}"),
+        ),
+        StatusCode::NOT_FOUND => ("not_found", "no such endpoint; see /openapi.json".to_owned()),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is over the size limit".to_owned()),
+        StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "the service is unavailable; retry shortly".to_owned()),
+        s if s.is_server_error() => ("internal", "an internal error occurred".to_owned()),
+        _ if detail.is_empty() => ("invalid_request", format!("the request was refused ({status})")),
+        _ => ("invalid_request", format!("the request was refused: {detail}")),
+    };
+    let mut replaced = ApiError::new(status, code, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            replaced.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    replaced
+}
+
 impl From<DomainError> for ApiError {
     fn from(error: DomainError) -> Self {
         let (status, code) = match &error {

@@ -52,10 +52,18 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     };
     let ready = database.is_ok() && model.is_ok() && projector.is_ok();
     let show = |r: Result<String, String>| r.unwrap_or_else(|e| e);
-    let body = json!({
+    let failing: Vec<String> = [("database", &database), ("model", &model), ("projector", &projector)]
+        .into_iter()
+        .filter_map(|(name, check)| check.as_ref().err().map(|e| format!("{name}: {e}")))
+        .collect();
+    let mut body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "checks": {"database": show(database), "model": show(model), "projector": show(projector)},
     });
+    if !ready {
+        // The same error object as every other refusal, beside the checks.
+        body["error"] = json!({"code": "not_ready", "message": format!("not ready: {}", failing.join("; "))});
+    }
     let status = if ready {
         StatusCode::OK
     } else {

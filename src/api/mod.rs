@@ -184,6 +184,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .layer(DefaultBodyLimit::max(state.config().max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn(error::json_errors))
         .with_state(state)
 }
 

@@ -33,6 +33,9 @@ pub struct IngestArgs {
     /// The id of a single ingested file (default: its path).
     #[arg(long)]
     id: Option<String>,
+    /// Follow symlinked directories inside the given directories (loops are detected and not entered).
+    #[arg(long)]
+    follow_symlinks: bool,
     /// One JSON object per result line instead of a summary.
     #[arg(long)]
     json: bool,
@@ -101,6 +104,8 @@ struct IngestSummary {
     appended: u64,
     unchanged: u64,
     rejected: u64,
+    /// Entries of directories that are not regular files (pipes, sockets, devices, unfollowed links).
+    skipped: u64,
 }
 
 fn progress(total: Option<u64>) -> ProgressBar {
@@ -233,7 +238,19 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
         flush(&handler, &mut batch, &ctx, &mut summary, args.json, &bar).await?;
         bar.finish_and_clear();
     } else {
-        let (files, errors) = ingest::discover_files(&args.paths);
+        let ingest::Discovered {
+            files,
+            errors,
+            skipped,
+        } = ingest::discover_files(&args.paths, args.follow_symlinks);
+        for note in skipped {
+            summary.skipped += 1;
+            if args.json {
+                println!("{}", json!({"skipped": note}));
+            } else {
+                eprintln!("skipped {note}");
+            }
+        }
         if args.id.is_some() && files.len() != 1 {
             anyhow::bail!(
                 "--id names one document, but the paths hold {} files; drop --id to use each path as its id",
@@ -266,8 +283,8 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
         println!("{}", json!({"summary": summary}));
     } else {
         eprintln!(
-            "appended {}, unchanged {}, rejected {}",
-            summary.appended, summary.unchanged, summary.rejected
+            "appended {}, unchanged {}, rejected {}, skipped {}",
+            summary.appended, summary.unchanged, summary.rejected, summary.skipped
         );
     }
     Ok(if summary.rejected > 0 {

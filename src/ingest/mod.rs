@@ -110,43 +110,107 @@ pub fn parse_jsonl_line(
     })
 }
 
-/// The .txt and .md files under the given paths (directories recursively), sorted for a stable order.
-/// Paths that cannot be read are returned as errors alongside.
-pub fn discover_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<IngestError>) {
-    let mut files = Vec::new();
-    let mut errors = Vec::new();
-    for path in paths {
-        walk(path, true, &mut files, &mut errors);
-    }
-    files.sort();
-    files.dedup();
-    (files, errors)
+/// What a walk of the given paths found: the files to read, sorted, each once; the paths that could not
+/// be read; and the entries skipped because they are not regular files (pipes, sockets, devices).
+#[derive(Debug, Default)]
+pub struct Discovered {
+    pub files: Vec<PathBuf>,
+    pub errors: Vec<IngestError>,
+    pub skipped: Vec<String>,
 }
 
-fn walk(path: &Path, explicit: bool, files: &mut Vec<PathBuf>, errors: &mut Vec<IngestError>) {
-    let unreadable = |error| IngestError::Unreadable {
-        source_name: path.display().to_string(),
-        error,
-    };
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) => return errors.push(unreadable(e)),
-    };
-    if meta.is_dir() {
-        let entries = match std::fs::read_dir(path) {
-            Ok(e) => e,
-            Err(e) => return errors.push(unreadable(e)),
-        };
-        for entry in entries {
-            match entry {
-                Ok(entry) => walk(&entry.path(), false, files, errors),
-                Err(e) => errors.push(unreadable(e)),
+/// The .txt and .md files under the given paths (directories recursively), and any file named
+/// explicitly whatever its extension. Only regular files are read: a named pipe would block the reader
+/// forever. Symlinked directories are followed only when `follow_symlinks` (then a loop is reported and
+/// not entered); a file reached by two ways (links, overlapping paths) is listed once.
+pub fn discover_files(paths: &[PathBuf], follow_symlinks: bool) -> Discovered {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = Discovered::default();
+    let mut seen = std::collections::HashSet::new();
+    for path in paths {
+        let explicit = path.as_path();
+        // The root is followed even when it is a link: the user named it.
+        for entry in walkdir::WalkDir::new(path).follow_root_links(true).follow_links(follow_symlinks) {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    let source_name = e.path().unwrap_or(explicit).display().to_string();
+                    let looped = e.loop_ancestor().map(|a| a.display().to_string());
+                    let error = match (looped, e.into_io_error()) {
+                        (Some(ancestor), _) => {
+                            std::io::Error::other(format!("a symlink loop back to {ancestor}; not followed"))
+                        }
+                        (None, Some(io)) => io,
+                        (None, None) => std::io::Error::other("cannot walk it"),
+                    };
+                    found.errors.push(IngestError::Unreadable { source_name, error });
+                    continue;
+                }
+            };
+            let named = entry.depth() == 0;
+            let file_type = entry.file_type();
+            if file_type.is_dir() {
+                continue;
+            }
+            if file_type.is_symlink() {
+                // A link inside a directory that is not followed: to a directory, or dangling.
+                let target = std::fs::metadata(entry.path());
+                if target.as_ref().is_ok_and(|m| m.is_dir()) || target.is_err() {
+                    found.skipped.push(format!(
+                        "{}: a symlink to a directory or to nothing; skipped (use --follow-symlinks to follow links)",
+                        entry.path().display()
+                    ));
+                    continue;
+                }
+            }
+            let meta = match std::fs::metadata(entry.path()) {
+                Ok(m) => m,
+                Err(error) => {
+                    found.errors.push(IngestError::Unreadable {
+                        source_name: entry.path().display().to_string(),
+                        error,
+                    });
+                    continue;
+                }
+            };
+            if !meta.is_file() {
+                let what = format!(
+                    "{}: not a regular file ({}); only regular files are read",
+                    entry.path().display(),
+                    kind(&meta.file_type())
+                );
+                if named {
+                    found.errors.push(IngestError::Unreadable {
+                        source_name: entry.path().display().to_string(),
+                        error: std::io::Error::other(format!("not a regular file ({})", kind(&meta.file_type()))),
+                    });
+                } else {
+                    found.skipped.push(what);
+                }
+                continue;
+            }
+            // A file named on the command line is taken whatever its extension; inside directories only
+            // .txt and .md are, so that a repository's binaries are not swept in.
+            let wanted = named || matches!(entry.path().extension().and_then(|e| e.to_str()), Some("txt" | "md"));
+            if wanted && seen.insert((meta.dev(), meta.ino())) {
+                found.files.push(entry.path().to_path_buf());
             }
         }
-    } else if explicit || matches!(path.extension().and_then(|e| e.to_str()), Some("txt" | "md")) {
-        // A file named on the command line is taken whatever its extension; inside directories only
-        // .txt and .md are, so that a repository's binaries are not swept in.
-        files.push(path.to_path_buf());
+    }
+    found.files.sort();
+    found
+}
+
+fn kind(file_type: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_fifo() {
+        "a named pipe"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_block_device() || file_type.is_char_device() {
+        "a device"
+    } else {
+        "not a file"
     }
 }
 
@@ -167,22 +231,41 @@ pub fn read_file_item(
         None => path.to_string_lossy().trim_start_matches("./").to_owned(),
     };
     let doc_id = DocumentId::parse(&raw_id).map_err(invalid)?;
-    let len = std::fs::metadata(path)
-        .map_err(|error| IngestError::Unreadable {
-            source_name: source_name.clone(),
-            error,
-        })?
-        .len();
+    let unreadable = |error| IngestError::Unreadable {
+        source_name: source_name.clone(),
+        error,
+    };
+    // Opened without blocking and checked through the handle, so that a path swapped for a pipe after
+    // the walk cannot hang the reader.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(unreadable)?
+    };
+    let meta = file.metadata().map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(unreadable(std::io::Error::other(format!(
+            "not a regular file ({})",
+            kind(&meta.file_type())
+        ))));
+    }
+    let len = meta.len();
     if len as usize > limits.max_text_bytes {
         return Err(invalid(DomainError::TextTooLong {
             bytes: len as usize,
             limit: limits.max_text_bytes,
         }));
     }
-    let bytes = std::fs::read(path).map_err(|error| IngestError::Unreadable {
-        source_name: source_name.clone(),
-        error,
-    })?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    // At most one byte past the limit: a file that grows while it is read is still bounded.
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(&file, limits.max_text_bytes as u64 + 1),
+        &mut bytes,
+    )
+    .map_err(unreadable)?;
     let title = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -265,9 +348,56 @@ mod tests {
         std::fs::write(dir.path().join("a.txt"), "a").unwrap();
         std::fs::write(dir.path().join("sub/b.md"), "b").unwrap();
         std::fs::write(dir.path().join("c.bin"), "c").unwrap();
-        let (files, errors) = discover_files(&[dir.path().to_path_buf(), dir.path().join("missing")]);
-        assert_eq!(files.len(), 2);
-        assert_eq!(errors.len(), 1);
-        assert!(errors[0].to_string().contains("missing"));
+        let found = discover_files(&[dir.path().to_path_buf(), dir.path().join("missing")], false);
+        assert_eq!(found.files.len(), 2);
+        assert_eq!(found.errors.len(), 1);
+        assert!(found.errors[0].to_string().contains("missing"));
+    }
+
+    fn mkfifo(path: &Path) {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    #[test]
+    fn only_regular_files_are_read_and_a_named_pipe_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "a").unwrap();
+        mkfifo(&dir.path().join("pipe.txt"));
+        let found = discover_files(&[dir.path().to_path_buf()], false);
+        assert_eq!(found.files, [dir.path().join("a.txt")]);
+        assert!(found.skipped[0].contains("named pipe"), "{:?}", found.skipped);
+        // Named explicitly, it is an error that says why, not a hang.
+        let named = discover_files(&[dir.path().join("pipe.txt")], false);
+        assert!(named.files.is_empty());
+        assert!(named.errors[0].to_string().contains("not a regular file (a named pipe)"));
+        // Read directly (a path swapped for a pipe after the walk): refused at once.
+        let err = read_file_item(&dir.path().join("pipe.txt"), None, &Scope::default(), &Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn symlink_loops_end_and_a_file_reached_twice_is_listed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("a.txt"), "a").unwrap();
+        std::fs::write(root.join("b.md"), "b").unwrap();
+        std::os::unix::fs::symlink(&root, root.join("self1")).unwrap();
+        std::os::unix::fs::symlink(&root, root.join("self2")).unwrap();
+        std::os::unix::fs::symlink(root.join("a.txt"), root.join("again.txt")).unwrap();
+        std::os::unix::fs::symlink(root.join("nowhere"), root.join("dangling.txt")).unwrap();
+
+        let plain = discover_files(&[root.clone()], false);
+        assert_eq!(plain.files.len(), 2, "{:?}", plain.files);
+        assert!(plain.errors.is_empty(), "{:?}", plain.errors);
+        assert_eq!(plain.skipped.len(), 3, "two links to directories and a dangling one: {:?}", plain.skipped);
+
+        let followed = discover_files(&[root.clone(), root.join("a.txt")], true);
+        assert_eq!(followed.files.len(), 2, "{:?}", followed.files);
+        let loops = followed.errors.iter().filter(|e| e.to_string().contains("symlink loop")).count();
+        assert_eq!(loops, 2, "{:?}", followed.errors);
+        assert_eq!(followed.errors.len(), 3, "the loops and the dangling link: {:?}", followed.errors);
     }
 }
