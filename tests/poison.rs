@@ -127,7 +127,7 @@ async fn three_mebibytes_of_numbers_between_control_characters_project_in_bounde
     assert_eq!(projected, 3, "texts like these are projected, in pieces");
     // Offsets still cover the text exactly.
     let (chunks, covered): (i64, Option<i64>) = sqlx::query_as(
-        "SELECT count(*), max(char_end) FROM chunks WHERE scope = 'hostile' AND document_id = 'numbers'",
+        "SELECT count(*), max(char_end)::bigint FROM chunks WHERE scope = 'hostile' AND document_id = 'numbers'",
     )
     .fetch_one(&pool)
     .await

@@ -252,6 +252,7 @@ pub async fn get(
     let Query(query) = query?;
     let key = key(query.scope.as_deref(), &id)?;
     state.wait_for(query.wait_for).await?;
+    let _turn = state.read_turn().await?;
     let row: Option<DocumentRow> = sqlx::query_as(
         "SELECT d.title, d.metadata, d.version, d.removed, d.position, e.payload->>'text' AS text,
                 (SELECT count(*) FROM chunks c WHERE c.generation = d.generation AND c.scope = d.scope
@@ -313,6 +314,7 @@ pub async fn history(
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
     let key = key(query.scope.as_deref(), &id)?;
+    let _turn = state.read_turn().await?;
     let events = state.handler().store().read_stream(&key.stream_id(), 1).await?;
     if events.is_empty() {
         return Err(ApiError::not_found(format!(

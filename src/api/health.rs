@@ -83,7 +83,10 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     text.push_str(&super::metrics::render_append_paths(
         state.handler().store().append_paths(),
     ));
-    let report = projector::status(state.pool()).await?;
+    let report = {
+        let _turn = state.read_turn().await?;
+        projector::status(state.pool()).await?
+    };
     text.push_str(&report.to_prometheus());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

@@ -15,16 +15,17 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
 use crate::commands::CommandHandler;
 use crate::domain::Limits;
 use crate::projector::{Foreground, ProjectorStats};
-use crate::search::QueryEncoder;
+use crate::search::{CheckpointWatch, QueryEncoder};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 pub use error::ApiError;
 pub use metrics::Metrics;
@@ -44,7 +45,16 @@ pub struct ApiConfig {
     /// How long after a request the in-process projector keeps a core free (see `projector::Foreground`);
     /// zero never yields.
     pub foreground_window: Duration,
+    /// Every request answers within this (a search's `wait_for` may add `wait_timeout`): past it, 503
+    /// with Retry-After, so that a stalled database never holds a client.
+    pub request_deadline: Duration,
+    /// Searches waiting for a position (`wait_for`) at once; more get 429.
+    pub max_waiters: usize,
 }
+
+/// Connections of the pool that reads (searches, document reads, metrics) never take, so that commands
+/// always find one however many searches run.
+const COMMAND_RESERVE: u32 = 4;
 
 impl Default for ApiConfig {
     fn default() -> Self {
@@ -56,6 +66,8 @@ impl Default for ApiConfig {
             limits,
             actor: None,
             foreground_window: Duration::from_secs(2),
+            request_deadline: Duration::from_secs(5),
+            max_waiters: 1000,
         }
     }
 }
@@ -98,14 +110,23 @@ struct Inner {
     queries: OnceLock<Arc<QueryEncoder>>,
     projector: Mutex<ProjectorState>,
     foreground: Foreground,
+    /// Started with the first `wait_for`.
+    checkpoints: OnceLock<CheckpointWatch>,
+    waiters: Semaphore,
+    reads: Semaphore,
 }
 
 impl AppState {
     pub fn new(handler: CommandHandler, config: ApiConfig) -> Self {
+        let connections = handler.store().pool().options().get_max_connections();
+        let reads = connections.saturating_sub(COMMAND_RESERVE).max(1) as usize;
         AppState {
             inner: Arc::new(Inner {
                 handler,
                 foreground: Foreground::new(config.foreground_window),
+                checkpoints: OnceLock::new(),
+                waiters: Semaphore::new(config.max_waiters),
+                reads: Semaphore::new(reads),
                 config,
                 metrics: Metrics::default(),
                 queries: OnceLock::new(),
@@ -149,11 +170,44 @@ impl AppState {
     }
 
     /// Read-your-writes: waits until the read model has passed `position` (if given), or answers 504.
+    /// A waiter holds no database connection (it watches the checkpoint that one task follows), and at
+    /// most `max_waiters` wait at once.
     async fn wait_for(&self, position: Option<i64>) -> Result<(), ApiError> {
-        if let Some(position) = position {
-            crate::projector::wait_for(self.pool(), position, self.config().wait_timeout).await?;
-        }
-        Ok(())
+        let Some(position) = position else {
+            return Ok(());
+        };
+        let _waiting = self.inner.waiters.try_acquire().map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_waiters",
+                format!(
+                    "{} searches are already waiting for positions; retry shortly or search without wait_for",
+                    self.config().max_waiters
+                ),
+            )
+        })?;
+        let watch = self
+            .inner
+            .checkpoints
+            .get_or_init(|| CheckpointWatch::spawn(self.pool().clone()));
+        let timeout = self.config().wait_timeout;
+        watch.wait_for(position, timeout).await.map(drop).map_err(|checkpoint| {
+            crate::projector::ProjectorError::WaitTimeout {
+                position,
+                checkpoint,
+                waited: timeout,
+            }
+            .into()
+        })
+    }
+
+    /// A turn to read from the database: reads share the pool less COMMAND_RESERVE connections.
+    async fn read_turn(&self) -> Result<SemaphorePermit<'_>, ApiError> {
+        self.inner
+            .reads
+            .acquire()
+            .await
+            .map_err(|_| ApiError::unavailable("shutting down"))
     }
 
     fn query_encoder(&self) -> Result<Arc<QueryEncoder>, ApiError> {
@@ -184,6 +238,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .layer(DefaultBodyLimit::max(state.config().max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn_with_state(state.clone(), deadline))
         .layer(middleware::from_fn(error::json_errors))
         .with_state(state)
 }
@@ -227,6 +282,38 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// One log line and one status count per request.
+/// Every request answers within the deadline. A command cut off by it may or may not have been
+/// appended (the database was too slow to say), and the answer says so: a retry with the same
+/// Idempotency-Key is safe either way.
+async fn deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let config = state.config();
+    let is_command = request.uri().path().starts_with("/v1/documents") && request.method() != Method::GET;
+    // A search may wait for a position in its body, a document read in its query string.
+    let may_wait = request.uri().path() == "/v1/search" || request.uri().query().is_some_and(|q| q.contains("wait_for"));
+    let limit = if may_wait {
+        config.request_deadline + config.wait_timeout
+    } else {
+        config.request_deadline
+    };
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) if is_command => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "outcome_unknown",
+            format!(
+                "the command did not finish within the request deadline of {limit:?} (the database is slow or \
+                 unreachable), so it may or may not have been appended; retry with the same Idempotency-Key, \
+                 which is safe either way"
+            ),
+        )
+        .into_response(),
+        Err(_) => ApiError::unavailable(format!(
+            "the request did not finish within the deadline of {limit:?} (the database is slow or unreachable); retry shortly"
+        ))
+        .into_response(),
+    }
+}
+
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     if path.starts_with("/v1/") {

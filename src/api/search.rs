@@ -52,6 +52,7 @@ pub async fn search(
     // Before any waiting or model work.
     request.validate(&body.query)?;
     state.wait_for(body.wait_for.or(params.wait_for)).await?;
+    let _turn = state.read_turn().await?;
     let started = Instant::now();
     let embedding = async {
         if !request.mode.needs_vector() {

@@ -19,7 +19,7 @@ use recall::projector::{Projector, ProjectorOptions, Target};
 use recall::search::QueryEncoder;
 
 use super::embed::ModelArgs;
-use super::{open_store, QueryPriority, WriteSettings};
+use super::{QueryPriority, WriteSettings};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -37,6 +37,13 @@ pub struct ServeArgs {
     wait_timeout: f64,
     /// Seconds after an API request during which the in-process projector leaves a core to requests
     /// (embedding on one thread fewer, writing and embedding in turn); 0 never yields.
+    /// Seconds within which every request answers (503 with Retry-After past it); a search's
+    /// `wait_for` may add --wait-timeout.
+    #[arg(long, env = "RECALL_REQUEST_DEADLINE", default_value_t = 5.0)]
+    request_deadline: f64,
+    /// Searches that may wait for a position (`wait_for`) at once; more get 429.
+    #[arg(long, env = "RECALL_MAX_WAITERS", default_value_t = 1000)]
+    max_waiters: usize,
     #[arg(long, env = "RECALL_FOREGROUND_WINDOW", default_value_t = 2.0)]
     foreground_window: f64,
     /// Events per projector batch.
@@ -74,8 +81,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         limits,
         actor: args.settings.actor.clone(),
         foreground_window: seconds("--foreground-window", args.foreground_window)?,
+        request_deadline: seconds("--request-deadline", args.request_deadline)?,
+        max_waiters: args.max_waiters,
     };
-    let store = open_store().await?;
+    let store = open_store_with_deadline(config.request_deadline).await?;
     let state = AppState::new(CommandHandler::new(store.clone()), config);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -109,6 +118,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A non-negative, finite number of seconds from the command line.
+/// The API's pool: a statement or lock wait longer than a request's deadline is cancelled by the server
+/// itself, so that no connection stays busy for an answer nobody waits for any more.
+async fn open_store_with_deadline(deadline: Duration) -> anyhow::Result<EventStore> {
+    // Migrations first, without the deadline: building an index on a large read model takes longer.
+    super::open_store().await?.pool().close().await;
+    let target = recall::postgres::DatabaseTarget::from_env();
+    let options = recall::postgres::connect_options(&target)
+        .await?
+        .options([
+            ("statement_timeout", format!("{}", deadline.as_millis().max(1))),
+            ("lock_timeout", format!("{}", deadline.as_millis().max(1))),
+            ("idle_in_transaction_session_timeout", format!("{}", (deadline * 2).as_millis().max(1))),
+        ]);
+    let pool = recall::postgres::open_with(options, 16)
+        .await
+        .context("opening the event store")?;
+    Ok(EventStore::new(pool))
+}
+
 fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(value)
         .with_context(|| format!("{flag} takes a number of seconds, 0 or more (got {value})"))

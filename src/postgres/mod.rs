@@ -164,7 +164,15 @@ fn long_statements(options: PgConnectOptions) -> PgConnectOptions {
     // The projector's batch writes take seconds by design (thousands of rows into an HNSW index); sqlx's
     // default warning after one second would log every batch, whole statement included, and bury real
     // problems.
-    options.log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(60))
+    options
+        .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(60))
+        // Not the API's request deadlines, whose options a background pool may be copied from (the last
+        // setting of a name wins).
+        .options([
+            ("statement_timeout", "0"),
+            ("lock_timeout", "0"),
+            ("idle_in_transaction_session_timeout", "0"),
+        ])
 }
 
 /// A background pool on the same server and database as `pool`, with connections of its own: the

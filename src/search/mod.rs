@@ -5,8 +5,10 @@
 
 mod encoder;
 mod sql;
+mod watch;
 
 pub use encoder::QueryEncoder;
+pub use watch::CheckpointWatch;
 
 use std::collections::HashMap;
 
