@@ -540,7 +540,11 @@ async fn every_route_answers_malformed_paths_methods_and_headers_with_the_json_e
         &[auth],
         &[auth, ("content-type", "text/plain")],
         &[auth, ("content-type", "application/json"), ("if-match", "W/\"1\"")],
-        &[auth, ("content-type", "application/json"), ("idempotency-key", "not-a-uuid")],
+        &[
+            auth,
+            ("content-type", "application/json"),
+            ("idempotency-key", "not-a-uuid"),
+        ],
         &[("authorization", "Basic Y2F0YWxvZ3Vl")],
         &[("authorization", "bearer")],
     ];
@@ -586,7 +590,9 @@ async fn the_scheme_is_case_insensitive_and_a_weak_etag_never_matches() {
             "POST",
             "/v1/documents",
             &[("authorization", &token), json_type],
-            json!({"id": format!("d-{scheme}"), "text": "some text"}).to_string().into_bytes(),
+            json!({"id": format!("d-{scheme}"), "text": "some text"})
+                .to_string()
+                .into_bytes(),
         )
         .await;
         assert_eq!(status, StatusCode::CREATED, "{scheme}: {body}");

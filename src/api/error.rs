@@ -101,14 +101,21 @@ pub async fn json_errors(request: axum::extract::Request, next: axum::middleware
     let (parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
     let detail = String::from_utf8_lossy(&bytes).trim().to_owned();
-    let allow = parts.headers.get(header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let allow = parts
+        .headers
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let (code, message) = match status {
         StatusCode::METHOD_NOT_ALLOWED => (
             "method_not_allowed",
             format!("{method} is not allowed here; this path takes {allow}"),
         ),
         StatusCode::NOT_FOUND => ("not_found", "no such endpoint; see /openapi.json".to_owned()),
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is over the size limit".to_owned()),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            "the request body is over the size limit".to_owned(),
+        ),
         StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "the service is unavailable; retry shortly".to_owned()),
         s if s.is_server_error() => ("internal", "an internal error occurred".to_owned()),
         _ if detail.is_empty() => ("invalid_request", format!("the request was refused ({status})")),

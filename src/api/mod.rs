@@ -289,7 +289,8 @@ async fn deadline(State(state): State<AppState>, request: Request, next: Next) -
     let config = state.config();
     let is_command = request.uri().path().starts_with("/v1/documents") && request.method() != Method::GET;
     // A search may wait for a position in its body, a document read in its query string.
-    let may_wait = request.uri().path() == "/v1/search" || request.uri().query().is_some_and(|q| q.contains("wait_for"));
+    let may_wait =
+        request.uri().path() == "/v1/search" || request.uri().query().is_some_and(|q| q.contains("wait_for"));
     let limit = if may_wait {
         config.request_deadline + config.wait_timeout
     } else {

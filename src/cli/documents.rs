@@ -238,11 +238,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
         flush(&handler, &mut batch, &ctx, &mut summary, args.json, &bar).await?;
         bar.finish_and_clear();
     } else {
-        let ingest::Discovered {
-            files,
-            errors,
-            skipped,
-        } = ingest::discover_files(&args.paths, args.follow_symlinks);
+        let ingest::Discovered { files, errors, skipped } = ingest::discover_files(&args.paths, args.follow_symlinks);
         for note in skipped {
             summary.skipped += 1;
             if args.json {

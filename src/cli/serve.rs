@@ -124,13 +124,14 @@ async fn open_store_with_deadline(deadline: Duration) -> anyhow::Result<EventSto
     // Migrations first, without the deadline: building an index on a large read model takes longer.
     super::open_store().await?.pool().close().await;
     let target = recall::postgres::DatabaseTarget::from_env();
-    let options = recall::postgres::connect_options(&target)
-        .await?
-        .options([
-            ("statement_timeout", format!("{}", deadline.as_millis().max(1))),
-            ("lock_timeout", format!("{}", deadline.as_millis().max(1))),
-            ("idle_in_transaction_session_timeout", format!("{}", (deadline * 2).as_millis().max(1))),
-        ]);
+    let options = recall::postgres::connect_options(&target).await?.options([
+        ("statement_timeout", format!("{}", deadline.as_millis().max(1))),
+        ("lock_timeout", format!("{}", deadline.as_millis().max(1))),
+        (
+            "idle_in_transaction_session_timeout",
+            format!("{}", (deadline * 2).as_millis().max(1)),
+        ),
+    ]);
     let pool = recall::postgres::open_with(options, 16)
         .await
         .context("opening the event store")?;

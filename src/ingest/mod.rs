@@ -130,7 +130,10 @@ pub fn discover_files(paths: &[PathBuf], follow_symlinks: bool) -> Discovered {
     for path in paths {
         let explicit = path.as_path();
         // The root is followed even when it is a link: the user named it.
-        for entry in walkdir::WalkDir::new(path).follow_root_links(true).follow_links(follow_symlinks) {
+        for entry in walkdir::WalkDir::new(path)
+            .follow_root_links(true)
+            .follow_links(follow_symlinks)
+        {
             let entry = match entry {
                 Ok(entry) => entry,
                 Err(e) => {
@@ -371,9 +374,17 @@ mod tests {
         // Named explicitly, it is an error that says why, not a hang.
         let named = discover_files(&[dir.path().join("pipe.txt")], false);
         assert!(named.files.is_empty());
-        assert!(named.errors[0].to_string().contains("not a regular file (a named pipe)"));
+        assert!(named.errors[0]
+            .to_string()
+            .contains("not a regular file (a named pipe)"));
         // Read directly (a path swapped for a pipe after the walk): refused at once.
-        let err = read_file_item(&dir.path().join("pipe.txt"), None, &Scope::default(), &Limits::default()).unwrap_err();
+        let err = read_file_item(
+            &dir.path().join("pipe.txt"),
+            None,
+            &Scope::default(),
+            &Limits::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 
@@ -392,12 +403,26 @@ mod tests {
         let plain = discover_files(&[root.clone()], false);
         assert_eq!(plain.files.len(), 2, "{:?}", plain.files);
         assert!(plain.errors.is_empty(), "{:?}", plain.errors);
-        assert_eq!(plain.skipped.len(), 3, "two links to directories and a dangling one: {:?}", plain.skipped);
+        assert_eq!(
+            plain.skipped.len(),
+            3,
+            "two links to directories and a dangling one: {:?}",
+            plain.skipped
+        );
 
         let followed = discover_files(&[root.clone(), root.join("a.txt")], true);
         assert_eq!(followed.files.len(), 2, "{:?}", followed.files);
-        let loops = followed.errors.iter().filter(|e| e.to_string().contains("symlink loop")).count();
+        let loops = followed
+            .errors
+            .iter()
+            .filter(|e| e.to_string().contains("symlink loop"))
+            .count();
         assert_eq!(loops, 2, "{:?}", followed.errors);
-        assert_eq!(followed.errors.len(), 3, "the loops and the dangling link: {:?}", followed.errors);
+        assert_eq!(
+            followed.errors.len(),
+            3,
+            "the loops and the dangling link: {:?}",
+            followed.errors
+        );
     }
 }

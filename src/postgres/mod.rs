@@ -191,6 +191,9 @@ pub async fn open_background_beside(
     open_pool(options, CONNECTIONS, niceness, cpus).await
 }
 
+/// How long a caller waits for a connection before the database counts as unavailable.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 async fn open_pool(
     options: PgConnectOptions,
     max_connections: u32,
@@ -220,7 +223,9 @@ async fn open_pool(
         // A ping before every checkout costs a round trip per query; a dead connection shows up as an
         // error on first use instead, which callers already handle.
         .test_before_acquire(false)
-        .acquire_timeout(Duration::from_secs(10))
+        // Under an API request's deadline (5 s by default), so that a database that cannot be reached
+        // is reported as such ("nothing was written") before the deadline has to say "outcome unknown".
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options)
         .await
         .map_err(|source| PostgresError::Connect { target, source })?;

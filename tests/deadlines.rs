@@ -1,0 +1,306 @@
+//! No client can exhaust the database pool and no request waits without a deadline: hundreds of searches
+//! waiting for a far position hold no connection while commands and searches go on, and a frozen
+//! PostgreSQL (SIGSTOP, not killed) gets every request answered within the deadline, losing nothing.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use recall::api::{self, ApiConfig, AppState};
+use recall::commands::CommandHandler;
+use recall::event_store::{verify_chain, EventStore};
+use recall::projector::{Projector, ProjectorOptions, Target};
+
+async fn call(router: &axum::Router, method: &str, uri: &str, body: Value) -> (StatusCode, Value, Duration) {
+    let started = Instant::now();
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        started.elapsed(),
+    )
+}
+
+fn p99(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[(samples.len() * 99 / 100).min(samples.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_waiters_hold_no_connection_and_commands_and_searches_go_on() {
+    let (pool, options) = common::fresh_database().await;
+    let store = EventStore::new(pool.clone());
+    let config = ApiConfig {
+        max_waiters: 201,
+        wait_timeout: Duration::from_secs(4),
+        ..ApiConfig::default()
+    };
+    let router = api::router(AppState::new(CommandHandler::new(store.clone()), config));
+    let projector = Projector::new(store.clone(), common::model_backend(), ProjectorOptions::default());
+    let (status, _, _) = call(
+        &router,
+        "POST",
+        "/v1/documents",
+        json!({"id": "seed", "text": "seed lantern"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    projector.run_until_caught_up(Target::Active).await.unwrap();
+
+    // Idle latency of a command and a lexical search, for the record.
+    let mut idle = (Vec::new(), Vec::new());
+    for i in 0..20 {
+        let (s, _, t) = call(
+            &router,
+            "POST",
+            "/v1/documents",
+            json!({"id": format!("idle-{i}"), "text": "idle lantern"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+        idle.0.push(t);
+        let (s, _, t) = call(
+            &router,
+            "POST",
+            "/v1/search",
+            json!({"query": "lantern", "mode": "lexical"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        idle.1.push(t);
+    }
+
+    // One search waits for the next position, which the projector will reach...
+    let reachable = store.head().await.unwrap() + 1;
+    let near = {
+        let router = router.clone();
+        tokio::spawn(async move {
+            call(
+                &router,
+                "POST",
+                "/v1/search",
+                json!({"query": "lantern", "mode": "lexical", "wait_for": reachable}),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...and 210 for a position the log will never reach: 200 of them wait, 10 are refused at once.
+    let far = 1_000_000_000_000i64;
+    let waiters: Vec<_> = (0..210)
+        .map(|_| {
+            let router = router.clone();
+            tokio::spawn(async move {
+                call(
+                    &router,
+                    "POST",
+                    "/v1/search",
+                    json!({"query": "lantern", "mode": "lexical", "wait_for": far}),
+                )
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let database = options.get_database().unwrap().to_owned();
+    let connections: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&database)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // Had each waiter a connection, the pool (40) would be exhausted.
+    assert!(connections < 10, "{connections} connections while 200 searches wait");
+
+    // Meanwhile commands and searches answer as usual.
+    let mut loaded = (Vec::new(), Vec::new());
+    for i in 0..20 {
+        let (s, body, t) = call(
+            &router,
+            "POST",
+            "/v1/documents",
+            json!({"id": format!("busy-{i}"), "text": "busy lantern"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        loaded.0.push(t);
+        let (s, body, t) = call(
+            &router,
+            "POST",
+            "/v1/search",
+            json!({"query": "lantern", "mode": "lexical"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        loaded.1.push(t);
+    }
+    projector.run_until_caught_up(Target::Active).await.unwrap();
+    let (s, body, _) = near.await.unwrap();
+    assert_eq!(s, StatusCode::OK, "the projector's NOTIFY wakes a waiter: {body}");
+    eprintln!(
+        "p99 idle / with 200 waiters: command {:?} / {:?}, search {:?} / {:?}",
+        p99(idle.0),
+        p99(loaded.0),
+        p99(idle.1),
+        p99(loaded.1)
+    );
+
+    let mut statuses = std::collections::BTreeMap::new();
+    for waiter in waiters {
+        let (status, body, _) = waiter.await.unwrap();
+        let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
+        *statuses.entry((status.as_u16(), code)).or_insert(0) += 1;
+    }
+    assert_eq!(
+        statuses,
+        [
+            ((429, "too_many_waiters".to_owned()), 10),
+            ((504, "wait_timeout".to_owned()), 200)
+        ]
+        .into(),
+        "beyond max_waiters a clear refusal, within it a 504 after the wait"
+    );
+}
+
+fn signal_server(pid: u32, signal: i32) {
+    // The postmaster and every backend: a frozen server, not a dead one.
+    let children = std::process::Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .unwrap();
+    for child in String::from_utf8_lossy(&children.stdout).split_whitespace() {
+        // SAFETY: signalling the test's own embedded server's processes.
+        unsafe { libc::kill(child.parse::<i32>().unwrap(), signal) };
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0);
+}
+
+#[test]
+fn a_frozen_database_gets_every_request_answered_within_the_deadline_and_loses_nothing() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (_home, server) = common::private_server("recall-freeze-");
+    runtime.block_on(common::start_with_database(&server));
+    let url = server.url("recall");
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_recall"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-projector",
+            "--request-deadline",
+            "2",
+        ])
+        .env("DATABASE_URL", &url)
+        .env_remove("RECALL_API_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = {
+        use std::io::{BufRead, BufReader};
+        let mut lines = BufReader::new(serve.stderr.take().unwrap()).lines();
+        let base = loop {
+            let line = lines.next().expect("recall serve listens").unwrap();
+            if let Some(rest) = line.split("serving ").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        base
+    };
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+    let post = |id: &str, key: &str| {
+        let started = Instant::now();
+        let answer = agent
+            .post(&format!("{base}/v1/documents"))
+            .set("Idempotency-Key", key)
+            .send_json(json!({"id": id, "text": format!("Document {id}, written around a freeze.")}));
+        let (status, retry_after, body) = match answer {
+            Ok(r) => (
+                r.status(),
+                r.header("retry-after").map(str::to_owned),
+                r.into_json::<Value>().unwrap(),
+            ),
+            Err(ureq::Error::Status(s, r)) => (
+                s,
+                r.header("retry-after").map(str::to_owned),
+                r.into_json::<Value>().unwrap(),
+            ),
+            Err(e) => panic!("{id}: {e}"),
+        };
+        (status, retry_after, body, started.elapsed())
+    };
+    let mut acknowledged = BTreeSet::new();
+    for i in 0..5 {
+        let id = format!("before-{i}");
+        let (status, _, body, _) = post(&id, &uuid::Uuid::new_v4().to_string());
+        assert_eq!(status, 201, "{body}");
+        acknowledged.insert(id);
+    }
+
+    let pid = server.status().pid.unwrap();
+    signal_server(pid, libc::SIGSTOP);
+    let mut unknown = Vec::new();
+    for i in 0..6 {
+        let (id, key) = (format!("frozen-{i}"), uuid::Uuid::new_v4().to_string());
+        let (status, retry_after, body, took) = post(&id, &key);
+        assert!(
+            took < Duration::from_millis(3500),
+            "{id} answered after {took:?}, past the 2 s deadline"
+        );
+        assert_eq!(status, 503, "{id}: {body}");
+        assert_eq!(retry_after.as_deref(), Some("1"), "{id}");
+        let code = body["error"]["code"].as_str().unwrap();
+        assert!(["outcome_unknown", "unavailable"].contains(&code), "{id}: {body}");
+        unknown.push((id, key));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    signal_server(pid, libc::SIGCONT);
+
+    // Retrying with the same Idempotency-Key is safe whether or not the first attempt was appended.
+    for (id, key) in &unknown {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, _, body, _) = post(id, key);
+            match status {
+                200 | 201 => break,
+                503 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                _ => panic!("{id}: {status} {body}"),
+            }
+        }
+        acknowledged.insert(id.clone());
+    }
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+
+    runtime.block_on(async {
+        let pool = recall::postgres::open_with(server.connect_options("recall"), 2)
+            .await
+            .unwrap();
+        let store = EventStore::new(pool.clone());
+        let logged = common::assert_nothing_lost(&store, &acknowledged).await;
+        assert_eq!(logged, acknowledged);
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(events as usize, acknowledged.len(), "no command appended twice");
+        assert!(verify_chain(&store).await.unwrap().is_ok());
+    });
+    let _ = server.stop();
+}
