@@ -249,6 +249,21 @@ async fn bad_arguments_get_clear_errors() {
         "{}",
         text(&out.stderr)
     );
+    // The same definition of an invalid search as the HTTP API's.
+    for (args, says) in [
+        (vec!["search", ""], "the query is empty"),
+        (vec!["search", "   ", "--mode", "lexical"], "the query is empty"),
+        (vec!["search", "a question", "-k", "0"], "k must be between 1 and 100"),
+        (vec!["search", "a question", "-k", "101"], "k must be between 1 and 100"),
+        (vec!["search", "a question", "--filter", "[1]"], "the filter must be a JSON object"),
+    ] {
+        let out = cli.run(&args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(text(&out.stderr).contains(says), "{args:?}: {}", text(&out.stderr));
+    }
+    let long = "word ".repeat(4000);
+    let out = cli.run(&["search", &long]);
+    assert!(text(&out.stderr).contains("over the limit of 16384"), "{}", text(&out.stderr));
     assert_eq!(cli.head(), 0);
 }
 

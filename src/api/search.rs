@@ -50,7 +50,10 @@ pub async fn search(
         other_chunks: body.other_chunks.unwrap_or(false),
     };
     // Before any waiting or model work.
-    request.validate(&body.query)?;
+    request.validate(search::Query {
+        text: &body.query,
+        vector: None,
+    })?;
     state.wait_for(body.wait_for.or(params.wait_for)).await?;
     let _turn = state.read_turn().await?;
     let started = Instant::now();

@@ -110,11 +110,13 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
     };
     // The same checks as the HTTP API's, before any database or model work.
     for (i, (id, text)) in queries.iter().enumerate() {
-        request.validate(text).with_context(|| match (id, &args.queries) {
-            (Some(id), Some(path)) => format!("{}: query {id}", path.display()),
-            (None, Some(path)) => format!("{}: query {}", path.display(), i + 1),
-            _ => "the question".to_owned(),
-        })?;
+        request
+            .validate(Query { text, vector: None })
+            .with_context(|| match (id, &args.queries) {
+                (Some(id), Some(path)) => format!("{}: query {id}", path.display()),
+                (None, Some(path)) => format!("{}: query {}", path.display(), i + 1),
+                _ => "the question".to_owned(),
+            })?;
     }
     let store = open_store().await?;
     // Lexical search needs no model; the others embed every question in one go.

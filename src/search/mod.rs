@@ -107,15 +107,17 @@ pub struct SearchRequest {
 
 impl SearchRequest {
     /// The one definition of a valid search, which every interface (CLI, HTTP API, evaluation) calls
-    /// before any work: a question with a word in it and not too long, k within 1..=MAX_K, a filter that
-    /// is an object, an as_of that is a position.
-    pub fn validate(&self, query: &str) -> Result<(), SearchError> {
-        if query.trim().is_empty() {
+    /// before any work, with the question's text (and no vector yet): a question with a word in it and
+    /// not too long, k within 1..=MAX_K, a filter that is an object, an as_of that is a position. A
+    /// library caller may search densely by a vector of its own with no text.
+    pub fn validate(&self, query: Query<'_>) -> Result<(), SearchError> {
+        let by_vector_alone = query.vector.is_some() && self.mode == SearchMode::Dense;
+        if query.text.trim().is_empty() && !by_vector_alone {
             return Err(SearchError::EmptyQuery);
         }
-        if query.len() > MAX_QUERY_BYTES {
+        if query.text.len() > MAX_QUERY_BYTES {
             return Err(SearchError::QueryTooLong {
-                bytes: query.len(),
+                bytes: query.text.len(),
                 max: MAX_QUERY_BYTES,
             });
         }
@@ -190,7 +192,7 @@ pub struct SearchResponse {
 }
 
 pub async fn search(pool: &PgPool, query: Query<'_>, request: &SearchRequest) -> Result<SearchResponse, SearchError> {
-    request.validate(query.text)?;
+    request.validate(query)?;
     Snapshot::open(pool, false).await?.search(query, request).await
 }
 
@@ -201,7 +203,7 @@ pub async fn search_exact(
     query: Query<'_>,
     request: &SearchRequest,
 ) -> Result<SearchResponse, SearchError> {
-    request.validate(query.text)?;
+    request.validate(query)?;
     Snapshot::open(pool, true).await?.search(query, request).await
 }
 
@@ -262,7 +264,7 @@ impl Snapshot {
     /// the answer does not wait a round trip for it.
     #[tracing::instrument(skip_all, fields(k = request.k, mode = request.mode.name(), as_of = ?request.as_of))]
     pub async fn search(mut self, query: Query<'_>, request: &SearchRequest) -> Result<SearchResponse, SearchError> {
-        request.validate(query.text)?;
+        request.validate(query)?;
         let vector = match (request.mode.needs_vector(), query.vector) {
             (true, None) => {
                 return Err(SearchError::NoVector {
@@ -492,21 +494,37 @@ mod tests {
 
     #[test]
     fn one_definition_of_a_valid_request() {
+        fn text(text: &str) -> Query<'_> {
+            Query { text, vector: None }
+        }
         let request = SearchRequest::default();
-        assert!(matches!(request.validate(""), Err(SearchError::EmptyQuery)));
-        assert!(matches!(request.validate(" \n\t"), Err(SearchError::EmptyQuery)));
+        assert!(matches!(request.validate(text("")), Err(SearchError::EmptyQuery)));
+        assert!(matches!(request.validate(text(" \n\t")), Err(SearchError::EmptyQuery)));
         assert!(matches!(
-            request.validate(&"x".repeat(MAX_QUERY_BYTES + 1)),
+            request.validate(text(&"x".repeat(MAX_QUERY_BYTES + 1))),
             Err(SearchError::QueryTooLong { .. })
         ));
-        assert!(request.validate("a question").is_ok());
+        assert!(request.validate(text("a question")).is_ok());
+        // A vector of the caller's own may stand alone, for a dense search only.
+        let vector = [0.5f32; 4];
+        let by_vector = Query {
+            text: "",
+            vector: Some(&vector),
+        };
+        assert!(SearchRequest {
+            mode: SearchMode::Dense,
+            ..SearchRequest::default()
+        }
+        .validate(by_vector)
+        .is_ok());
+        assert!(matches!(request.validate(by_vector), Err(SearchError::EmptyQuery)));
         for k in [0, MAX_K + 1] {
             assert!(matches!(
                 SearchRequest {
                     k,
                     ..SearchRequest::default()
                 }
-                .validate("q"),
+                .validate(text("q")),
                 Err(SearchError::BadK { .. })
             ));
         }
@@ -514,11 +532,11 @@ mod tests {
             filter: Some(serde_json::json!([1])),
             ..SearchRequest::default()
         };
-        assert!(matches!(bad_filter.validate("q"), Err(SearchError::BadFilter)));
+        assert!(matches!(bad_filter.validate(text("q")), Err(SearchError::BadFilter)));
         let bad_as_of = SearchRequest {
             as_of: Some(-1),
             ..SearchRequest::default()
         };
-        assert!(matches!(bad_as_of.validate("q"), Err(SearchError::BadAsOf(-1))));
+        assert!(matches!(bad_as_of.validate(text("q")), Err(SearchError::BadAsOf(-1))));
     }
 }
