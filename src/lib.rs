@@ -7,7 +7,9 @@
 //! - [`event_store`]: the append-only log: expected versions, gapless positions, hash chain, readers, NOTIFY.
 //! - [`projector`]: tails the log into the pgvector read model: checkpoints, parked failures, rebuild.
 //! - [`search`]: dense search over current chunks, or as of a past position, with a receipt.
-//! - [`api`]: the HTTP API over commands, the read model and search (`recall serve`).
+//! - [`api`]: the HTTP API over commands, the read model and search.
+//! - [`server`]: the running service assembled once (API, query model, projector): `recall serve`,
+//!   the benchmarks and the tests start it there.
 //! - [`embed`]: model files, tokenizer, token-aware chunker, token-budget batches, Candle BERT, pooling.
 //! - [`postgres`]: the pool, migrations and the embedded server's lifecycle.
 //! - [`eval`]: BEIR-style retrieval metrics (nDCG@10, Recall@100, MRR@10) over qrels.
@@ -28,3 +30,4 @@ pub mod placement;
 pub mod postgres;
 pub mod projector;
 pub mod search;
+pub mod server;

@@ -18,36 +18,53 @@ use recall::commands::CommandHandler;
 use recall::embed::ComputePool;
 use recall::event_store::EventStore;
 use recall::placement::Priority;
-use recall::projector::{EmbedBackend, ModelBackend, Projector, ProjectorOptions, RunningProjector, Target};
+use recall::projector::{EmbedBackend, ModelBackend, Projector, ProjectorOptions, Target};
 use recall::search::QueryEncoder;
+use recall::server::{self, Model, RunningServer, ServerConfig};
 
 struct App {
     router: Router,
     state: AppState,
     store: EventStore,
-    projector: Option<RunningProjector>,
+    server: Option<RunningServer>,
 }
 
 impl App {
-    /// A router over a fresh database; with a running projector and the query path when `projecting`.
+    /// A fresh database; when `projecting`, the service as `recall serve` assembles it (query path and
+    /// projector inside), else the API alone. Requests go through the API's router.
     async fn new(config: ApiConfig, projecting: bool) -> App {
         let (pool, _) = common::fresh_database().await;
         let store = EventStore::new(pool);
-        let state = AppState::new(CommandHandler::new(store.clone()), config);
-        let mut projector = None;
-        if projecting {
-            let backend = common::model_backend();
-            let pool = ComputePool::new("test-query", 2, Priority::Normal).unwrap();
-            state.set_query_encoder(Arc::new(QueryEncoder::new(backend.embedder().clone(), pool)));
-            let p = Projector::new(store.clone(), backend, ProjectorOptions::default());
-            state.set_projector(ProjectorState::Running(p.stats()));
-            projector = Some(p.spawn(Target::Active));
+        if !projecting {
+            let state = AppState::new(CommandHandler::new(store.clone()), config);
+            return App {
+                router: api::router(state.clone()),
+                state,
+                store,
+                server: None,
+            };
         }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut server = server::start(
+            ServerConfig {
+                api: config,
+                threads: 2,
+                query_priority: Priority::Normal,
+                ..ServerConfig::default()
+            },
+            store.clone(),
+            listener,
+            Model::Loaded(common::model_backend().embedder().clone()),
+        )
+        .await
+        .unwrap();
+        server.ready().await.unwrap();
+        let state = server.state().clone();
         App {
             router: api::router(state.clone()),
             state,
             store,
-            projector,
+            server: Some(server),
         }
     }
 
@@ -112,8 +129,8 @@ impl App {
     }
 
     async fn stop(self) {
-        if let Some(p) = self.projector {
-            p.stop().await.unwrap();
+        if let Some(server) = self.server {
+            server.shutdown().await.unwrap();
         }
     }
 }
@@ -703,7 +720,7 @@ async fn requests_make_the_projector_yield_a_core_and_it_still_projects_everythi
         router: api::router(state.clone()),
         state: state.clone(),
         store: store.clone(),
-        projector: None,
+        server: None,
     };
 
     // Health checks and scrapes are not agents' traffic: they must not slow the projector down.

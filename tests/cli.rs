@@ -255,7 +255,10 @@ async fn bad_arguments_get_clear_errors() {
         (vec!["search", "   ", "--mode", "lexical"], "the query is empty"),
         (vec!["search", "a question", "-k", "0"], "k must be between 1 and 100"),
         (vec!["search", "a question", "-k", "101"], "k must be between 1 and 100"),
-        (vec!["search", "a question", "--filter", "[1]"], "the filter must be a JSON object"),
+        (
+            vec!["search", "a question", "--filter", "[1]"],
+            "the filter must be a JSON object",
+        ),
     ] {
         let out = cli.run(&args);
         assert!(!out.status.success(), "{args:?}");
@@ -263,7 +266,11 @@ async fn bad_arguments_get_clear_errors() {
     }
     let long = "word ".repeat(4000);
     let out = cli.run(&["search", &long]);
-    assert!(text(&out.stderr).contains("over the limit of 16384"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("over the limit of 16384"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(cli.head(), 0);
 }
 

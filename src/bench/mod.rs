@@ -39,18 +39,8 @@ pub enum BenchError {
     Postgres(#[from] crate::postgres::PostgresError),
     #[error("HTTP: {0}")]
     Http(String),
-}
-
-/// The HTTP API over `state` on a free loopback port, as the measurements' clients reach `recall serve`;
-/// abort the handle to stop it.
-async fn serve_on_loopback(
-    state: crate::api::AppState,
-) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>), BenchError> {
-    let http = |e: std::io::Error| BenchError::Http(e.to_string());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(http)?;
-    let address = listener.local_addr().map_err(http)?;
-    let server = tokio::spawn(async move { axum::serve(listener, crate::api::router(state)).await });
-    Ok((address, server))
+    #[error(transparent)]
+    Server(#[from] crate::server::ServerError),
 }
 
 /// Adds documents the way bulk ingest does (transactions of 1,000); returns how many were appended

@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::api::{ApiConfig, AppState, ProjectorState};
+use crate::api::{ApiConfig, AppState};
 use crate::commands::CommandHandler;
 use crate::domain::{DocumentContent, DocumentKey};
 use crate::embed::{ChunkOptions, ComputePool, Embedder};
 use crate::event_store::EventStore;
-use crate::placement::{self, CpuSet, Priority};
-use crate::projector::{self, Foreground, Projector, ProjectorError, ProjectorOptions, Target};
+use crate::placement::Priority;
+use crate::projector::{self, ModelBackend, Projector, ProjectorError, ProjectorOptions, Target};
 use crate::search::{self, Query, QueryEncoder, SearchMode, SearchRequest};
+use crate::server::{self, InProcessProjector, Model, ServerConfig};
 
 use super::{BenchError, Latency};
 
@@ -77,59 +78,69 @@ pub async fn run_search_bench(
 ) -> Result<SearchBenchReport, BenchError> {
     let pool = store.pool().clone();
     let handler = CommandHandler::new(store.clone());
-    let state = AppState::new(handler.clone(), ApiConfig::default());
     super::add_documents(&handler, &base).await?;
-    // As in `recall serve`: the projector's model threads and database processes yield to the API's.
-    let background =
-        crate::postgres::open_background_beside(&pool, placement::BACKGROUND_DATABASE_NICENESS, CpuSet::background())
-            .await?;
-    let chunker = embedder.chunker_with(ChunkOptions {
+    let chunking = ChunkOptions {
         max_tokens: config.chunk_tokens,
         overlap: 0,
         title_prefix: false,
-    });
-    let foreground = match config.yield_to_requests {
-        true => state.foreground().clone(),
-        false => Foreground::never(),
     };
-    let projector = Projector::beside_api(
-        EventStore::new(background),
-        embedder.clone(),
-        chunker,
-        config.threads,
-        placement::BACKGROUND_MODEL,
-        foreground,
-        ProjectorOptions {
-            batch_events: 64,
-            ..Default::default()
-        },
-    )?;
+    // The base corpus is projected before the service starts, as by a `recall serve` that ran earlier.
+    let background = crate::postgres::open_background_beside(&pool, 0, None).await?;
+    let loader = Projector::new(
+        EventStore::new(background.clone()),
+        Arc::new(ModelBackend::shared(
+            embedder.clone(),
+            embedder.chunker_with(chunking),
+            None,
+        )),
+        ProjectorOptions::default(),
+    );
     tracing::info!(documents = base.len(), "projecting the base corpus");
-    projector.run_until_caught_up(Target::Active).await?;
+    loader.run_until_caught_up(Target::Active).await?;
+    background.close().await;
     let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks WHERE valid_to IS NULL")
         .fetch_one(&pool)
         .await?;
     sqlx::query("VACUUM ANALYZE chunks").execute(&pool).await?;
-
     let encoder = Arc::new(QueryEncoder::new(
-        embedder,
-        ComputePool::new("bench-query", config.threads, config.query_priority)?,
+        embedder.clone(),
+        ComputePool::new("bench-recall", config.threads, Priority::Normal)?,
     ));
     let (recall_at_10, recall_queries) = hnsw_recall(&pool, &encoder, &queries, config.recall_queries).await?;
+    drop(encoder);
 
-    state.set_query_encoder(encoder);
-    state.set_projector(ProjectorState::Running(projector.stats()));
-    let (address, server) = super::serve_on_loopback(state.clone()).await?;
-
-    // Idle: the projector runs, as in `recall serve`, but has nothing to do but the phase's own commands.
-    let worker = projector.spawn(Target::Active);
+    // The service as `recall serve` runs it, on a free loopback port; its projector has nothing to do
+    // in the idle phase but the phase's own commands.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| BenchError::Http(e.to_string()))?;
+    let mut server = server::start(
+        ServerConfig {
+            api: ApiConfig::default(),
+            projector: Some(InProcessProjector {
+                chunking,
+                options: ProjectorOptions {
+                    batch_events: 64,
+                    ..Default::default()
+                },
+                yield_to_requests: config.yield_to_requests,
+            }),
+            threads: config.threads,
+            query_priority: config.query_priority,
+        },
+        store,
+        listener,
+        Model::Loaded(embedder),
+    )
+    .await?;
+    server.ready().await?;
+    let (state, address) = (server.state().clone(), server.address());
     let idle = phase(&pool, &state, address, &queries, &config).await?;
     super::add_documents(&handler, &backlog).await?;
     // Let the projector reach full speed on the backlog before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let under_projection = phase(&pool, &state, address, &queries, &config).await?;
-    worker.stop().await?;
-    server.abort();
+    server.shutdown().await?;
     Ok(SearchBenchReport {
         documents: base.len(),
         chunks,

@@ -10,13 +10,11 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde_json::json;
 
-use crate::api::{ApiConfig, AppState, ProjectorState};
-use crate::commands::CommandHandler;
-use crate::embed::{ComputePool, Embedder};
+use crate::embed::Embedder;
 use crate::event_store::EventStore;
-use crate::placement::{self, CpuSet, Priority};
-use crate::projector::{self, Projector, ProjectorError, ProjectorOptions, Target};
-use crate::search::QueryEncoder;
+use crate::placement::Priority;
+use crate::projector::{self, ProjectorError};
+use crate::server::{self, Model, ServerConfig};
 
 use super::{BenchError, Latency};
 
@@ -182,32 +180,23 @@ pub async fn run_soak(
     config: SoakConfig,
 ) -> Result<SoakReport, BenchError> {
     let pool = store.pool().clone();
-    let handler = CommandHandler::new(store.clone());
-    let background =
-        crate::postgres::open_background_beside(&pool, placement::BACKGROUND_DATABASE_NICENESS, CpuSet::background())
-            .await?;
-    let state = AppState::new(handler, ApiConfig::default());
-    // As `recall serve` runs it: yielding a core while the clients' requests arrive.
-    let projector = Projector::beside_api(
-        EventStore::new(background),
-        embedder.clone(),
-        embedder.chunker(32, true),
-        config.threads,
-        placement::BACKGROUND_MODEL,
-        state.foreground().clone(),
-        ProjectorOptions {
-            batch_events: 64,
-            ..Default::default()
+    // The service as `recall serve` runs it, on a free loopback port.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| BenchError::Http(e.to_string()))?;
+    let mut server = server::start(
+        ServerConfig {
+            threads: config.threads,
+            query_priority: config.query_priority,
+            ..ServerConfig::default()
         },
-    )?;
-    state.set_query_encoder(Arc::new(QueryEncoder::new(
-        embedder,
-        ComputePool::new("soak-query", config.threads, config.query_priority)?,
-    )));
-    state.set_projector(ProjectorState::Running(projector.stats()));
-    let (address, server) = super::serve_on_loopback(state).await?;
-    let base = format!("http://{address}");
-    let worker = projector.spawn(Target::Active);
+        store.clone(),
+        listener,
+        Model::Loaded(embedder),
+    )
+    .await?;
+    server.ready().await?;
+    let base = format!("http://{}", server.address());
 
     let started = Instant::now();
     let deadline = started + config.duration;
@@ -259,8 +248,7 @@ pub async fn run_soak(
     let drain_seconds = drain.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.await;
-    worker.stop().await?;
-    server.abort();
+    server.shutdown().await?;
     let rows: Vec<(String, i64, bool)> =
         sqlx::query_as("SELECT d.id, d.version, d.removed FROM documents d JOIN projections p USING (generation) WHERE p.status = 'active' AND d.scope = 'soak'")
             .fetch_all(&pool)

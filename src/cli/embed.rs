@@ -38,6 +38,13 @@ impl ModelArgs {
     }
 
     pub fn load(&self) -> anyhow::Result<Embedder> {
+        let source = ModelSource::parse(self.model.as_deref());
+        self.embedder()
+            .with_context(|| format!("loading the embedding model from {source:?}"))
+    }
+
+    /// The model, with its error as the library gives it.
+    pub fn embedder(&self) -> Result<Embedder, recall::embed::EmbedError> {
         if let Some(threads) = self.threads {
             // Candle's CPU kernels size their pool from this variable when the model first runs.
             std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string());
@@ -51,7 +58,6 @@ impl ModelArgs {
                 encoder: self.encoder,
             },
         )
-        .with_context(|| format!("loading the embedding model from {source:?}"))
     }
 }
 

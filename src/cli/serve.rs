@@ -3,20 +3,16 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tokio::sync::{oneshot, watch};
 
-use recall::api::{self, ApiConfig, AppState, ProjectorState};
-use recall::commands::CommandHandler;
-use recall::embed::ComputePool;
+use recall::api::{self, ApiConfig};
+use recall::embed::ChunkOptions;
 use recall::event_store::EventStore;
-use recall::placement;
-use recall::projector::{Projector, ProjectorOptions, Target};
-use recall::search::QueryEncoder;
+use recall::projector::ProjectorOptions;
+use recall::server::{self, InProcessProjector, Model, ServerConfig};
 
 use super::embed::ModelArgs;
 use super::{QueryPriority, WriteSettings};
@@ -85,7 +81,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_waiters: args.max_waiters,
     };
     let store = open_store_with_deadline(config.request_deadline).await?;
-    let state = AppState::new(CommandHandler::new(store.clone()), config);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}; is another recall serving there?", args.listen))?;
@@ -93,31 +88,39 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         "recall: serving http://{} (API under /v1, spec at /openapi.json)",
         listener.local_addr()?
     );
-
-    let (stop, stopped) = watch::channel(false);
-    let (fatal, fatal_rx) = oneshot::channel::<anyhow::Error>();
-    let background = tokio::spawn(model_and_projector(state.clone(), store, args, stopped, fatal));
-    let failure = Arc::new(std::sync::Mutex::new(None));
-    let failed = failure.clone();
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = shutdown_signal() => tracing::info!("shutting down: finishing in-flight requests"),
-                Ok(error) = fatal_rx => *failed.lock().expect("failure slot") = Some(error),
-            }
+    let model = args.model.clone();
+    let server = server::start(
+        ServerConfig {
+            api: config,
+            projector: (!args.no_projector).then(|| InProcessProjector {
+                chunking: ChunkOptions {
+                    max_tokens: usize::MAX,
+                    overlap: args.overlap,
+                    title_prefix: true,
+                },
+                options: ProjectorOptions {
+                    batch_events: args.batch.max(1),
+                    ..Default::default()
+                },
+                yield_to_requests: true,
+            }),
+            threads: args.model.threads(),
+            query_priority: args.query_priority.priority(),
+        },
+        store,
+        listener,
+        Model::Load(Box::new(move || model.embedder())),
+    )
+    .await?;
+    server
+        .run_until(async {
+            shutdown_signal().await;
+            tracing::info!("shutting down: finishing in-flight requests");
         })
-        .await
-        .context("serving HTTP")?;
-    let _ = stop.send(true);
-    background.await.context("the projector task")?;
-    let failure = failure.lock().expect("failure slot").take();
-    match failure {
-        Some(error) => Err(error),
-        None => Ok(ExitCode::SUCCESS),
-    }
+        .await?;
+    Ok(ExitCode::SUCCESS)
 }
 
-/// A non-negative, finite number of seconds from the command line.
 /// The API's pool: a statement or lock wait longer than a request's deadline is cancelled by the server
 /// itself, so that no connection stays busy for an answer nobody waits for any more.
 async fn open_store_with_deadline(deadline: Duration) -> anyhow::Result<EventStore> {
@@ -146,79 +149,6 @@ fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
 /// Loads the model, opens the query path, then runs the projector until `stop` turns true. A model that
 /// cannot load stops the server (`fatal`); a projector that stops with an error leaves the API serving
 /// commands and says so in /readyz and the log.
-async fn model_and_projector(
-    state: AppState,
-    store: EventStore,
-    args: ServeArgs,
-    mut stop: watch::Receiver<bool>,
-    fatal: oneshot::Sender<anyhow::Error>,
-) {
-    if !args.no_projector {
-        state.set_projector(ProjectorState::Starting);
-    }
-    let model = args.model.clone();
-    let threads = args.model.threads();
-    let priority = args.query_priority.priority();
-    let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let embedder = Arc::new(model.load()?);
-        let queries = QueryEncoder::new(embedder.clone(), ComputePool::new("recall-query", threads, priority)?);
-        Ok((embedder, queries))
-    })
-    .await;
-    let (embedder, queries) = match loaded {
-        Ok(Ok(loaded)) => loaded,
-        Ok(Err(error)) => return drop(fatal.send(error)),
-        Err(panic) => return drop(fatal.send(anyhow::anyhow!("loading the model panicked: {panic}"))),
-    };
-    state.set_query_encoder(Arc::new(queries));
-    tracing::info!("model loaded; searches are open");
-    if args.no_projector {
-        return;
-    }
-    let store = match projector_store(&store).await {
-        Ok(store) => store,
-        Err(error) => return drop(fatal.send(error)),
-    };
-    let projector = Projector::beside_api(
-        store,
-        embedder.clone(),
-        embedder.chunker(args.overlap, true),
-        threads,
-        placement::BACKGROUND_MODEL,
-        state.foreground().clone(),
-        ProjectorOptions {
-            batch_events: args.batch.max(1),
-            ..Default::default()
-        },
-    );
-    let projector = match projector {
-        Ok(projector) => projector,
-        Err(error) => return drop(fatal.send(error.into())),
-    };
-    state.set_projector(ProjectorState::Running(projector.stats()));
-    let result = projector
-        .run(Target::Active, async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        })
-        .await;
-    if let Err(error) = result {
-        tracing::error!(%error, "the projector stopped; commands are still taken, but the read model is not updated");
-        state.set_projector(ProjectorState::Failed(error.to_string()));
-    }
-}
-
-/// The projector's own connections, whose server processes yield the CPU to the API's.
-async fn projector_store(api: &EventStore) -> anyhow::Result<EventStore> {
-    let pool = recall::postgres::open_background_beside(
-        api.pool(),
-        placement::BACKGROUND_DATABASE_NICENESS,
-        placement::CpuSet::background(),
-    )
-    .await
-    .context("connecting the projector")?;
-    Ok(EventStore::new(pool))
-}
-
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]

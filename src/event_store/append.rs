@@ -72,23 +72,6 @@ const INSERT_EVENTS: &str =
     "SELECT insert_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
 
 impl EventStore {
-    /// Appends one stream's events; a version mismatch is `Ok(Err(rejection))`.
-    pub async fn append(&self, request: AppendRequest) -> Result<Result<Appended, AppendRejection>, EventStoreError> {
-        let mut results = self.append_batch(vec![request]).await?;
-        Ok(results.pop().expect("one result per request"))
-    }
-
-    /// Appends many streams' events in one transaction, in order; each request is accepted or rejected
-    /// whole. Concurrent calls are committed together (see `group_commit`).
-    #[tracing::instrument(skip_all, fields(requests = requests.len()))]
-    pub async fn append_batch(&self, requests: Vec<AppendRequest>) -> Result<AppendResults, EventStoreError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.writer
-            .send(super::group_commit::Job { requests, reply })
-            .map_err(|_| EventStoreError::WriterGone)?;
-        answer.await.map_err(|_| EventStoreError::WriterGone)?
-    }
-
     /// Appends inside the caller's transaction; nothing is visible until the caller commits, and a
     /// rollback leaves no trace (not even a used-up position).
     pub async fn append_batch_in(

@@ -7,24 +7,47 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::append::{append_transaction, AppendPaths, AppendResults};
-use super::{AppendRequest, EventStoreError};
+use super::append::{append_transaction, AppendPaths, AppendRejection, AppendResults, Appended};
+use super::{AppendRequest, EventStore, EventStoreError};
 
 /// Most requests joined into one transaction.
 const MAX_GROUP_REQUESTS: usize = 2000;
+
+/// Calls queued for the writer at most; a caller past it waits for room (and its own deadline).
+const MAX_QUEUED_CALLS: usize = 4096;
 
 pub(super) struct Job {
     pub requests: Vec<AppendRequest>,
     pub reply: oneshot::Sender<Result<AppendResults, EventStoreError>>,
 }
 
-pub(super) fn spawn_writer(pool: sqlx::PgPool, paths: Arc<AppendPaths>) -> mpsc::UnboundedSender<Job> {
-    let (tx, rx) = mpsc::unbounded_channel();
+pub(super) fn spawn_writer(pool: sqlx::PgPool, paths: Arc<AppendPaths>) -> mpsc::Sender<Job> {
+    let (tx, rx) = mpsc::channel(MAX_QUEUED_CALLS);
     tokio::spawn(writer(pool, rx, paths));
     tx
 }
 
-async fn writer(pool: sqlx::PgPool, mut rx: mpsc::UnboundedReceiver<Job>, paths: Arc<AppendPaths>) {
+impl EventStore {
+    /// Appends one stream's events; a version mismatch is `Ok(Err(rejection))`.
+    pub async fn append(&self, request: AppendRequest) -> Result<Result<Appended, AppendRejection>, EventStoreError> {
+        let mut results = self.append_batch(vec![request]).await?;
+        Ok(results.pop().expect("one result per request"))
+    }
+
+    /// Appends many streams' events in one transaction, in order; each request is accepted or rejected
+    /// whole. Concurrent calls are committed together by the writer task.
+    #[tracing::instrument(skip_all, fields(requests = requests.len()))]
+    pub async fn append_batch(&self, requests: Vec<AppendRequest>) -> Result<AppendResults, EventStoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Job { requests, reply })
+            .await
+            .map_err(|_| EventStoreError::WriterGone)?;
+        answer.await.map_err(|_| EventStoreError::WriterGone)?
+    }
+}
+
+async fn writer(pool: sqlx::PgPool, mut rx: mpsc::Receiver<Job>, paths: Arc<AppendPaths>) {
     // Where this writer's last append left the log; all its appends go through here, in order.
     let mut tip = None;
     while let Some(first) = rx.recv().await {

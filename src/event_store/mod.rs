@@ -112,7 +112,7 @@ impl EventStoreError {
 #[derive(Clone)]
 pub struct EventStore {
     pool: sqlx::PgPool,
-    writer: tokio::sync::mpsc::UnboundedSender<group_commit::Job>,
+    writer: tokio::sync::mpsc::Sender<group_commit::Job>,
     paths: std::sync::Arc<AppendPaths>,
 }
 

@@ -1,0 +1,263 @@
+//! The running service, assembled once: the HTTP API over the event store, the query path's model, and
+//! (unless it runs elsewhere) the projector beside it. `recall serve`, the benchmarks and the tests all
+//! start it here, so that what they run is what users run.
+//!
+//! The listener is the caller's: it is serving before the model has loaded, so commands are taken at once
+//! while searches and readiness wait for the model.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiConfig, AppState, ProjectorState};
+use crate::commands::CommandHandler;
+use crate::embed::{ChunkOptions, ComputePool, EmbedError, Embedder};
+use crate::event_store::EventStore;
+use crate::placement::{self, Priority};
+use crate::projector::{Foreground, Projector, ProjectorError, ProjectorOptions, Target};
+use crate::search::QueryEncoder;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot serve HTTP: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("loading the embedding model: {0}")]
+    Model(#[from] EmbedError),
+    #[error("connecting the projector: {0}")]
+    Postgres(#[from] crate::postgres::PostgresError),
+    #[error("the projector stopped: {0}")]
+    Projector(#[from] ProjectorError),
+    #[error("{0} panicked")]
+    Panicked(&'static str),
+}
+
+/// Where the model comes from.
+pub enum Model {
+    /// Loaded on a blocking thread after the listener is up.
+    Load(Box<dyn FnOnce() -> Result<Embedder, EmbedError> + Send>),
+    /// Already loaded (the benchmarks and tests share one).
+    Loaded(Arc<Embedder>),
+}
+
+/// The projector inside the server.
+#[derive(Debug, Clone)]
+pub struct InProcessProjector {
+    pub chunking: ChunkOptions,
+    pub options: ProjectorOptions,
+    /// Leave a core to arriving requests (see `projector::Foreground`); false keeps every core busy.
+    pub yield_to_requests: bool,
+}
+
+impl Default for InProcessProjector {
+    fn default() -> Self {
+        InProcessProjector {
+            // Clamped to the model's sequence length.
+            chunking: ChunkOptions {
+                max_tokens: usize::MAX,
+                overlap: 32,
+                title_prefix: true,
+            },
+            options: ProjectorOptions {
+                batch_events: 64,
+                ..ProjectorOptions::default()
+            },
+            yield_to_requests: true,
+        }
+    }
+}
+
+pub struct ServerConfig {
+    pub api: ApiConfig,
+    /// `None`: the projector runs elsewhere (`recall serve --no-projector`, `recall project`).
+    pub projector: Option<InProcessProjector>,
+    /// Threads of the query path's model pool, and of the projector's.
+    pub threads: usize,
+    pub query_priority: Priority,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            api: ApiConfig::default(),
+            projector: Some(InProcessProjector::default()),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            query_priority: Priority::Realtime,
+        }
+    }
+}
+
+/// A started server: its address and state, until it is shut down.
+pub struct RunningServer {
+    address: SocketAddr,
+    state: AppState,
+    stop: watch::Sender<bool>,
+    ready: watch::Receiver<bool>,
+    failed: oneshot::Receiver<ServerError>,
+    http: JoinHandle<std::io::Result<()>>,
+    background: JoinHandle<()>,
+}
+
+/// Starts serving on `listener` over `store`, then loads the model and starts the projector.
+pub async fn start(
+    config: ServerConfig,
+    store: EventStore,
+    listener: TcpListener,
+    model: Model,
+) -> Result<RunningServer, ServerError> {
+    let address = listener.local_addr()?;
+    let state = AppState::new(CommandHandler::new(store.clone()), config.api.clone());
+    let (stop, stopped) = watch::channel(false);
+    let (ready_tx, ready) = watch::channel(false);
+    let (fail, failed) = oneshot::channel();
+    let mut http_stop = stopped.clone();
+    let router = api::router(state.clone());
+    let http = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let background = tokio::spawn(model_and_projector(
+        state.clone(),
+        store,
+        config,
+        model,
+        stopped,
+        ready_tx,
+        fail,
+    ));
+    Ok(RunningServer {
+        address,
+        state,
+        stop,
+        ready,
+        failed,
+        http,
+        background,
+    })
+}
+
+impl RunningServer {
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Waits until the model is loaded (searches are open) and the projector, if any, has started.
+    pub async fn ready(&mut self) -> Result<(), ServerError> {
+        tokio::select! {
+            r = self.ready.wait_for(|r| *r) => { r.map_err(|_| ServerError::Panicked("the model loader"))?; Ok(()) }
+            Ok(error) = &mut self.failed => Err(error),
+        }
+    }
+
+    /// Serves until `signal` resolves or the server fails (the model cannot load, the projector stops
+    /// for good), then stops gracefully: in-flight requests finish, the projector ends its batch.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let failure = tokio::select! {
+            _ = signal => None,
+            Ok(error) = &mut self.failed => Some(error),
+        };
+        let _ = self.stop.send(true);
+        let served = self.http.await.map_err(|_| ServerError::Panicked("the HTTP server"))?;
+        self.background
+            .await
+            .map_err(|_| ServerError::Panicked("the projector task"))?;
+        served?;
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Stops now, gracefully.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.run_until(std::future::ready(())).await
+    }
+}
+
+async fn model_and_projector(
+    state: AppState,
+    store: EventStore,
+    config: ServerConfig,
+    model: Model,
+    mut stop: watch::Receiver<bool>,
+    ready: watch::Sender<bool>,
+    fail: oneshot::Sender<ServerError>,
+) {
+    if config.projector.is_some() {
+        state.set_projector(ProjectorState::Starting);
+    }
+    let (threads, priority) = (config.threads.max(1), config.query_priority);
+    let loaded = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+        let embedder = match model {
+            Model::Load(load) => Arc::new(load()?),
+            Model::Loaded(embedder) => embedder,
+        };
+        let queries = QueryEncoder::new(embedder.clone(), ComputePool::new("recall-query", threads, priority)?);
+        Ok((embedder, queries))
+    })
+    .await;
+    let (embedder, queries) = match loaded {
+        Ok(Ok(loaded)) => loaded,
+        Ok(Err(error)) => return drop(fail.send(error)),
+        Err(_) => return drop(fail.send(ServerError::Panicked("loading the model"))),
+    };
+    state.set_query_encoder(Arc::new(queries));
+    tracing::info!("model loaded; searches are open");
+    let Some(settings) = config.projector else {
+        let _ = ready.send(true);
+        return;
+    };
+    let projector = match projector(&state, &store, embedder, threads, &settings).await {
+        Ok(projector) => projector,
+        Err(error) => return drop(fail.send(error)),
+    };
+    state.set_projector(ProjectorState::Running(projector.stats()));
+    let _ = ready.send(true);
+    let result = projector
+        .run(Target::Active, async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(%error, "the projector stopped; commands are still taken, but the read model is not updated");
+        state.set_projector(ProjectorState::Failed(error.to_string()));
+    }
+}
+
+/// The projector on connections of its own, its model threads and database processes yielding to the
+/// API's (see `crate::placement`).
+async fn projector(
+    state: &AppState,
+    store: &EventStore,
+    embedder: Arc<Embedder>,
+    threads: usize,
+    settings: &InProcessProjector,
+) -> Result<Projector, ServerError> {
+    let pool = crate::postgres::open_background_beside(
+        store.pool(),
+        placement::BACKGROUND_DATABASE_NICENESS,
+        placement::CpuSet::background(),
+    )
+    .await?;
+    let foreground = match settings.yield_to_requests {
+        true => state.foreground().clone(),
+        false => Foreground::never(),
+    };
+    Ok(Projector::beside_api(
+        EventStore::new(pool),
+        embedder.clone(),
+        embedder.chunker_with(settings.chunking),
+        threads,
+        placement::BACKGROUND_MODEL,
+        foreground,
+        settings.options,
+    )?)
+}
