@@ -36,6 +36,27 @@ async fn call(router: &axum::Router, method: &str, uri: &str, body: Value) -> (S
     )
 }
 
+/// Twenty commands and twenty lexical searches in turn, each answered as usual: their latencies.
+async fn commands_and_searches(router: &axum::Router, tag: &str) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut commands, mut searches) = (Vec::new(), Vec::new());
+    for i in 0..20 {
+        let document = json!({"id": format!("{tag}-{i}"), "text": format!("{tag} lantern")});
+        let (s, body, t) = call(router, "POST", "/v1/documents", document).await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        commands.push(t);
+        let (s, body, t) = call(
+            router,
+            "POST",
+            "/v1/search",
+            json!({"query": "lantern", "mode": "lexical"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        searches.push(t);
+    }
+    (commands, searches)
+}
+
 fn p99(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[(samples.len() * 99 / 100).min(samples.len() - 1)]
@@ -63,27 +84,7 @@ async fn two_hundred_waiters_hold_no_connection_and_commands_and_searches_go_on(
     projector.run_until_caught_up(Target::Active).await.unwrap();
 
     // Idle latency of a command and a lexical search, for the record.
-    let mut idle = (Vec::new(), Vec::new());
-    for i in 0..20 {
-        let (s, _, t) = call(
-            &router,
-            "POST",
-            "/v1/documents",
-            json!({"id": format!("idle-{i}"), "text": "idle lantern"}),
-        )
-        .await;
-        assert_eq!(s, StatusCode::CREATED);
-        idle.0.push(t);
-        let (s, _, t) = call(
-            &router,
-            "POST",
-            "/v1/search",
-            json!({"query": "lantern", "mode": "lexical"}),
-        )
-        .await;
-        assert_eq!(s, StatusCode::OK);
-        idle.1.push(t);
-    }
+    let idle = commands_and_searches(&router, "idle").await;
 
     // One search waits for the next position, which the projector will reach...
     let reachable = store.head().await.unwrap() + 1;
@@ -127,27 +128,7 @@ async fn two_hundred_waiters_hold_no_connection_and_commands_and_searches_go_on(
     assert!(connections < 10, "{connections} connections while 200 searches wait");
 
     // Meanwhile commands and searches answer as usual.
-    let mut loaded = (Vec::new(), Vec::new());
-    for i in 0..20 {
-        let (s, body, t) = call(
-            &router,
-            "POST",
-            "/v1/documents",
-            json!({"id": format!("busy-{i}"), "text": "busy lantern"}),
-        )
-        .await;
-        assert_eq!(s, StatusCode::CREATED, "{body}");
-        loaded.0.push(t);
-        let (s, body, t) = call(
-            &router,
-            "POST",
-            "/v1/search",
-            json!({"query": "lantern", "mode": "lexical"}),
-        )
-        .await;
-        assert_eq!(s, StatusCode::OK, "{body}");
-        loaded.1.push(t);
-    }
+    let loaded = commands_and_searches(&router, "busy").await;
     projector.run_until_caught_up(Target::Active).await.unwrap();
     let (s, body, _) = near.await.unwrap();
     assert_eq!(s, StatusCode::OK, "the projector's NOTIFY wakes a waiter: {body}");
@@ -196,33 +177,7 @@ fn a_frozen_database_gets_every_request_answered_within_the_deadline_and_loses_n
     let (_home, server) = common::private_server("recall-freeze-");
     runtime.block_on(common::start_with_database(&server));
     let url = server.url("recall");
-    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_recall"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-projector",
-            "--request-deadline",
-            "2",
-        ])
-        .env("DATABASE_URL", &url)
-        .env_remove("RECALL_API_TOKEN")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = {
-        use std::io::{BufRead, BufReader};
-        let mut lines = BufReader::new(serve.stderr.take().unwrap()).lines();
-        let base = loop {
-            let line = lines.next().expect("recall serve listens").unwrap();
-            if let Some(rest) = line.split("serving ").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        base
-    };
+    let (mut serve, base) = common::spawn_serve_with(&url, None, &["--no-projector", "--request-deadline", "2"]);
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
     let post = |id: &str, key: &str| {
         let started = Instant::now();

@@ -189,20 +189,7 @@ fn a_short_document_embeds_as_title_then_text() {
 
 fn check_chunks(text: &str, overlap: usize, max_tokens: usize) -> Result<(), TestCaseError> {
     let chunks = chunker(overlap).chunk("", text).unwrap();
-    let chars: Vec<char> = text.chars().collect();
-    prop_assert!(!chunks.is_empty());
-    prop_assert_eq!(chunks[0].char_start, 0);
-    prop_assert_eq!(chunks.last().unwrap().char_end, chars.len());
-    for pair in chunks.windows(2) {
-        // In order, no gap between consecutive chunks.
-        prop_assert!(pair[1].char_start > pair[0].char_start);
-        prop_assert!(pair[1].char_start <= pair[0].char_end);
-    }
-    for c in &chunks {
-        prop_assert!(c.input_ids.len() <= max_tokens);
-        let slice: String = chars[c.char_start..c.char_end].iter().collect();
-        prop_assert_eq!(&slice, &c.text);
-    }
+    check_cover(text, &chunks, max_tokens)?;
     for pair in chunks.windows(2) {
         // The configured overlap, counted in word pieces at the window edge.
         let a = &pair[0].input_ids[1..pair[0].input_ids.len() - 1];
@@ -231,10 +218,9 @@ proptest! {
     }
 }
 
-/// Whatever the text, chunks cover it in order with exact offsets, within the word-piece and the
-/// character limits (the overlap is not checked: a window cut by characters may be shorter than it).
-fn check_bounds(text: &str) -> Result<(), TestCaseError> {
-    let chunks = chunker(32).chunk("a title", text).unwrap();
+/// Chunks cover the text in order with exact offsets, no gap between consecutive ones, each within the
+/// word-piece and the character limits.
+fn check_cover(text: &str, chunks: &[recall::embed::Chunk], max_tokens: usize) -> Result<(), TestCaseError> {
     let chars: Vec<char> = text.chars().collect();
     prop_assert!(!chunks.is_empty());
     prop_assert_eq!(chunks[0].char_start, 0);
@@ -243,13 +229,19 @@ fn check_bounds(text: &str) -> Result<(), TestCaseError> {
         prop_assert!(pair[1].char_start > pair[0].char_start);
         prop_assert!(pair[1].char_start <= pair[0].char_end);
     }
-    for c in &chunks {
-        prop_assert!(c.input_ids.len() <= 256);
+    for c in chunks {
+        prop_assert!(c.input_ids.len() <= max_tokens);
         prop_assert!(c.char_end - c.char_start <= recall::embed::MAX_CHUNK_CHARS);
         let slice: String = chars[c.char_start..c.char_end].iter().collect();
         prop_assert_eq!(&slice, &c.text);
     }
     Ok(())
+}
+
+/// Whatever the text, its chunks cover it within bounds (the overlap is not checked: a window cut by
+/// characters may be shorter than it).
+fn check_bounds(text: &str) -> Result<(), TestCaseError> {
+    check_cover(text, &chunker(32).chunk("a title", text).unwrap(), 256)
 }
 
 #[test]

@@ -182,10 +182,16 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// Starts `recall serve` on an ephemeral loopback port against `url` (with `token` as its
 /// RECALL_API_TOKEN, or none); returns the child and its base URL once it listens.
 pub fn spawn_serve(url: &str, token: Option<&str>) -> (std::process::Child, String) {
+    spawn_serve_with(url, token, &[])
+}
+
+/// `spawn_serve` with further arguments for `recall serve`.
+pub fn spawn_serve_with(url: &str, token: Option<&str>, args: &[&str]) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_recall"));
     command
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
         .env("DATABASE_URL", url)
         .env_remove("RECALL_API_TOKEN")
         .stdout(std::process::Stdio::null())
