@@ -36,6 +36,13 @@ async fn call(router: &axum::Router, method: &str, uri: &str, body: Value) -> (S
     )
 }
 
+/// A search waiting for `position`, on a task of its own.
+fn wait_for(router: &axum::Router, position: i64) -> tokio::task::JoinHandle<(StatusCode, Value, Duration)> {
+    let router = router.clone();
+    let body = json!({"query": "lantern", "mode": "lexical", "wait_for": position});
+    tokio::spawn(async move { call(&router, "POST", "/v1/search", body).await })
+}
+
 /// Twenty commands and twenty lexical searches in turn, each answered as usual: their latencies.
 async fn commands_and_searches(router: &axum::Router, tag: &str) -> (Vec<Duration>, Vec<Duration>) {
     let (mut commands, mut searches) = (Vec::new(), Vec::new());
@@ -88,35 +95,11 @@ async fn two_hundred_waiters_hold_no_connection_and_commands_and_searches_go_on(
 
     // One search waits for the next position, which the projector will reach...
     let reachable = store.head().await.unwrap() + 1;
-    let near = {
-        let router = router.clone();
-        tokio::spawn(async move {
-            call(
-                &router,
-                "POST",
-                "/v1/search",
-                json!({"query": "lantern", "mode": "lexical", "wait_for": reachable}),
-            )
-            .await
-        })
-    };
+    let near = wait_for(&router, reachable);
     tokio::time::sleep(Duration::from_millis(100)).await;
     // ...and 210 for a position the log will never reach: 200 of them wait, 10 are refused at once.
     let far = 1_000_000_000_000i64;
-    let waiters: Vec<_> = (0..210)
-        .map(|_| {
-            let router = router.clone();
-            tokio::spawn(async move {
-                call(
-                    &router,
-                    "POST",
-                    "/v1/search",
-                    json!({"query": "lantern", "mode": "lexical", "wait_for": far}),
-                )
-                .await
-            })
-        })
-        .collect();
+    let waiters: Vec<_> = (0..210).map(|_| wait_for(&router, far)).collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let database = options.get_database().unwrap().to_owned();
     let connections: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
