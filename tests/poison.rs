@@ -238,3 +238,76 @@ fn arbitrary_texts_each_project_or_park_and_never_stall_later_documents() {
         later_document_is_searchable(&pool, &handler).await;
     });
 }
+
+/// A failure a retry may cure (here a serialization failure the database keeps raising) is retried, not
+/// parked, and the retrying is visible: `recall status`'s report and the projector's own state say how
+/// many attempts failed at which position since when, and both clear once a batch commits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retrying_projector_says_so_and_recovers() {
+    let (pool, _) = common::fresh_database().await;
+    let handler = CommandHandler::new(EventStore::new(pool.clone()));
+    sqlx::raw_sql(
+        "CREATE FUNCTION contend() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             RAISE EXCEPTION 'could not serialize access' USING ERRCODE = '40001';
+         END $$;
+         CREATE TRIGGER contend BEFORE INSERT ON chunks FOR EACH ROW EXECUTE FUNCTION contend();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert!(add(&handler, "plain", "doc", "The lighthouse keeper polished the lantern.").await);
+    let projector = Projector::new(
+        EventStore::new(pool.clone()),
+        common::model_backend(),
+        ProjectorOptions::default(),
+    );
+    let stats = projector.stats();
+    let running = projector.spawn(Target::Active);
+    let report = loop {
+        let report = recall::projector::status(&pool).await.unwrap();
+        if report.active().is_some_and(|p| p.retry_attempts >= 3) {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let active = report.active().unwrap();
+    assert_eq!(active.checkpoint, 0);
+    assert!(active.retrying_since.is_some());
+    assert!(
+        active
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("could not serialize access"),
+        "{active:?}"
+    );
+    assert!(report.to_prometheus().contains("recall_projection_retry_attempts{"));
+    let retrying = stats.retrying().expect("the projector's own state says it retries");
+    assert!(retrying.attempts >= 3);
+    assert_eq!(retrying.position, 0);
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_failures")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(parked, 0, "a transient failure is not parked");
+
+    sqlx::raw_sql("DROP TRIGGER contend ON chunks")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let report = recall::projector::status(&pool).await.unwrap();
+        let active = report.active().unwrap();
+        if active.checkpoint == report.head {
+            assert_eq!(active.retry_attempts, 0);
+            assert!(active.retrying_since.is_none() && active.last_error.is_none());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the projector did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stats.retrying().is_none());
+    running.stop().await.unwrap();
+}
