@@ -279,3 +279,72 @@ fn dir_with_file(contents: &[u8]) -> tempfile::TempDir {
     std::fs::write(dir.path().join("f.txt"), contents).unwrap();
     dir
 }
+
+/// Every path the CLI reads must be a regular file: a named pipe with no writer is refused at once with
+/// a reason (it would block a reader forever), never waited on; a byte order mark before a file's first
+/// line is not part of its data.
+#[tokio::test]
+async fn named_pipes_are_refused_at_once_and_byte_order_marks_ignored() {
+    let cli = Cli::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let fifo = fifo.to_str().unwrap();
+    for args in [
+        vec!["ingest", fifo],
+        vec!["ingest", "--jsonl", fifo],
+        vec!["update", "doc", "--file", fifo],
+        vec!["search", "--queries", fifo, "--mode", "lexical"],
+        vec!["embed", fifo],
+    ] {
+        // A reader that blocked would never answer: give it ten seconds, then fail.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_recall"))
+            .args(&args)
+            .env("DATABASE_URL", &cli.url)
+            .env_remove("RECALL_HOME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(10) {
+                child.kill().unwrap();
+                panic!("{args:?} blocked on a named pipe");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("not a regular file (a named pipe)"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(cli.head(), 0);
+
+    let jsonl = dir.path().join("bom.jsonl");
+    std::fs::write(
+        &jsonl,
+        "\u{feff}{\"id\": \"bom\", \"text\": \"a lantern on the shore\"}\n",
+    )
+    .unwrap();
+    let out = cli.run(&["ingest", "--jsonl", jsonl.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(cli.head(), 1);
+    let out = cli.run(&["project", "--until-caught-up"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let queries = dir.path().join("queries.jsonl");
+    std::fs::write(&queries, "\u{feff}{\"_id\": \"q1\", \"text\": \"lantern\"}\n").unwrap();
+    let out = cli.run(&["search", "--queries", queries.to_str().unwrap(), "--mode", "lexical"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("\"query_id\":\"q1\""),
+        "{}",
+        text(&out.stdout)
+    );
+}

@@ -162,7 +162,7 @@ pub(super) fn read_corpus(
     corpus: &std::path::Path,
     scope: &str,
 ) -> anyhow::Result<Vec<(recall::domain::DocumentKey, recall::domain::DocumentContent)>> {
-    let text = std::fs::read_to_string(corpus).with_context(|| format!("cannot read {}", corpus.display()))?;
+    let text = recall::ingest::read_text_file(corpus).with_context(|| format!("cannot read {}", corpus.display()))?;
     let scope = recall::domain::Scope::parse(scope)?;
     let limits = recall::domain::Limits::default();
     let mut documents = Vec::new();
@@ -307,7 +307,8 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             json,
             model,
         } => {
-            let text = std::fs::read_to_string(&corpus).with_context(|| format!("cannot read {}", corpus.display()))?;
+            let text =
+                recall::ingest::read_text_file(&corpus).with_context(|| format!("cannot read {}", corpus.display()))?;
             let mut texts = Vec::new();
             for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
                 let value: serde_json::Value =

@@ -205,7 +205,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
             Box::new(BufReader::new(std::io::stdin()))
         } else {
             Box::new(BufReader::new(
-                std::fs::File::open(jsonl).with_context(|| format!("cannot open {origin}"))?,
+                recall::ingest::open_regular_file(jsonl).with_context(|| format!("cannot open {origin}"))?,
             ))
         };
         let bar = progress(None);

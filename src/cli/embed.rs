@@ -117,7 +117,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         None => Box::new(BufReader::new(std::io::stdin())),
         Some(p) if p.as_os_str() == "-" => Box::new(BufReader::new(std::io::stdin())),
         Some(p) => Box::new(BufReader::new(
-            std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?,
+            recall::ingest::open_regular_file(p).with_context(|| format!("cannot open {}", p.display()))?,
         )),
     };
     let chunker = embedder.chunker(args.overlap, !args.no_title);

@@ -70,7 +70,8 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     };
     let documents = read_corpus(&args.corpus, &scope)?;
     let qrels = Qrels::parse(
-        &std::fs::read_to_string(&args.qrels).with_context(|| format!("cannot read {}", args.qrels.display()))?,
+        &recall::ingest::read_text_file(&args.qrels)
+            .with_context(|| format!("cannot read {}", args.qrels.display()))?,
     )?;
     let queries: Vec<(String, String)> = read_queries(&args.queries)?
         .into_iter()

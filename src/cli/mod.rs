@@ -224,6 +224,10 @@ fn read_input(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
         std::io::stdin().read_to_end(&mut buf).context("reading stdin")?;
         Ok(buf)
     } else {
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        let mut buf = Vec::new();
+        recall::ingest::open_regular_file(path)
+            .and_then(|mut file| file.read_to_end(&mut buf))
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(buf)
     }
 }

@@ -50,7 +50,7 @@ pub struct SearchArgs {
 
 /// BEIR-style queries: `{"_id", "text"}` a line.
 pub(super) fn read_queries(path: &std::path::Path) -> anyhow::Result<Vec<(Option<String>, String)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = recall::ingest::read_text_file(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let v: serde_json::Value =

@@ -54,11 +54,7 @@ pub fn parse_jsonl_line(
 ) -> Result<IngestItem, IngestError> {
     let source_name = format!("{origin}:{line_no}");
     // A UTF-8 byte order mark, which some editors put at the start of a file, is not part of the JSON.
-    let line = if line_no == 1 {
-        line.strip_prefix('\u{feff}').unwrap_or(line)
-    } else {
-        line
-    };
+    let line = if line_no == 1 { without_bom(line) } else { line };
     let record: JsonlRecord = serde_json::from_str(line).map_err(|e| {
         let detail = e.to_string();
         if e.is_data() {
@@ -204,6 +200,40 @@ pub fn discover_files(paths: &[PathBuf], follow_symlinks: bool) -> Discovered {
     found
 }
 
+/// Opens a path the CLI was given for reading, refusing anything but a regular file: a named pipe with
+/// no writer would block the reader forever, and a device may never end. Opened without blocking and
+/// checked through the handle, so that a path swapped for a pipe after a walk cannot hang the reader.
+pub fn open_regular_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let file_type = file.metadata()?.file_type();
+    if !file_type.is_file() {
+        return Err(std::io::Error::other(format!(
+            "not a regular file ({}); give a file, or `-` to read standard input",
+            kind(&file_type)
+        )));
+    }
+    Ok(file)
+}
+
+/// A file's text without the UTF-8 byte order mark some editors put at its start.
+pub fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
+/// Reads a whole regular file as UTF-8 text, without a leading byte order mark.
+pub fn read_text_file(path: &Path) -> std::io::Result<String> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut open_regular_file(path)?, &mut text)?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_owned(),
+        None => text,
+    })
+}
+
 fn kind(file_type: &std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     if file_type.is_fifo() {
@@ -238,23 +268,8 @@ pub fn read_file_item(
         source_name: source_name.clone(),
         error,
     };
-    // Opened without blocking and checked through the handle, so that a path swapped for a pipe after
-    // the walk cannot hang the reader.
-    let file = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(path)
-            .map_err(unreadable)?
-    };
+    let file = open_regular_file(path).map_err(unreadable)?;
     let meta = file.metadata().map_err(unreadable)?;
-    if !meta.is_file() {
-        return Err(unreadable(std::io::Error::other(format!(
-            "not a regular file ({})",
-            kind(&meta.file_type())
-        ))));
-    }
     let len = meta.len();
     if len as usize > limits.max_text_bytes {
         return Err(invalid(DomainError::TextTooLong {
@@ -302,6 +317,15 @@ mod tests {
         assert_eq!(beir.key.id.as_str(), "4983");
         let generated = parse(r#"{"text": "no id"}"#).unwrap();
         assert_eq!(generated.key.id.as_str().len(), 36);
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_line_is_not_json() {
+        let bom = "\u{feff}{\"id\": \"a\", \"text\": \"hello\"}";
+        let first = parse_jsonl_line(bom, 1, "in.jsonl", &Scope::default(), &Limits::default()).unwrap();
+        assert_eq!(first.key.id.as_str(), "a");
+        // Anywhere else it is a character the JSON does not allow, and the line says so.
+        assert!(parse_jsonl_line(bom, 2, "in.jsonl", &Scope::default(), &Limits::default()).is_err());
     }
 
     #[test]
