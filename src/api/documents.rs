@@ -254,13 +254,13 @@ pub async fn get(
     state.wait_for(query.wait_for).await?;
     let _turn = state.read_turn().await?;
     let row: Option<DocumentRow> = sqlx::query_as(
-        "SELECT d.title, d.metadata, d.version, d.removed, d.position, e.payload->>'text' AS text,
+        "SELECT d.title, d.metadata, d.version, d.removed, d.position, coalesce(v.text, '') AS text,
                 (SELECT count(*) FROM chunks c WHERE c.generation = d.generation AND c.scope = d.scope
                     AND c.document_id = d.id AND c.valid_to IS NULL) AS chunks,
                 p.checkpoint
          FROM projections p
          JOIN documents d ON d.generation = p.generation
-         JOIN events e ON e.position = d.position
+         LEFT JOIN document_versions v ON v.generation = d.generation AND v.position = d.position
          WHERE p.status = 'active' AND d.scope = $1 AND d.id = $2",
     )
     .bind(key.scope.as_str())

@@ -44,6 +44,8 @@ pub(crate) enum Effect {
         position: i64,
         title: String,
         metadata: serde_json::Value,
+        /// The whole text of this version, for the read model's readers.
+        text: String,
         chunks: Vec<PreparedChunk>,
     },
     Remove {
@@ -156,6 +158,7 @@ pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> P
                             position: event.position,
                             title: content.title.as_str().to_owned(),
                             metadata: serde_json::Value::Object(content.metadata.as_map().clone()),
+                            text: content.text.as_str().to_owned(),
                             chunks: Vec::new(),
                         });
                     }

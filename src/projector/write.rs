@@ -28,6 +28,17 @@ struct ChunkRows {
     title: Vec<String>,
 }
 
+/// What each version said (migrations/0007), for as-of searches and document reads.
+#[derive(Default)]
+struct VersionRows {
+    scope: Vec<String>,
+    id: Vec<String>,
+    position: Vec<i64>,
+    title: Vec<String>,
+    metadata: Vec<serde_json::Value>,
+    text: Vec<String>,
+}
+
 #[derive(Default)]
 struct DocumentRows {
     scope: Vec<String>,
@@ -51,6 +62,7 @@ pub(crate) async fn apply_effects(
     let mut open_rows: HashMap<(String, String), Vec<usize>> = HashMap::new();
     let mut final_docs: HashMap<(String, String), usize> = HashMap::new();
     let mut rows = ChunkRows::default();
+    let mut versions = VersionRows::default();
     let mut docs: Vec<(String, String, String, serde_json::Value, i64, bool, i64)> = Vec::new();
     let mut failures = Vec::new();
     for effect in effects {
@@ -83,9 +95,16 @@ pub(crate) async fn apply_effects(
                 version,
                 title,
                 metadata,
+                text,
                 chunks,
                 ..
             } => {
+                versions.scope.push(scope.clone());
+                versions.id.push(id.clone());
+                versions.position.push(position);
+                versions.title.push(title.clone());
+                versions.metadata.push(metadata.clone());
+                versions.text.push(text.clone());
                 let open = open_rows.get_mut(&key).expect("inserted above");
                 for c in chunks {
                     open.push(rows.scope.len());
@@ -163,6 +182,23 @@ pub(crate) async fn apply_effects(
         .bind(rows.tokens)
         .bind(rows.embedding)
         .bind(rows.title)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !versions.position.is_empty() {
+        // A parked event retried later may be applied again: its version is already there.
+        sqlx::query(
+            "INSERT INTO document_versions (generation, scope, id, position, title, metadata, text)
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::jsonb[], $7::text[])
+             ON CONFLICT (generation, position) DO NOTHING",
+        )
+        .bind(generation)
+        .bind(versions.scope)
+        .bind(versions.id)
+        .bind(versions.position)
+        .bind(versions.title)
+        .bind(versions.metadata)
+        .bind(versions.text)
         .execute(&mut *tx)
         .await?;
     }

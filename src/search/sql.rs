@@ -7,17 +7,16 @@ use std::sync::LazyLock;
 use super::SearchMode;
 
 /// Which chunks a search sees, with the title and metadata they had. Live: the current chunks and
-/// documents. As of a position: the chunks valid then, with the title and metadata of their own event.
+/// documents. As of a position: the chunks valid then, with the title and metadata of their own version.
 fn candidates(as_of: bool) -> &'static str {
     if as_of {
         "SELECT c.scope, c.document_id, c.chunk_index, c.embedding, c.lexemes, c.text, c.char_start, c.char_end,
-                coalesce(e.payload->>'title', '') AS title,
-                coalesce((e.payload->'metadata')::jsonb, '{}'::jsonb) AS metadata
+                v.title, v.metadata
          FROM chunks c
-         JOIN events e ON e.position = c.valid_from
+         JOIN document_versions v ON v.generation = c.generation AND v.position = c.valid_from
          WHERE c.generation = $2 AND c.valid_from <= $7 AND (c.valid_to IS NULL OR c.valid_to > $7)
            AND ($3::text IS NULL OR c.scope = $3)
-           AND ($4::jsonb IS NULL OR coalesce((e.payload->'metadata')::jsonb, '{}'::jsonb) @> $4)
+           AND ($4::jsonb IS NULL OR v.metadata @> $4)
            AND (NOT $6::boolean OR c.chunk_index = 0)"
     } else {
         "SELECT c.scope, c.document_id, c.chunk_index, c.embedding, c.lexemes, c.text, c.char_start, c.char_end,
@@ -78,20 +77,20 @@ fn lexical(as_of: bool) -> String {
     };
     let filter = if as_of {
         "($4::jsonb IS NULL OR EXISTS (
-             SELECT 1 FROM events e
-             WHERE e.position = c.valid_from AND coalesce((e.payload->'metadata')::jsonb, '{}'::jsonb) @> $4))"
+             SELECT 1 FROM document_versions v
+             WHERE v.generation = c.generation AND v.position = c.valid_from AND v.metadata @> $4))"
     } else {
         "($4::jsonb IS NULL OR EXISTS (
              SELECT 1 FROM documents d
              WHERE d.generation = c.generation AND d.scope = c.scope AND d.id = c.document_id AND d.metadata @> $4))"
     };
     let details = if as_of {
-        "SELECT c.scope, c.document_id, c.chunk_index, top.score, coalesce(e.payload->>'title', '') AS title, c.text,
-                c.char_start, c.char_end, coalesce((e.payload->'metadata')::jsonb, '{}'::jsonb) AS metadata
+        "SELECT c.scope, c.document_id, c.chunk_index, top.score, v.title, c.text, c.char_start, c.char_end,
+                v.metadata
          FROM top
          JOIN chunks c ON c.generation = $2 AND c.scope = top.scope AND c.document_id = top.document_id
                       AND c.valid_from = top.valid_from AND c.chunk_index = top.chunk_index
-         JOIN events e ON e.position = c.valid_from"
+         JOIN document_versions v ON v.generation = c.generation AND v.position = c.valid_from"
     } else {
         "SELECT c.scope, c.document_id, c.chunk_index, top.score, d.title, c.text, c.char_start, c.char_end, d.metadata
          FROM top
