@@ -440,7 +440,7 @@ async fn a_rebuild_yields_the_live_read_model_and_switches_over() {
     .await
     .unwrap();
     assert_ne!(rebuilt.generation, live.generation);
-    assert_eq!(rebuilt.status, "active");
+    assert_eq!(rebuilt.status, recall::projector::GenerationStatus::Active);
     let after = read_model_snapshot(&pool, rebuilt.generation).await;
     assert_eq!(before.len(), after.len());
     assert_same_read_model(&before, &after);

@@ -261,10 +261,11 @@ pub async fn get(
          FROM projections p
          JOIN documents d ON d.generation = p.generation
          LEFT JOIN document_versions v ON v.generation = d.generation AND v.position = d.position
-         WHERE p.status = 'active' AND d.scope = $1 AND d.id = $2",
+         WHERE p.status = $3 AND d.scope = $1 AND d.id = $2",
     )
     .bind(key.scope.as_str())
     .bind(key.id.as_str())
+    .bind(crate::projector::GenerationStatus::Active.as_str())
     .fetch_optional(state.pool())
     .await
     .map_err(|e| ApiError::database(&e))?;

@@ -250,7 +250,8 @@ pub async fn run_soak(
     let _ = sampler.await;
     server.shutdown().await?;
     let rows: Vec<(String, i64, bool)> =
-        sqlx::query_as("SELECT d.id, d.version, d.removed FROM documents d JOIN projections p USING (generation) WHERE p.status = 'active' AND d.scope = 'soak'")
+        sqlx::query_as("SELECT d.id, d.version, d.removed FROM documents d JOIN projections p USING (generation) WHERE p.status = $1 AND d.scope = 'soak'")
+            .bind(projector::GenerationStatus::Active.as_str())
             .fetch_all(&pool)
             .await?;
     let projected: HashMap<String, (u64, bool)> = rows.into_iter().map(|(id, v, r)| (id, (v as u64, r))).collect();

@@ -6,10 +6,53 @@ use sqlx::PgPool;
 use super::ProjectorError;
 use crate::embed::ModelIdentity;
 
+/// Where a generation is in its life. Stored as its lowercase name (`projections.status`); SQL binds it
+/// from here rather than spelling it, so that the names live in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GenerationStatus {
+    /// Being filled by a rebuild while the active one serves.
+    Building,
+    /// The one searches read.
+    Active,
+    /// Replaced by a rebuild; dropped with its rows.
+    Retired,
+}
+
+impl GenerationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GenerationStatus::Building => "building",
+            GenerationStatus::Active => "active",
+            GenerationStatus::Retired => "retired",
+        }
+    }
+}
+
+impl std::fmt::Display for GenerationStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for GenerationStatus {
+    type Error = String;
+
+    fn try_from(status: String) -> Result<Self, String> {
+        match status.as_str() {
+            "building" => Ok(GenerationStatus::Building),
+            "active" => Ok(GenerationStatus::Active),
+            "retired" => Ok(GenerationStatus::Retired),
+            other => Err(format!("unknown generation status {other:?}")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
 pub struct Generation {
     pub generation: i64,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: GenerationStatus,
     pub model_name: String,
     pub model_revision: String,
     pub dimension: i32,
@@ -71,7 +114,8 @@ pub async fn load(pool: &PgPool, generation: i64) -> Result<Generation, Projecto
 
 pub async fn active(pool: &PgPool) -> Result<Option<Generation>, ProjectorError> {
     Ok(
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM projections WHERE status = 'active'"))
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM projections WHERE status = $1"))
+            .bind(GenerationStatus::Active.as_str())
             .fetch_optional(pool)
             .await?,
     )
@@ -86,11 +130,12 @@ pub async fn active_for(pool: &PgPool, identity: &ModelIdentity) -> Result<Gener
     }
     let created = sqlx::query_as(&format!(
         "INSERT INTO projections (status, model_name, model_revision, dimension, activated_at)
-         VALUES ('active', $1, $2, $3, now()) ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
+         VALUES ($4, $1, $2, $3, now()) ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
     ))
     .bind(&identity.name)
     .bind(&identity.revision)
     .bind(identity.dimension as i32)
+    .bind(GenerationStatus::Active.as_str())
     .fetch_optional(pool)
     .await?;
     match created {
@@ -109,11 +154,12 @@ pub async fn create_building(pool: &PgPool, identity: &ModelIdentity) -> Result<
     check_dimension(pool, identity).await?;
     Ok(sqlx::query_as(&format!(
         "INSERT INTO projections (status, model_name, model_revision, dimension)
-         VALUES ('building', $1, $2, $3) RETURNING {COLUMNS}"
+         VALUES ($4, $1, $2, $3) RETURNING {COLUMNS}"
     ))
     .bind(&identity.name)
     .bind(&identity.revision)
     .bind(identity.dimension as i32)
+    .bind(GenerationStatus::Building.as_str())
     .fetch_one(pool)
     .await?)
 }
@@ -133,22 +179,24 @@ pub async fn activate_if_caught_up(pool: &PgPool, generation: i64) -> Result<boo
         tx.rollback().await?;
         return Ok(false);
     }
-    sqlx::query("UPDATE projections SET status = 'retired', updated_at = now() WHERE status = 'active'")
+    sqlx::query("UPDATE projections SET status = $1, updated_at = now() WHERE status = $2")
+        .bind(GenerationStatus::Retired.as_str())
+        .bind(GenerationStatus::Active.as_str())
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
-        "UPDATE projections SET status = 'active', activated_at = now(), updated_at = now() WHERE generation = $1",
-    )
-    .bind(generation)
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query("UPDATE projections SET status = $2, activated_at = now(), updated_at = now() WHERE generation = $1")
+        .bind(generation)
+        .bind(GenerationStatus::Active.as_str())
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(true)
 }
 
 /// Drops retired generations and their rows.
 pub async fn drop_retired(pool: &PgPool) -> Result<u64, ProjectorError> {
-    Ok(sqlx::query("DELETE FROM projections WHERE status = 'retired'")
+    Ok(sqlx::query("DELETE FROM projections WHERE status = $1")
+        .bind(GenerationStatus::Retired.as_str())
         .execute(pool)
         .await?
         .rows_affected())

@@ -27,6 +27,7 @@ pub use backend::{EmbedBackend, ModelBackend};
 pub use foreground::Foreground;
 pub use generations::{
     activate_if_caught_up, active, active_for, create_building, drop_retired, load, table_dimension, Generation,
+    GenerationStatus,
 };
 pub use status::{status, ProjectionStatus, StatusReport};
 pub use write::PROJECTED_CHANNEL;
@@ -489,12 +490,13 @@ impl Projector {
         };
         let recorded = sqlx::query(
             "UPDATE projections SET retry_attempts = $2, retrying_since = $3, last_error = $4
-             WHERE CASE WHEN $1::bigint IS NULL THEN status = 'active' ELSE generation = $1 END",
+             WHERE CASE WHEN $1::bigint IS NULL THEN status = $5 ELSE generation = $1 END",
         )
         .bind(generation)
         .bind(retrying.attempts as i32)
         .bind(retrying.since)
         .bind(&retrying.error)
+        .bind(GenerationStatus::Active.as_str())
         .execute(&self.pool)
         .await;
         if let Err(e) = recorded {
@@ -767,7 +769,8 @@ pub async fn wait_for(pool: &PgPool, position: i64, timeout: Duration) -> Result
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(PROJECTED_CHANNEL).await?;
     loop {
-        let checkpoint: Option<i64> = sqlx::query_scalar("SELECT checkpoint FROM projections WHERE status = 'active'")
+        let checkpoint: Option<i64> = sqlx::query_scalar("SELECT checkpoint FROM projections WHERE status = $1")
+            .bind(GenerationStatus::Active.as_str())
             .fetch_optional(pool)
             .await?;
         let checkpoint = checkpoint.unwrap_or(0);

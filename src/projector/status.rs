@@ -3,12 +3,12 @@
 
 use sqlx::PgPool;
 
-use super::ProjectorError;
+use super::{GenerationStatus, ProjectorError};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ProjectionStatus {
     pub generation: i64,
-    pub status: String,
+    pub status: GenerationStatus,
     pub model: String,
     pub dimension: i32,
     pub checkpoint: i64,
@@ -33,7 +33,7 @@ pub struct StatusReport {
 impl StatusReport {
     /// The generation that searches read, if there is one.
     pub fn active(&self) -> Option<&ProjectionStatus> {
-        self.projections.iter().find(|p| p.status == "active")
+        self.projections.iter().find(|p| p.status == GenerationStatus::Active)
     }
 }
 
@@ -87,7 +87,8 @@ pub async fn status(pool: &PgPool) -> Result<StatusReport, ProjectorError> {
             )| {
                 ProjectionStatus {
                     generation,
-                    status,
+                    // The table's CHECK admits only the three names.
+                    status: GenerationStatus::try_from(status).unwrap_or(GenerationStatus::Retired),
                     model: format!("{name}@{revision}"),
                     dimension,
                     checkpoint,

@@ -292,11 +292,12 @@ pub(crate) async fn write_batch(
     let moved = sqlx::query(
         "UPDATE projections SET checkpoint = $3, updated_at = now(),
                                 retry_attempts = 0, retrying_since = NULL, last_error = NULL
-         WHERE generation = $1 AND checkpoint = $2 AND status <> 'retired'",
+         WHERE generation = $1 AND checkpoint = $2 AND status <> $4",
     )
     .bind(generation)
     .bind(expected)
     .bind(batch.last_position)
+    .bind(super::GenerationStatus::Retired.as_str())
     .execute(&mut *tx)
     .await?;
     if moved.rows_affected() != 1 {

@@ -245,10 +245,11 @@ impl Snapshot {
                           set_config('plan_cache_mode', 'force_custom_plan', true),
                           set_config('enable_indexscan', $2, true)) AS settings,
                   projections p
-             WHERE p.status = 'active'",
+             WHERE p.status = $3",
         )
         .bind(HNSW_EF_SEARCH.to_string())
         .bind(if exact { "off" } else { "on" })
+        .bind(crate::projector::GenerationStatus::Active.as_str())
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(SearchError::NoReadModel)?;

@@ -8,7 +8,7 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::projector::PROJECTED_CHANNEL;
+use crate::projector::{GenerationStatus, PROJECTED_CHANNEL};
 
 /// How often the checkpoint is read when no notification arrives.
 const POLL: Duration = Duration::from_secs(1);
@@ -49,7 +49,8 @@ async fn follow(pool: PgPool, sender: watch::Sender<i64>) {
             };
         }
         let read: Result<Option<i64>, sqlx::Error> =
-            sqlx::query_scalar("SELECT checkpoint FROM projections WHERE status = 'active'")
+            sqlx::query_scalar("SELECT checkpoint FROM projections WHERE status = $1")
+                .bind(GenerationStatus::Active.as_str())
                 .fetch_optional(&pool)
                 .await;
         if let Ok(checkpoint) = read {
