@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::{json, Value};
 
-use recall::embed::{DevicePreference, Embedder, EmbedderOptions, EncoderKind, ModelSource};
+use recall::embed::{Embedder, EmbedderOptions, ModelSource};
+
+use super::values::{Device, Encoder};
 
 /// Settings shared by everything that loads the model.
 #[derive(Args, Clone)]
@@ -21,10 +23,10 @@ pub struct ModelArgs {
     #[arg(long, env = "RECALL_MAX_BATCH_TOKENS", default_value_t = 8192)]
     pub max_batch_tokens: usize,
     #[arg(long, value_enum, env = "RECALL_DEVICE", default_value = "auto")]
-    pub device: DevicePreference,
+    pub device: Device,
     /// The encoder implementation (packed is CPU only; a GPU always uses padded).
     #[arg(long, value_enum, env = "RECALL_ENCODER", default_value = "packed")]
-    pub encoder: EncoderKind,
+    pub encoder: Encoder,
     /// CPU threads for the model (default: all cores).
     #[arg(long, env = "RECALL_THREADS")]
     pub threads: Option<usize>,
@@ -53,9 +55,9 @@ impl ModelArgs {
         Embedder::load(
             &source,
             EmbedderOptions {
-                device: self.device,
+                device: self.device.into(),
                 max_batch_tokens: self.max_batch_tokens,
-                encoder: self.encoder,
+                encoder: self.encoder.into(),
             },
         )
     }

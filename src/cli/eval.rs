@@ -13,6 +13,8 @@ use recall::eval::{self, Qrels};
 use recall::projector::{self, ModelBackend, Projector, ProjectorOptions, Target};
 use recall::search::{search, Query, SearchMode, SearchRequest};
 
+use super::values::Mode;
+
 use super::bench::read_corpus;
 use super::embed::ModelArgs;
 use super::search::{question_vectors, read_queries};
@@ -30,7 +32,7 @@ pub struct EvalArgs {
     #[arg(long)]
     qrels: std::path::PathBuf,
     #[arg(long, value_enum, default_value = "hybrid")]
-    mode: SearchMode,
+    mode: Mode,
     /// The scope holding the corpus (default: eval-<the corpus's folder name>).
     #[arg(long)]
     scope: Option<String>,
@@ -52,6 +54,7 @@ pub struct EvalArgs {
 }
 
 pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let mode = SearchMode::from(args.mode);
     let scope = match &args.scope {
         Some(s) => s.clone(),
         None => {
@@ -112,12 +115,12 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     }
 
     let questions: Vec<String> = queries.iter().map(|(_, q)| q.clone()).collect();
-    let vectors = question_vectors(args.mode.needs_vector().then(|| embedder.clone()), questions).await?;
+    let vectors = question_vectors(mode.needs_vector().then(|| embedder.clone()), questions).await?;
     // Documents rank by their best chunk: the search's own distinct-documents ranking, the very one an
     // agent gets, so that eval measures what users are served.
     let request = SearchRequest {
         k: 100,
-        mode: args.mode,
+        mode: mode,
         scope: Some(recall::domain::Scope::parse(&scope)?),
         first_chunk_only: args.first_chunk_only,
         distinct_documents: true,
@@ -154,7 +157,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         println!(
             "{}",
             json!({
-                "corpus": args.corpus.display().to_string(), "scope": scope, "mode": args.mode,
+                "corpus": args.corpus.display().to_string(), "scope": scope, "mode": mode,
                 "first_chunk_only": args.first_chunk_only, "documents": documents.len(), "queries": queries.len(),
                 "ndcg_at_10": mean.ndcg_at_10, "recall_at_100": mean.recall_at_100, "mrr_at_10": mean.mrr_at_10,
                 "ms_per_query": per_query_ms,
@@ -166,7 +169,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             args.corpus.display(),
             documents.len(),
             queries.len(),
-            args.mode,
+            mode,
             if args.first_chunk_only { ", first chunk only" } else { "" },
             mean.ndcg_at_10,
             mean.recall_at_100,

@@ -8,6 +8,7 @@ mod eval;
 mod projection;
 mod search;
 mod serve;
+mod values;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use recall::projector::{self, ModelBackend, OnError, Projector, ProjectorOptions, Target};
+use recall::projector::{self, ModelBackend, Projector, ProjectorOptions, Target};
+
+use super::values::OnErrorArg;
 
 use super::embed::ModelArgs;
 use super::{open_projector_store, open_store};
@@ -21,7 +23,7 @@ pub struct ProjectArgs {
     until_caught_up: bool,
     /// What to do with an event that cannot be applied.
     #[arg(long, value_enum, default_value = "park")]
-    on_error: OnError,
+    on_error: OnErrorArg,
     /// Events per batch.
     #[arg(long, default_value_t = 64)]
     batch: i64,
@@ -101,7 +103,7 @@ impl ProjectArgs {
     async fn projector(&self) -> anyhow::Result<Projector> {
         let options = ProjectorOptions {
             batch_events: self.batch.max(1),
-            on_error: self.on_error,
+            on_error: self.on_error.into(),
             ..Default::default()
         };
         projector(&self.model, self.overlap, options).await

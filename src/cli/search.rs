@@ -10,7 +10,9 @@ use serde_json::json;
 
 use recall::domain::Scope;
 use recall::embed::Embedder;
-use recall::search::{search, Query, SearchMode, SearchRequest};
+use recall::search::{search, Query, SearchRequest};
+
+use super::values::Mode;
 
 use super::embed::ModelArgs;
 use super::open_store;
@@ -27,7 +29,7 @@ pub struct SearchArgs {
     k: usize,
     /// dense (embeddings), lexical (BM25) or hybrid (both, fused by reciprocal rank).
     #[arg(long, value_enum, default_value = "hybrid")]
-    mode: SearchMode,
+    mode: Mode,
     #[arg(long)]
     scope: Option<String>,
     /// Metadata the documents must contain, as a JSON object.
@@ -98,7 +100,7 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
             .transpose()
             .context("--filter is not valid JSON")?,
         as_of: args.as_of,
-        mode: args.mode,
+        mode: args.mode.into(),
         first_chunk_only: false,
         distinct_documents: args.distinct_documents,
         other_chunks: args.other_chunks,
@@ -120,7 +122,7 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
     }
     let store = open_store().await?;
     // Lexical search needs no model; the others embed every question in one go.
-    let embedder = if args.mode.needs_vector() {
+    let embedder = if request.mode.needs_vector() {
         let model = args.model.clone();
         Some(Arc::new(tokio::task::spawn_blocking(move || model.load()).await??))
     } else {

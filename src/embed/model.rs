@@ -11,7 +11,7 @@ use tokenizers::Tokenizer;
 use super::bert::PackedBert;
 use super::{ChunkOptions, Chunker, EmbedError, ModelFiles, ModelIdentity, ModelSource};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DevicePreference {
     /// A GPU when this build has CUDA and one is present, else the CPU.
     Auto,
@@ -20,7 +20,7 @@ pub enum DevicePreference {
 }
 
 /// Which encoder implementation runs the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EncoderKind {
     /// recall's CPU forward: unpadded sequences, fused QKV, fused kernels (CPU only).
     Packed,

@@ -109,7 +109,7 @@ impl ProjectorError {
 const ATTEMPTS_PER_EVENT: u32 = 3;
 
 /// What to do with an event the projector cannot apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnError {
     /// Record it in the failures table and go on.
     Park,

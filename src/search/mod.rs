@@ -60,7 +60,7 @@ const HNSW_EF_SEARCH: usize = 140;
 /// Reciprocal rank fusion's constant: a hit at rank r adds 1 / (RRF_K + r).
 const RRF_K: f64 = 60.0;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SearchMode {
     /// Nearest chunks by cosine similarity of embeddings.
