@@ -12,6 +12,7 @@
 //!   the benchmarks and the tests start it there.
 //! - [`embed`]: model files, tokenizer, token-aware chunker, token-budget batches, Candle BERT, pooling.
 //! - [`postgres`]: the pool, migrations and the embedded server's lifecycle.
+//! - [`placement`]: thread priorities and CPU sets that keep the projector off the requests' way.
 //! - [`eval`]: BEIR-style retrieval metrics (nDCG@10, Recall@100, MRR@10) over qrels.
 //! - [`bench`]: the measurement drivers behind `recall bench`.
 //!

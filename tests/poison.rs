@@ -137,11 +137,8 @@ async fn three_mebibytes_of_numbers_between_control_characters_project_in_bounde
     later_document_is_searchable(&pool, &handler).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_write_the_database_refuses_parks_that_event_and_projects_the_rest() {
-    let (pool, _) = common::fresh_database().await;
-    let handler = CommandHandler::new(EventStore::new(pool.clone()));
-    // A refusal by the database for what one document holds, whatever the cause.
+/// A refusal by the database for what one document ("poison") holds, whatever the cause.
+async fn refuse_poison(pool: &PgPool) {
     sqlx::raw_sql(
         "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
@@ -152,9 +149,67 @@ async fn a_write_the_database_refuses_parks_that_event_and_projects_the_rest() {
          END $$;
          CREATE TRIGGER refuse_poison BEFORE INSERT ON chunks FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
     )
-    .execute(&pool)
+    .execute(pool)
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_on_error_stop_a_refused_write_stops_just_before_its_event() {
+    let (pool, _) = common::fresh_database().await;
+    let handler = CommandHandler::new(EventStore::new(pool.clone()));
+    refuse_poison(&pool).await;
+    for id in ["before", "poison", "after"] {
+        assert!(
+            add(
+                &handler,
+                "hostile",
+                id,
+                &format!("The {id} document talks about lanterns.")
+            )
+            .await
+        );
+    }
+    let projector = Projector::new(
+        EventStore::new(pool.clone()),
+        common::model_backend(),
+        ProjectorOptions {
+            on_error: recall::projector::OnError::Stop,
+            ..ProjectorOptions::default()
+        },
+    );
+    let stopped = projector.run_until_caught_up(Target::Active).await.unwrap_err();
+    match stopped {
+        recall::projector::ProjectorError::Stopped {
+            position,
+            stream_id,
+            error,
+            ..
+        } => {
+            assert_eq!(position, 2);
+            assert_eq!(stream_id, "hostile:poison");
+            assert!(error.contains("value too odd to index"), "{error}");
+        }
+        other => panic!("expected a stop, got {other}"),
+    }
+    let (checkpoint, parked): (i64, i64) = sqlx::query_as(
+        "SELECT checkpoint, (SELECT count(*) FROM projection_failures) FROM projections WHERE status = 'active'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (checkpoint, parked),
+        (1, 0),
+        "stopped just before the event, nothing parked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_the_database_refuses_parks_that_event_and_projects_the_rest() {
+    let (pool, _) = common::fresh_database().await;
+    let handler = CommandHandler::new(EventStore::new(pool.clone()));
+    refuse_poison(&pool).await;
     for id in ["before", "poison", "after"] {
         assert!(
             add(

@@ -419,11 +419,16 @@ impl Projector {
                     Ok(_) => break,
                     Err(e) if e.is_caused_by_the_events() && attempt < ATTEMPTS_PER_EVENT => attempt += 1,
                     Err(e) if e.is_caused_by_the_events() => {
+                        let failed = single.effects[0].failed(format!("writing to the read model failed: {e}"));
                         let parked = prepare::PreparedBatch {
-                            effects: vec![single.effects[0].failed(format!("writing to the read model failed: {e}"))],
+                            effects: vec![failed],
                             last_position: position,
                             tokens: 0,
                         };
+                        // Under `--on-error stop`, stop before it as for any other failure.
+                        if let (_, Some(stopped)) = self.split_at_failure(parked.clone()) {
+                            return Err(stopped);
+                        }
                         self.write_once(generation, checkpoint, &parked).await?;
                         break;
                     }
