@@ -137,6 +137,19 @@ async fn three_mebibytes_of_numbers_between_control_characters_project_in_bounde
     later_document_is_searchable(&pool, &handler).await;
 }
 
+/// A fresh log holding "before", "poison" and "after" (positions 1 to 3) in scope "hostile", over a
+/// database that refuses poison's chunks.
+async fn poisoned_log() -> (PgPool, CommandHandler) {
+    let (pool, _) = common::fresh_database().await;
+    let handler = CommandHandler::new(EventStore::new(pool.clone()));
+    refuse_poison(&pool).await;
+    for id in ["before", "poison", "after"] {
+        let text = format!("The {id} document talks about lanterns.");
+        assert!(add(&handler, "hostile", id, &text).await);
+    }
+    (pool, handler)
+}
+
 /// A refusal by the database for what one document ("poison") holds, whatever the cause.
 async fn refuse_poison(pool: &PgPool) {
     sqlx::raw_sql(
@@ -156,20 +169,7 @@ async fn refuse_poison(pool: &PgPool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn under_on_error_stop_a_refused_write_stops_just_before_its_event() {
-    let (pool, _) = common::fresh_database().await;
-    let handler = CommandHandler::new(EventStore::new(pool.clone()));
-    refuse_poison(&pool).await;
-    for id in ["before", "poison", "after"] {
-        assert!(
-            add(
-                &handler,
-                "hostile",
-                id,
-                &format!("The {id} document talks about lanterns.")
-            )
-            .await
-        );
-    }
+    let (pool, _) = poisoned_log().await;
     let projector = Projector::new(
         EventStore::new(pool.clone()),
         common::model_backend(),
@@ -207,20 +207,7 @@ async fn under_on_error_stop_a_refused_write_stops_just_before_its_event() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_the_database_refuses_parks_that_event_and_projects_the_rest() {
-    let (pool, _) = common::fresh_database().await;
-    let handler = CommandHandler::new(EventStore::new(pool.clone()));
-    refuse_poison(&pool).await;
-    for id in ["before", "poison", "after"] {
-        assert!(
-            add(
-                &handler,
-                "hostile",
-                id,
-                &format!("The {id} document talks about lanterns.")
-            )
-            .await
-        );
-    }
+    let (pool, handler) = poisoned_log().await;
     project_all(&pool).await;
     let ids: Vec<String> = ["before", "poison", "after"].map(String::from).into();
     assert_eq!(projected_or_parked(&pool, &ids).await, (2, 1));
