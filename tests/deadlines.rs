@@ -141,14 +141,19 @@ async fn two_hundred_waiters_hold_no_connection_and_commands_and_searches_go_on(
 }
 
 fn signal_server(pid: u32, signal: i32) {
-    // The postmaster and every backend: a frozen server, not a dead one.
-    let children = std::process::Command::new("pgrep")
-        .args(["-P", &pid.to_string()])
-        .output()
-        .unwrap();
-    for child in String::from_utf8_lossy(&children.stdout).split_whitespace() {
+    // The postmaster and every backend (its children, from /proc): a frozen server, not a dead one.
+    let children = std::fs::read_dir("/proc").unwrap().filter_map(|entry| {
+        let stat = std::fs::read_to_string(entry.ok()?.path().join("stat")).ok()?;
+        // pid (comm) state ppid ...: the command may hold spaces, so read after its closing parenthesis.
+        let mut after = stat.rsplit_once(')')?.1.split_whitespace();
+        let ppid: u32 = after.nth(1)?.parse().ok()?;
+        (ppid == pid)
+            .then(|| stat.split_whitespace().next()?.parse::<i32>().ok())
+            .flatten()
+    });
+    for child in children {
         // SAFETY: signalling the test's own embedded server's processes.
-        unsafe { libc::kill(child.parse::<i32>().unwrap(), signal) };
+        unsafe { libc::kill(child, signal) };
     }
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0);
