@@ -165,15 +165,15 @@ fn a_frozen_database_gets_every_request_answered_within_the_deadline_and_loses_n
     let (_home, server) = common::private_server("recall-freeze-");
     runtime.block_on(common::start_with_database(&server));
     let url = server.url("recall");
-    let (mut serve, base) = common::spawn_serve_with(&url, None, &["--no-projector", "--request-deadline", "2"]);
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
-    let post = |id: &str, key: &str| {
+    let (mut serve, base) = common::spawn_serve_with(&url, None, &["--request-deadline", "2"]);
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+    let send = |path: &str, key: Option<&str>, body: Value| {
         let started = Instant::now();
-        let answer = agent
-            .post(&format!("{base}/v1/documents"))
-            .set("Idempotency-Key", key)
-            .send_json(json!({"id": id, "text": format!("Document {id}, written around a freeze.")}));
-        let (status, retry_after, body) = match answer {
+        let mut request = agent.post(&format!("{base}{path}"));
+        if let Some(key) = key {
+            request = request.set("Idempotency-Key", key);
+        }
+        let (status, retry_after, body) = match request.send_json(body) {
             Ok(r) => (
                 r.status(),
                 r.header("retry-after").map(str::to_owned),
@@ -184,9 +184,20 @@ fn a_frozen_database_gets_every_request_answered_within_the_deadline_and_loses_n
                 r.header("retry-after").map(str::to_owned),
                 r.into_json::<Value>().unwrap(),
             ),
-            Err(e) => panic!("{id}: {e}"),
+            Err(e) => panic!("{path}: {e}"),
         };
         (status, retry_after, body, started.elapsed())
+    };
+    let post = |id: &str, key: &str| {
+        let document = json!({"id": id, "text": format!("Document {id}, written around a freeze.")});
+        send("/v1/documents", Some(key), document)
+    };
+    let search = |wait_for: Option<i64>| {
+        send(
+            "/v1/search",
+            None,
+            json!({"query": "freeze", "mode": "lexical", "wait_for": wait_for}),
+        )
     };
     let mut acknowledged = BTreeSet::new();
     for i in 0..5 {
@@ -195,6 +206,9 @@ fn a_frozen_database_gets_every_request_answered_within_the_deadline_and_loses_n
         assert_eq!(status, 201, "{body}");
         acknowledged.insert(id);
     }
+    let (status, _, body, _) = search(Some(5));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"].as_array().unwrap().len(), 5, "{body}");
 
     let pid = server.status().pid.unwrap();
     signal_server(pid, libc::SIGSTOP);
@@ -211,7 +225,10 @@ fn a_frozen_database_gets_every_request_answered_within_the_deadline_and_loses_n
         let code = body["error"]["code"].as_str().unwrap();
         assert!(["outcome_unknown", "unavailable"].contains(&code), "{id}: {body}");
         unknown.push((id, key));
-        std::thread::sleep(Duration::from_millis(300));
+        // A search, with no position to wait for, has the same deadline.
+        let (status, retry_after, body, took) = search(None);
+        assert!(took < Duration::from_millis(3500), "a search answered after {took:?}");
+        assert_eq!((status, retry_after.as_deref()), (503, Some("1")), "{body}");
     }
     signal_server(pid, libc::SIGCONT);
 

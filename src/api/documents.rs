@@ -252,23 +252,7 @@ pub async fn get(
     let Query(query) = query?;
     let key = key(query.scope.as_deref(), &id)?;
     state.wait_for(query.wait_for).await?;
-    let _turn = state.read_turn().await?;
-    let row: Option<DocumentRow> = sqlx::query_as(
-        "SELECT d.title, d.metadata, d.version, d.removed, d.position, coalesce(v.text, '') AS text,
-                (SELECT count(*) FROM chunks c WHERE c.generation = d.generation AND c.scope = d.scope
-                    AND c.document_id = d.id AND c.valid_to IS NULL) AS chunks,
-                p.checkpoint
-         FROM projections p
-         JOIN documents d ON d.generation = p.generation
-         LEFT JOIN document_versions v ON v.generation = d.generation AND v.position = d.position
-         WHERE p.status = $3 AND d.scope = $1 AND d.id = $2",
-    )
-    .bind(key.scope.as_str())
-    .bind(key.id.as_str())
-    .bind(crate::projector::GenerationStatus::Active.as_str())
-    .fetch_optional(state.pool())
-    .await
-    .map_err(|e| ApiError::database(&e))?;
+    let row = state.within_deadline(read_document(&state, &key)).await?;
     let not_projected = || {
         ApiError::not_found(format!(
             "document {:?} is not in scope {:?} of the read model; if you just added it, pass ?wait_for=<position> \
@@ -305,6 +289,27 @@ pub async fn get(
     .into_response();
     response.headers_mut().insert(header::ETAG, etag(version));
     Ok(response)
+}
+
+/// The document as the active read model has it, with the receipt.
+async fn read_document(state: &AppState, key: &DocumentKey) -> Result<Option<DocumentRow>, ApiError> {
+    let _turn = state.read_turn().await?;
+    sqlx::query_as(
+        "SELECT d.title, d.metadata, d.version, d.removed, d.position, coalesce(v.text, '') AS text,
+                (SELECT count(*) FROM chunks c WHERE c.generation = d.generation AND c.scope = d.scope
+                    AND c.document_id = d.id AND c.valid_to IS NULL) AS chunks,
+                p.checkpoint
+         FROM projections p
+         JOIN documents d ON d.generation = p.generation
+         LEFT JOIN document_versions v ON v.generation = d.generation AND v.position = d.position
+         WHERE p.status = $3 AND d.scope = $1 AND d.id = $2",
+    )
+    .bind(key.scope.as_str())
+    .bind(key.id.as_str())
+    .bind(crate::projector::GenerationStatus::Active.as_str())
+    .fetch_optional(state.pool())
+    .await
+    .map_err(|e| ApiError::database(&e))
 }
 
 /// Every event of one document, oldest first, straight from the log.

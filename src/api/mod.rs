@@ -201,6 +201,20 @@ impl AppState {
         })
     }
 
+    /// Runs the work after a request's wait (`wait_for`) within the request deadline: 503 with
+    /// Retry-After past it.
+    async fn within_deadline<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let limit = self.config().request_deadline;
+        tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+            Err(ApiError::unavailable(format!(
+                "the request did not finish within the deadline of {limit:?} (the database is slow or unreachable); retry shortly"
+            )))
+        })
+    }
+
     /// A turn to read from the database: reads share the pool less COMMAND_RESERVE connections.
     async fn read_turn(&self) -> Result<SemaphorePermit<'_>, ApiError> {
         self.inner

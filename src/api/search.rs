@@ -55,6 +55,14 @@ pub async fn search(
         vector: None,
     })?;
     state.wait_for(body.wait_for.or(params.wait_for)).await?;
+    // The search itself has the request's deadline, however long the wait before it took.
+    state
+        .within_deadline(answer(&state, &body.query, &request))
+        .await
+        .map(Json)
+}
+
+async fn answer(state: &AppState, question: &str, request: &SearchRequest) -> Result<SearchResponse, ApiError> {
     let _turn = state.read_turn().await?;
     let started = Instant::now();
     let embedding = async {
@@ -62,7 +70,7 @@ pub async fn search(
             return Ok(None);
         }
         let encoder = state.query_encoder()?;
-        let question = body.query.clone();
+        let question = question.to_owned();
         let vector = tokio::task::spawn_blocking(move || encoder.encode(&question))
             .await
             .map_err(|e| ApiError::internal(&e))?
@@ -74,10 +82,10 @@ pub async fn search(
     let (vector, snapshot) = tokio::join!(embedding, search::Snapshot::live(state.pool()));
     let (vector, snapshot) = (vector?, snapshot?);
     let query = search::Query {
-        text: &body.query,
+        text: question,
         vector: vector.as_deref(),
     };
-    let response = snapshot.search(query, &request).await?;
+    let response = snapshot.search(query, request).await?;
     state.metrics().search_latency.observe(started.elapsed());
-    Ok(Json(response))
+    Ok(response)
 }
