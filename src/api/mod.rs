@@ -208,11 +208,9 @@ impl AppState {
         work: impl std::future::Future<Output = Result<T, ApiError>>,
     ) -> Result<T, ApiError> {
         let limit = self.config().request_deadline;
-        tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
-            Err(ApiError::unavailable(format!(
-                "the request did not finish within the deadline of {limit:?} (the database is slow or unreachable); retry shortly"
-            )))
-        })
+        tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or_else(|_| Err(past_deadline(limit)))
     }
 
     /// A turn to read from the database: reads share the pool less COMMAND_RESERVE connections.
@@ -287,7 +285,7 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
 
 /// The token of a `Bearer` credential; the scheme's name is case-insensitive (RFC 9110 §11.1).
 fn bearer_token(authorization: &str) -> Option<&str> {
-    let (scheme, token) = authorization.trim().split_once(|c: char| c == ' ' || c == '\t')?;
+    let (scheme, token) = authorization.trim().split_once([' ', '\t'])?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
@@ -322,11 +320,15 @@ async fn deadline(State(state): State<AppState>, request: Request, next: Next) -
             ),
         )
         .into_response(),
-        Err(_) => ApiError::unavailable(format!(
-            "the request did not finish within the deadline of {limit:?} (the database is slow or unreachable); retry shortly"
-        ))
-        .into_response(),
+        Err(_) => past_deadline(limit).into_response(),
     }
+}
+
+/// A request (other than a command, whose outcome it leaves unknown) cut off by its deadline.
+fn past_deadline(limit: Duration) -> ApiError {
+    ApiError::unavailable(format!(
+        "the request did not finish within the deadline of {limit:?} (the database is slow or unreachable); retry shortly"
+    ))
 }
 
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {

@@ -120,7 +120,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     // agent gets, so that eval measures what users are served.
     let request = SearchRequest {
         k: 100,
-        mode: mode,
+        mode,
         scope: Some(recall::domain::Scope::parse(&scope)?),
         first_chunk_only: args.first_chunk_only,
         distinct_documents: true,

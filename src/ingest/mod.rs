@@ -151,18 +151,17 @@ pub fn discover_files(paths: &[PathBuf], follow_symlinks: bool) -> Discovered {
             if file_type.is_dir() {
                 continue;
             }
-            if file_type.is_symlink() {
-                // A link inside a directory that is not followed: to a directory, or dangling.
-                let target = std::fs::metadata(entry.path());
-                if target.as_ref().is_ok_and(|m| m.is_dir()) || target.is_err() {
-                    found.skipped.push(format!(
-                        "{}: a symlink to a directory or to nothing; skipped (use --follow-symlinks to follow links)",
-                        entry.path().display()
-                    ));
-                    continue;
-                }
+            // What the entry is, links followed (a link inside a directory that is not followed shows
+            // here as a link: to a directory, or dangling, it is skipped).
+            let target = std::fs::metadata(entry.path());
+            if file_type.is_symlink() && !target.as_ref().is_ok_and(|m| !m.is_dir()) {
+                found.skipped.push(format!(
+                    "{}: a symlink to a directory or to nothing; skipped (use --follow-symlinks to follow links)",
+                    entry.path().display()
+                ));
+                continue;
             }
-            let meta = match std::fs::metadata(entry.path()) {
+            let meta = match target {
                 Ok(m) => m,
                 Err(error) => {
                     found.errors.push(IngestError::Unreadable {
@@ -173,18 +172,15 @@ pub fn discover_files(paths: &[PathBuf], follow_symlinks: bool) -> Discovered {
                 }
             };
             if !meta.is_file() {
-                let what = format!(
-                    "{}: not a regular file ({}); only regular files are read",
-                    entry.path().display(),
-                    kind(&meta.file_type())
-                );
+                let what = format!("not a regular file ({})", kind(&meta.file_type()));
+                let source_name = entry.path().display().to_string();
                 if named {
-                    found.errors.push(IngestError::Unreadable {
-                        source_name: entry.path().display().to_string(),
-                        error: std::io::Error::other(format!("not a regular file ({})", kind(&meta.file_type()))),
-                    });
+                    let error = std::io::Error::other(what);
+                    found.errors.push(IngestError::Unreadable { source_name, error });
                 } else {
-                    found.skipped.push(what);
+                    found
+                        .skipped
+                        .push(format!("{source_name}: {what}; only regular files are read"));
                 }
                 continue;
             }
@@ -228,10 +224,9 @@ pub fn without_bom(text: &str) -> &str {
 pub fn read_text_file(path: &Path) -> std::io::Result<String> {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut open_regular_file(path)?, &mut text)?;
-    Ok(match text.strip_prefix('\u{feff}') {
-        Some(rest) => rest.to_owned(),
-        None => text,
-    })
+    let bom = text.len() - without_bom(&text).len();
+    text.drain(..bom);
+    Ok(text)
 }
 
 fn kind(file_type: &std::fs::FileType) -> &'static str {
@@ -424,7 +419,7 @@ mod tests {
         std::os::unix::fs::symlink(root.join("a.txt"), root.join("again.txt")).unwrap();
         std::os::unix::fs::symlink(root.join("nowhere"), root.join("dangling.txt")).unwrap();
 
-        let plain = discover_files(&[root.clone()], false);
+        let plain = discover_files(std::slice::from_ref(&root), false);
         assert_eq!(plain.files.len(), 2, "{:?}", plain.files);
         assert!(plain.errors.is_empty(), "{:?}", plain.errors);
         assert_eq!(

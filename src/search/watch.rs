@@ -60,10 +60,12 @@ async fn follow(pool: PgPool, sender: watch::Sender<i64>) {
             });
         }
         match listener.as_mut() {
-            Some(l) => match tokio::time::timeout(POLL, l.recv()).await {
-                Ok(Err(_)) => listener = None,
-                _ => {}
-            },
+            Some(l) => {
+                // A notification or the poll's timeout: read again. A broken listener: reconnect.
+                if let Ok(Err(_)) = tokio::time::timeout(POLL, l.recv()).await {
+                    listener = None;
+                }
+            }
             None => tokio::time::sleep(POLL).await,
         }
     }
