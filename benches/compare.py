@@ -1,5 +1,5 @@
 """Throughput of sentence-transformers and ONNX Runtime on a JSONL corpus ({"text"} a line), measured the
-way `recall bench embed` measures: truncation at 256 word pieces, length-sorted batches, median of 3
+way `recall-bench embed` measures: truncation at 256 word pieces, length-sorted batches, median of 3
 passes after a warm-up, plus the median latency of one short query. Run through benches/compare.sh."""
 import argparse, json, os, statistics, time
 

@@ -14,9 +14,9 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import sentence_trans
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet "sentence-transformers>=3" onnxruntime onnx onnxscript
 fi
-cargo build --release --quiet
+cargo build --release --quiet --workspace
 echo "== recall"
-./target/release/recall bench embed --corpus "$corpus" --threads "$threads" --passes 3
+./target/release/recall-bench embed --corpus "$corpus" --threads "$threads" --passes 3
 echo "== sentence-transformers and ONNX Runtime"
 OMP_NUM_THREADS=$threads "$venv/bin/python" benches/compare.py --corpus "$corpus" --model models/all-MiniLM-L6-v2 \
   --threads "$threads" --work .cache/compare

@@ -3,16 +3,16 @@
 #   benches/cuda.sh [CORPUS.jsonl]      (default: tests/fixtures/minilm-reference.jsonl)
 # 1. correctness: the 64 reference texts through `recall embed --device cuda`, batched and one per batch,
 #    each at cosine >= 0.9999 with sentence-transformers' vector;
-# 2. throughput: `recall bench embed --device cuda` at several batch budgets, the CPU beside it;
+# 2. throughput: `recall-bench embed --device cuda` at several batch budgets, the CPU beside it;
 # 3. sentence-transformers on the same GPU, when python3 has it (benches/compare.py --device cuda).
-# RECALL_BIN names a prebuilt binary; without it the script builds one with `--features cuda` (needs nvcc).
+# RECALL_BIN names a prebuilt `recall` (with `recall-bench` beside it); without it the script builds both with `--features recall/cuda` (needs nvcc).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 corpus=${1:-tests/fixtures/minilm-reference.jsonl}
 model=${RECALL_MODEL:-models/all-MiniLM-L6-v2}
 bin=${RECALL_BIN:-}
 if [ -z "$bin" ]; then
-  cargo build --release --features cuda --quiet
+  cargo build --release --features recall/cuda --quiet --workspace
   bin=target/release/recall
 fi
 work=$(mktemp -d)
@@ -27,16 +27,16 @@ python3 benches/check_reference.py "$reference" "$work/batched.jsonl"
 python3 benches/check_reference.py "$reference" "$work/single.jsonl"
 
 echo "== --device auto picks the GPU"
-"$bin" bench embed --device auto --model "$model" --corpus "$reference" --passes 1 | tee "$work/auto.txt"
+"${bin}-bench" embed --device auto --model "$model" --corpus "$reference" --passes 1 | tee "$work/auto.txt"
 grep -q " on cuda:" "$work/auto.txt" || { echo "--device auto did not pick the GPU" >&2; exit 1; }
 
-echo "== recall bench embed on $corpus"
+echo "== recall-bench embed on $corpus"
 for budget in 8192 32768 131072; do
   echo "--max-batch-tokens $budget"
-  "$bin" bench embed --device cuda --model "$model" --corpus "$corpus" --max-batch-tokens "$budget" --passes 5
+  "${bin}-bench" embed --device cuda --model "$model" --corpus "$corpus" --max-batch-tokens "$budget" --passes 5
 done
 echo "CPU, every core:"
-"$bin" bench embed --device cpu --model "$model" --corpus "$corpus" --passes 1
+"${bin}-bench" embed --device cpu --model "$model" --corpus "$corpus" --passes 1
 
 if python3 -c "import torch, sentence_transformers; assert torch.cuda.is_available()" 2>/dev/null; then
   echo "== sentence-transformers on the same GPU"

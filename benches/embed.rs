@@ -1,5 +1,5 @@
 //! Criterion benches of the embedder: a length-sorted batch of 32 real passages, and one short query.
-//! `cargo bench --bench embed`; `recall bench embed --corpus FILE` measures a whole corpus.
+//! `cargo bench --bench embed`; `recall-bench embed --corpus FILE` measures a whole corpus.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use recall::embed::{Embedder, EmbedderOptions, ModelSource};

@@ -14,13 +14,11 @@
 //! - [`postgres`]: the pool, migrations and the embedded server's lifecycle.
 //! - [`placement`]: thread priorities and CPU sets that keep the projector off the requests' way.
 //! - [`eval`]: BEIR-style retrieval metrics (nDCG@10, Recall@100, MRR@10) over qrels.
-//! - [`bench`]: the measurement drivers behind `recall bench`.
 //!
 //! Commands enter through [`commands::CommandHandler`], become events in [`event_store::EventStore`],
 //! and everything downstream reads the log by position.
 
 pub mod api;
-pub mod bench;
 pub mod commands;
 pub mod domain;
 pub mod embed;

@@ -36,7 +36,7 @@ pub enum Priority {
     /// Linux's SCHED_IDLE: the thread runs only when no other thread wants the CPU, and a waking one
     /// takes it at once. For model threads, which hold nothing a request could wait on (a database
     /// process holds locks, so it gets a nice value instead). Measured with a one-thread model run
-    /// pinned beside a two-thread query of 24 word pieces (`recall bench embed --query-pause-ms 20`),
+    /// pinned beside a two-thread query of 24 word pieces (`recall-bench embed --query-pause-ms 20`),
     /// query p50: 6.6-7.1 ms alone, 10.8-11.8 beside it at nice 10, 8.4-9.0 beside it at SCHED_IDLE.
     Idle,
     /// Real-time round robin at the lowest real-time priority, where permitted (root, CAP_SYS_NICE or an

@@ -15,8 +15,8 @@ use recall::search::{search, Query, SearchMode, SearchRequest};
 
 use super::values::Mode;
 
-use super::bench::read_corpus;
 use super::embed::ModelArgs;
+use super::read_corpus;
 use super::search::{question_vectors, read_queries};
 use super::{open_projector_store, open_store};
 
@@ -89,7 +89,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
 
     let store = open_store().await?;
     let handler = CommandHandler::new(store.clone());
-    let appended = recall::bench::add_documents(&handler, &documents).await?;
+    let appended = handler.add_all(&documents).await?;
     eprintln!(
         "eval: {} documents in scope {scope} ({appended} newly added), {} judged queries",
         documents.len(),

@@ -1,7 +1,6 @@
 //! Command-line glue: argument types and the handlers that wire them to the library. `anyhow` lives
 //! here and in main.rs only.
 
-mod bench;
 mod documents;
 mod embed;
 mod eval;
@@ -78,11 +77,6 @@ enum Command {
     Db {
         #[command(subcommand)]
         action: DbAction,
-    },
-    /// Measure throughput and latency.
-    Bench {
-        #[command(subcommand)]
-        what: bench::BenchCommand,
     },
 }
 
@@ -180,7 +174,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Embed(args) => tokio::task::spawn_blocking(move || embed::run(args)).await?,
         Command::Verify { json } => documents::verify(json).await,
         Command::Db { action } => db(action).await,
-        Command::Bench { what } => bench::run(what).await,
     }
 }
 
@@ -231,4 +224,16 @@ fn read_input(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
             .with_context(|| format!("cannot read {}", path.display()))?;
         Ok(buf)
     }
+}
+
+/// A BEIR-style corpus as documents of one scope; the lines recall refuses are reported and skipped.
+fn read_corpus(
+    corpus: &std::path::Path,
+    scope: &str,
+) -> anyhow::Result<Vec<(recall::domain::DocumentKey, recall::domain::DocumentContent)>> {
+    let read = recall::eval::read_corpus(corpus, &recall::domain::Scope::parse(scope)?)?;
+    for error in &read.skipped {
+        eprintln!("skipped {error}");
+    }
+    Ok(read.documents)
 }

@@ -52,21 +52,7 @@ pub struct SearchArgs {
 
 /// BEIR-style queries: `{"_id", "text"}` a line.
 pub(super) fn read_queries(path: &std::path::Path) -> anyhow::Result<Vec<(Option<String>, String)>> {
-    let text = recall::ingest::read_text_file(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
-        let id = v
-            .get("_id")
-            .or_else(|| v.get("id"))
-            .map(|id| id.as_str().map(str::to_owned).unwrap_or_else(|| id.to_string()));
-        let q = v["text"]
-            .as_str()
-            .with_context(|| format!("{}:{}: no \"text\"", path.display(), i + 1))?;
-        out.push((id, q.to_owned()));
-    }
-    Ok(out)
+    Ok(recall::eval::read_queries(path)?)
 }
 
 /// Each question's vector, or none when there is no model (lexical search). Each question is embedded

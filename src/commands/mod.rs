@@ -7,7 +7,8 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use crate::domain::{
-    decide, Decision, DocumentCommand, DocumentEvent, DocumentKey, DocumentState, DomainError, EventDecodeError,
+    decide, Decision, DocumentCommand, DocumentContent, DocumentEvent, DocumentKey, DocumentState, DomainError,
+    EventDecodeError,
 };
 use crate::event_store::{AppendRequest, EventStore, EventStoreError, ExpectedVersion, NewEvent, RecordedEvent};
 
@@ -136,6 +137,32 @@ impl CommandHandler {
             stream_id: key.stream_id(),
             attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// Adds documents the way bulk ingest does (transactions of 1,000); returns how many were appended
+    /// (the rest were already there with the same content). The first rejected document stops it.
+    pub async fn add_all(&self, documents: &[(DocumentKey, DocumentContent)]) -> Result<usize, CommandError> {
+        let ctx = CommandContext::default();
+        let mut appended = 0;
+        for batch in documents.chunks(1000) {
+            let commands = batch
+                .iter()
+                .map(|(key, content)| {
+                    (
+                        key.clone(),
+                        DocumentCommand::Add {
+                            content: content.clone(),
+                        },
+                    )
+                })
+                .collect();
+            for outcome in self.execute_batch(commands, &ctx).await? {
+                if matches!(outcome?, CommandOutcome::Appended { .. }) {
+                    appended += 1;
+                }
+            }
+        }
+        Ok(appended)
     }
 
     /// Many commands in one transaction: each is decided against the state its stream had (and the

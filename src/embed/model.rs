@@ -95,7 +95,7 @@ fn select_device(preference: DevicePreference) -> Result<Device, EmbedError> {
 /// straightforward path put ~30% of the time there. Keeping large blocks in the heap lets them be reused.
 /// The top pad is measured, its reason inferred: the forward pass runs on pool threads, whose allocations
 /// come from per-thread arenas that glibc shrinks (to fault in again) as their top frees up unless it is
-/// padded. It took `recall bench embed` from 5,000-5,200 to 5,750-6,290 tokens/s here, peak RSS 392-468 MB
+/// padded. It took `recall-bench embed` from 5,000-5,200 to 5,750-6,290 tokens/s here, peak RSS 392-468 MB
 /// against 491.
 fn keep_large_allocations_in_the_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -172,6 +172,11 @@ impl Embedder {
 
     pub fn max_seq_length(&self) -> usize {
         self.files.max_seq_length
+    }
+
+    /// The CPU threads the model's kernels run on (Candle's pool: `RAYON_NUM_THREADS`, else every core).
+    pub fn cpu_threads(&self) -> usize {
+        candle_core::utils::get_num_threads()
     }
 
     pub fn device_name(&self) -> &'static str {

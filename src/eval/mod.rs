@@ -3,6 +3,10 @@
 //! of nDCG@10, Recall@100 and MRR@10 over the queries that have relevance judgements. Pure and
 //! synchronous; `recall eval` feeds it.
 
+mod beir;
+
+pub use beir::{read_corpus, read_queries, Corpus};
+
 use std::collections::HashMap;
 
 use thiserror::Error;

@@ -1,4 +1,4 @@
-//! `recall bench search`: the query API measured as agents use it, over HTTP on loopback against an
+//! `recall-bench search`: the query API measured as agents use it, over HTTP on loopback against an
 //! in-process `recall serve`: search latency with 100k+ chunks loaded (a corpus cut into short chunks,
 //! every one a real embedding), the HNSW index's recall@10 against an exact scan, and command and
 //! search latency on an idle system beside the same while the projector saturates the CPU with a
@@ -10,17 +10,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::api::{ApiConfig, AppState};
-use crate::commands::CommandHandler;
-use crate::domain::{DocumentContent, DocumentKey};
-use crate::embed::{ChunkOptions, ComputePool, Embedder};
-use crate::event_store::EventStore;
-use crate::placement::Priority;
-use crate::projector::{self, ModelBackend, Projector, ProjectorError, ProjectorOptions, Target};
-use crate::search::{self, Query, QueryEncoder, SearchMode, SearchRequest};
-use crate::server::{self, InProcessProjector, Model, ServerConfig};
+use recall::api::{ApiConfig, AppState};
+use recall::commands::CommandHandler;
+use recall::domain::{DocumentContent, DocumentKey};
+use recall::embed::{ChunkOptions, ComputePool, Embedder};
+use recall::event_store::EventStore;
+use recall::placement::Priority;
+use recall::projector::{self, ModelBackend, Projector, ProjectorError, ProjectorOptions, Target};
+use recall::search::{self, Query, QueryEncoder, SearchMode, SearchRequest};
+use recall::server::{self, InProcessProjector, Model, ServerConfig};
 
-use super::{BenchError, Latency};
+use crate::measure::{BenchError, Latency};
 
 #[derive(Debug, Clone)]
 pub struct SearchBenchConfig {
@@ -78,14 +78,14 @@ pub async fn run_search_bench(
 ) -> Result<SearchBenchReport, BenchError> {
     let pool = store.pool().clone();
     let handler = CommandHandler::new(store.clone());
-    super::add_documents(&handler, &base).await?;
+    handler.add_all(&base).await?;
     let chunking = ChunkOptions {
         max_tokens: config.chunk_tokens,
         overlap: 0,
         title_prefix: false,
     };
     // The base corpus is projected before the service starts, as by a `recall serve` that ran earlier.
-    let background = crate::postgres::open_background_beside(&pool, 0, None).await?;
+    let background = recall::postgres::open_background_beside(&pool, 0, None).await?;
     let loader = Projector::new(
         EventStore::new(background.clone()),
         Arc::new(ModelBackend::shared(
@@ -136,7 +136,7 @@ pub async fn run_search_bench(
     server.ready().await?;
     let (state, address) = (server.state().clone(), server.address());
     let idle = phase(&pool, &state, address, &queries, &config).await?;
-    super::add_documents(&handler, &backlog).await?;
+    handler.add_all(&backlog).await?;
     // Let the projector reach full speed on the backlog before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let under_projection = phase(&pool, &state, address, &queries, &config).await?;
@@ -204,12 +204,12 @@ async fn phase(
 ) -> Result<Phase, BenchError> {
     let before = projector::status(pool).await?;
     let embedded_before = state.metrics().query_embed_latency.totals();
-    let cpu_before = super::CpuTimes::now();
+    let cpu_before = crate::measure::CpuTimes::now();
     let base = format!("http://{address}");
     let (queries, requests, pause) = (queries.to_vec(), config.requests, config.pause);
     let (dense, hybrid, command) = tokio::task::spawn_blocking(move || -> Result<_, BenchError> {
         let agent = ureq::AgentBuilder::new().build();
-        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let tag = format!("{:016x}", rand::random::<u64>());
         let timed = |path: &str, body: serde_json::Value| -> Result<Duration, BenchError> {
             let started = Instant::now();
             agent
@@ -248,7 +248,7 @@ async fn phase(
     let after = projector::status(pool).await?;
     let embedded_after = state.metrics().query_embed_latency.totals();
     let steal_percent = cpu_before
-        .zip(super::CpuTimes::now())
+        .zip(crate::measure::CpuTimes::now())
         .map(|(a, b)| b.steal_percent_since(&a));
     let queries_embedded = embedded_after.0.saturating_sub(embedded_before.0).max(1);
     let embedding = embedded_after.1.saturating_sub(embedded_before.1);

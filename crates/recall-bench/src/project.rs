@@ -1,15 +1,15 @@
-//! `recall bench project`: end-to-end projection throughput beside the raw embedder on the same chunks,
+//! `recall-bench project`: end-to-end projection throughput beside the raw embedder on the same chunks,
 //! and how soon a single new document becomes searchable on an idle system.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::commands::{CommandContext, CommandHandler};
-use crate::domain::{DocumentCommand, DocumentContent, DocumentKey};
-use crate::event_store::EventStore;
-use crate::projector::{self, EmbedBackend, ModelBackend, Projector, ProjectorError, ProjectorOptions, Target};
+use recall::commands::{CommandContext, CommandHandler};
+use recall::domain::{DocumentCommand, DocumentContent, DocumentKey};
+use recall::event_store::EventStore;
+use recall::projector::{self, EmbedBackend, ModelBackend, Projector, ProjectorError, ProjectorOptions, Target};
 
-use super::{BenchError, Latency};
+use crate::measure::{BenchError, Latency};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ProjectBenchReport {
@@ -63,10 +63,10 @@ pub async fn run_project_bench(
     let (chunks, tokens, raw) = prepared;
 
     let handler = CommandHandler::new(store.clone());
-    super::add_documents(&handler, &documents).await?;
+    handler.add_all(&documents).await?;
     let ctx = CommandContext::default();
     // Its own connections, as `recall project` opens them.
-    let background = crate::postgres::open_background_beside(store.pool(), 0, None).await?;
+    let background = recall::postgres::open_background_beside(store.pool(), 0, None).await?;
     let projector = Projector::new(
         EventStore::new(background),
         backend.clone(),
@@ -84,7 +84,7 @@ pub async fn run_project_bench(
     for (i, (key, content)) in documents.iter().take(20).enumerate() {
         let key = DocumentKey::new(
             key.scope.clone(),
-            crate::domain::DocumentId::parse(&format!("latency-{i}")).expect("valid id"),
+            recall::domain::DocumentId::parse(&format!("latency-{i}")).expect("valid id"),
         );
         let t = Instant::now();
         let outcome = handler
@@ -97,7 +97,7 @@ pub async fn run_project_bench(
             )
             .await
             .map_err(|e| ProjectorError::Panicked(e.to_string()))?;
-        let crate::commands::CommandOutcome::Appended { position, .. } = outcome else {
+        let recall::commands::CommandOutcome::Appended { position, .. } = outcome else {
             continue;
         };
         projector::wait_for(store.pool(), position, Duration::from_secs(60)).await?;

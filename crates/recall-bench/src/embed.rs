@@ -1,11 +1,11 @@
-//! `recall bench embed`: embedder throughput on a passage corpus (whole passages truncated at
+//! `recall-bench embed`: embedder throughput on a passage corpus (whole passages truncated at
 //! max_seq_length, as sentence-transformers encodes them) and the latency of one query (a short one unless given).
 
 use std::time::{Duration, Instant};
 
-use crate::embed::{EmbedError, Embedder};
+use recall::embed::{EmbedError, Embedder};
 
-use super::Latency;
+use crate::measure::Latency;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EmbedBenchReport {
@@ -68,7 +68,7 @@ pub fn run_embed_bench(
         query_tokens,
         query_pause_ms: query_pause.as_millis() as u64,
         device: embedder.device_name(),
-        threads: candle_core::utils::get_num_threads(),
+        threads: embedder.cpu_threads(),
         max_batch_tokens,
     })
 }

@@ -1,12 +1,12 @@
-//! `recall bench append`: single-document commands from one and from many concurrent clients, and bulk
+//! `recall-bench append`: single-document commands from one and from many concurrent clients, and bulk
 //! ingest, on whatever database the caller hands in (the CLI uses a scratch database).
 
 use std::time::{Duration, Instant};
 
-use crate::commands::{CommandContext, CommandError, CommandHandler};
-use crate::domain::{DocumentCommand, DocumentContent, DocumentId, DocumentKey, Limits, Metadata, Scope, Text, Title};
+use recall::commands::{CommandContext, CommandError, CommandHandler};
+use recall::domain::{DocumentCommand, DocumentContent, DocumentId, DocumentKey, Limits, Metadata, Scope, Text, Title};
 
-use super::Latency;
+use crate::measure::Latency;
 
 #[derive(Debug, Clone, Copy)]
 pub struct AppendBenchConfig {

@@ -1,17 +1,58 @@
-//! `recall bench ...`: runs a measurement on a scratch database and prints the figures.
+//! `recall-bench`: the end-to-end measurements of recall, each on a scratch database beside the user's
+//! (created, then dropped), driving the library's public paths exactly as users do. Timing lives here,
+//! never in the tests; the README's performance table names the command behind each figure.
+
+mod append;
+mod embed;
+mod measure;
+mod model;
+mod project;
+mod search;
+mod soak;
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
 
-use recall::bench::{run_append_bench, run_embed_bench, AppendBenchConfig};
-use recall::commands::CommandHandler;
 use recall::event_store::EventStore;
 use recall::postgres::{self, DatabaseTarget};
 
+use append::{run_append_bench, AppendBenchConfig};
+use embed::run_embed_bench;
+use model::{ModelArgs, QueryPriority};
+use project::run_project_bench;
+use search::{run_search_bench, SearchBenchConfig};
+use soak::{run_soak, SoakConfig};
+
+#[derive(Parser)]
+#[command(name = "recall-bench", version, about = "Measure recall's throughput and latency", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    what: BenchCommand,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RECALL_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(run(cli.what)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[derive(Subcommand)]
-pub enum BenchCommand {
+enum BenchCommand {
     /// Embedder throughput on a passage corpus (JSONL with "text") and one-query latency.
     Embed {
         #[arg(long)]
@@ -31,7 +72,7 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        model: super::embed::ModelArgs,
+        model: ModelArgs,
     },
     /// End-to-end projection throughput beside the raw embedder, and single-document visibility latency.
     Project {
@@ -43,7 +84,7 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        model: super::embed::ModelArgs,
+        model: ModelArgs,
     },
     /// Search over HTTP with 100k+ chunks: latency, HNSW recall@10 against exact search, and command and
     /// search latency idle beside the same while the projector works through a backlog.
@@ -81,11 +122,11 @@ pub enum BenchCommand {
         keep_database: bool,
         /// Scheduling of the threads that embed questions, as `recall serve --query-priority`.
         #[arg(long, value_enum, default_value = "realtime")]
-        query_priority: super::QueryPriority,
+        query_priority: QueryPriority,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        model: super::embed::ModelArgs,
+        model: ModelArgs,
     },
     /// A bounded soak of the HTTP API: concurrent clients add, update, remove and search, then every
     /// acknowledged command is checked against the log and the read model.
@@ -97,11 +138,11 @@ pub enum BenchCommand {
         seconds: u64,
         /// Scheduling of the threads that embed questions, as `recall serve --query-priority`.
         #[arg(long, value_enum, default_value = "realtime")]
-        query_priority: super::QueryPriority,
+        query_priority: QueryPriority,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        model: super::embed::ModelArgs,
+        model: ModelArgs,
     },
     /// Event-log throughput and latency: one client, many clients, bulk ingest.
     Append {
@@ -156,26 +197,19 @@ async fn drop_database(admin: &sqlx::postgres::PgConnectOptions, name: &str) -> 
     Ok(())
 }
 
-/// A BEIR-style corpus as documents of one scope. A document recall refuses (BEIR corpora hold a few
-/// with empty text) is skipped with a warning naming it: it could never be found anyway.
-pub(super) fn read_corpus(
+/// A BEIR-style corpus as documents of one scope; the lines recall refuses are reported and skipped.
+fn read_corpus(
     corpus: &std::path::Path,
     scope: &str,
 ) -> anyhow::Result<Vec<(recall::domain::DocumentKey, recall::domain::DocumentContent)>> {
-    let text = recall::ingest::read_text_file(corpus).with_context(|| format!("cannot read {}", corpus.display()))?;
-    let scope = recall::domain::Scope::parse(scope)?;
-    let limits = recall::domain::Limits::default();
-    let mut documents = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        match recall::ingest::parse_jsonl_line(line, i + 1, &corpus.display().to_string(), &scope, &limits) {
-            Ok(item) => documents.push((item.key, item.content)),
-            Err(error) => eprintln!("skipped {error}"),
-        }
+    let read = recall::eval::read_corpus(corpus, &recall::domain::Scope::parse(scope)?)?;
+    for error in &read.skipped {
+        eprintln!("skipped {error}");
     }
-    Ok(documents)
+    Ok(read.documents)
 }
 
-pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
+async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
     match what {
         BenchCommand::Soak {
             clients,
@@ -186,14 +220,14 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
         } => {
             let threads = model.threads();
             let embedder = std::sync::Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
-            let config = recall::bench::SoakConfig {
+            let config = SoakConfig {
                 clients,
                 duration: std::time::Duration::from_secs(seconds),
                 threads,
                 query_priority: query_priority.priority(),
             };
             let report = on_scratch_database(false, |pool| async move {
-                Ok(recall::bench::run_soak(EventStore::new(pool), embedder, config).await?)
+                Ok(run_soak(EventStore::new(pool), embedder, config).await?)
             })
             .await?;
             if json {
@@ -257,14 +291,14 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 extra.extend(again.into_iter().cycle().take(backlog - extra.len()));
             }
             extra.truncate(backlog);
-            let questions: Vec<String> = super::search::read_queries(&queries)?
+            let questions: Vec<String> = recall::eval::read_queries(&queries)?
                 .into_iter()
                 .map(|(_, q)| q)
                 .collect();
             anyhow::ensure!(!questions.is_empty(), "{} holds no queries", queries.display());
             let threads = model.threads();
             let embedder = std::sync::Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
-            let config = recall::bench::SearchBenchConfig {
+            let config = SearchBenchConfig {
                 chunk_tokens,
                 requests,
                 pause: std::time::Duration::from_millis(pause_ms),
@@ -274,10 +308,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 query_priority: query_priority.priority(),
             };
             let report = on_scratch_database(keep_database, |pool| async move {
-                Ok(
-                    recall::bench::run_search_bench(EventStore::new(pool), embedder, base, extra, questions, config)
-                        .await?,
-                )
+                Ok(run_search_bench(EventStore::new(pool), embedder, base, extra, questions, config).await?)
             })
             .await?;
             if json {
@@ -352,7 +383,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             let embedder = tokio::task::spawn_blocking(move || model.load()).await??;
             let backend = std::sync::Arc::new(recall::projector::ModelBackend::new(embedder, 32));
             let report = on_scratch_database(false, |pool| async move {
-                Ok(recall::bench::run_project_bench(EventStore::new(pool), backend, documents).await?)
+                Ok(run_project_bench(EventStore::new(pool), backend, documents).await?)
             })
             .await?;
             if json {
@@ -386,7 +417,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 bulk_batch: batch,
             };
             let report = on_scratch_database(false, |pool| async move {
-                Ok(run_append_bench(&CommandHandler::new(EventStore::new(pool)), config).await?)
+                Ok(run_append_bench(&recall::commands::CommandHandler::new(EventStore::new(pool)), config).await?)
             })
             .await?;
             if json {

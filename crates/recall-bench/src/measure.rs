@@ -1,26 +1,13 @@
-//! Measurement drivers behind `recall bench`: they exercise the public paths exactly as users do and
-//! report rates and latency percentiles. Timing lives here, never in tests.
-
-mod append;
-mod embed;
-mod project;
-mod search;
-mod soak;
-
-pub use append::{run_append_bench, AppendBenchConfig, AppendBenchReport};
-pub use embed::{run_embed_bench, EmbedBenchReport};
-pub use project::{run_project_bench, ProjectBenchReport};
-pub use search::{run_search_bench, SearchBenchConfig, SearchBenchReport};
-pub use soak::{run_soak, SoakConfig, SoakReport};
+//! What every measurement shares: its error, latency percentiles and the machine's CPU steal.
 
 use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::commands::CommandError;
-use crate::embed::EmbedError;
-use crate::projector::ProjectorError;
-use crate::search::SearchError;
+use recall::commands::CommandError;
+use recall::embed::EmbedError;
+use recall::projector::ProjectorError;
+use recall::search::SearchError;
 
 /// What can stop a measurement that drives the whole service.
 #[derive(Debug, Error)]
@@ -36,33 +23,11 @@ pub enum BenchError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
-    Postgres(#[from] crate::postgres::PostgresError),
+    Postgres(#[from] recall::postgres::PostgresError),
     #[error("HTTP: {0}")]
     Http(String),
     #[error(transparent)]
-    Server(#[from] crate::server::ServerError),
-}
-
-/// Adds documents the way bulk ingest does (transactions of 1,000); returns how many were appended
-/// (the rest were already there with the same content).
-pub async fn add_documents(
-    handler: &crate::commands::CommandHandler,
-    documents: &[(crate::domain::DocumentKey, crate::domain::DocumentContent)],
-) -> Result<usize, CommandError> {
-    let ctx = crate::commands::CommandContext::default();
-    let mut appended = 0;
-    for batch in documents.chunks(1000) {
-        let commands = batch
-            .iter()
-            .map(|(k, c)| (k.clone(), crate::domain::DocumentCommand::Add { content: c.clone() }))
-            .collect();
-        for outcome in handler.execute_batch(commands, &ctx).await? {
-            if matches!(outcome?, crate::commands::CommandOutcome::Appended { .. }) {
-                appended += 1;
-            }
-        }
-    }
-    Ok(appended)
+    Server(#[from] recall::server::ServerError),
 }
 
 /// Latency percentiles of a set of samples.
@@ -96,13 +61,13 @@ impl Latency {
 /// The machine's CPU time so far, from /proc/stat (Linux): on a virtual machine the share the host
 /// took from this guest's vCPUs (steal) says how far a run's latencies are the host's and not recall's.
 #[derive(Debug, Clone, Copy)]
-struct CpuTimes {
+pub(crate) struct CpuTimes {
     busy: u64,
     steal: u64,
 }
 
 impl CpuTimes {
-    fn now() -> Option<Self> {
+    pub(crate) fn now() -> Option<Self> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         Self::parse(stat.lines().next()?)
     }
@@ -122,7 +87,7 @@ impl CpuTimes {
     }
 
     /// Steal as a percentage of the time the guest wanted to run (its busy time plus steal) since `earlier`.
-    fn steal_percent_since(&self, earlier: &CpuTimes) -> f64 {
+    pub(crate) fn steal_percent_since(&self, earlier: &CpuTimes) -> f64 {
         let steal = self.steal.saturating_sub(earlier.steal) as f64;
         let busy = self.busy.saturating_sub(earlier.busy) as f64;
         if busy + steal == 0.0 {

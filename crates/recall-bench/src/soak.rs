@@ -1,4 +1,4 @@
-//! `recall bench soak`: a bounded soak of an in-process `recall serve` on loopback. Concurrent clients
+//! `recall-bench soak`: a bounded soak of an in-process `recall serve` on loopback. Concurrent clients
 //! add, update, remove and search for a set time, then stop; the run checks that every acknowledged
 //! command is in the log and the read model, counts errors by kind, and samples memory and projector lag.
 
@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde_json::json;
 
-use crate::embed::Embedder;
-use crate::event_store::EventStore;
-use crate::placement::Priority;
-use crate::projector::{self, ProjectorError};
-use crate::server::{self, Model, ServerConfig};
+use recall::embed::Embedder;
+use recall::event_store::EventStore;
+use recall::placement::Priority;
+use recall::projector::{self, ProjectorError};
+use recall::server::{self, Model, ServerConfig};
 
-use super::{BenchError, Latency};
+use crate::measure::{BenchError, Latency};
 
 #[derive(Debug, Clone)]
 pub struct SoakConfig {
