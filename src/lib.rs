@@ -6,6 +6,8 @@
 //! - [`commands`]: the write path: load a stream, decide, append; no model, no vectors.
 //! - [`event_store`]: the append-only log: expected versions, gapless positions, hash chain, readers, NOTIFY.
 //! - [`projector`]: tails the log into the pgvector read model: checkpoints, parked failures, rebuild.
+//! - [`read_model`]: the read side's state as readers see it: generations, status, parked failures,
+//!   a projected document, read-your-writes waits.
 //! - [`search`]: dense search over current chunks, or as of a past position, with a receipt.
 //! - [`api`]: the HTTP API over commands, the read model and search.
 //! - [`server`]: the running service assembled once (API, query model, projector): `recall serve`,
@@ -28,5 +30,6 @@ pub mod ingest;
 pub mod placement;
 pub mod postgres;
 pub mod projector;
+pub mod read_model;
 pub mod search;
 pub mod server;

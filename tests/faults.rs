@@ -4,6 +4,7 @@
 
 mod common;
 
+use recall::read_model;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use serde_json::{json, Value};
 use recall::api::{self, ApiConfig, AppState};
 use recall::commands::CommandHandler;
 use recall::event_store::{verify_chain, EventStore};
-use recall::projector::{self, Projector, ProjectorOptions, Target};
+use recall::projector::{Projector, ProjectorOptions, Target};
 
 fn text(id: &str) -> String {
     format!("Document {id}, written around an outage.")
@@ -79,7 +80,7 @@ async fn http_ingest_through_a_postgres_kill_loses_nothing_acknowledged_and_answ
     assert!(verify_chain(&store).await.unwrap().is_ok());
     // The projector was never restarted by hand.
     let head = store.head().await.unwrap();
-    projector::wait_for(&pool, head, Duration::from_secs(120))
+    read_model::wait_for(&pool, head, Duration::from_secs(120))
         .await
         .unwrap();
     worker.stop().await.unwrap();

@@ -12,6 +12,7 @@ use recall::domain::{DocumentCommand, DocumentContent, DocumentId, DocumentKey, 
 use recall::embed::MAX_CHUNK_CHARS;
 use recall::event_store::EventStore;
 use recall::projector::{Projector, ProjectorOptions, Target};
+use recall::read_model;
 use recall::search::{search, Query, SearchMode, SearchRequest};
 use sqlx::PgPool;
 
@@ -307,7 +308,7 @@ async fn a_retrying_projector_says_so_and_recovers() {
     let stats = projector.stats();
     let running = projector.spawn(Target::Active);
     let report = loop {
-        let report = recall::projector::status(&pool).await.unwrap();
+        let report = read_model::status(&pool).await.unwrap();
         if report.active().is_some_and(|p| p.retry_attempts >= 3) {
             break report;
         }
@@ -340,7 +341,7 @@ async fn a_retrying_projector_says_so_and_recovers() {
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let report = recall::projector::status(&pool).await.unwrap();
+        let report = read_model::status(&pool).await.unwrap();
         let active = report.active().unwrap();
         if active.checkpoint == report.head {
             assert_eq!(active.retry_attempts, 0);

@@ -4,6 +4,7 @@
 
 mod common;
 
+use recall::read_model::{self, ReadModelError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use recall::domain::{
 };
 use recall::embed::{Chunk, EmbedError, ModelIdentity};
 use recall::event_store::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
-use recall::projector::{self, EmbedBackend, OnError, Projector, ProjectorError, ProjectorOptions, Target};
+use recall::projector::{EmbedBackend, OnError, Projector, ProjectorError, ProjectorOptions, Target};
 use sqlx::PgPool;
 
 fn key(id: &str) -> DocumentKey {
@@ -151,7 +152,7 @@ async fn adds_updates_and_removes_project_with_their_history() {
         .remove(0);
     assert!(common::cosine(&stored.to_vec(), &expected) >= 0.9999);
 
-    let status = projector::status(&pool).await.unwrap();
+    let status = read_model::status(&pool).await.unwrap();
     assert_eq!(status.head, 5);
     assert_eq!(
         (
@@ -228,7 +229,7 @@ async fn a_poison_event_is_parked_later_events_project_and_retry_applies_it_afte
         .await
         .unwrap();
     assert_eq!(live, vec!["a", "c"]);
-    let parked = projector::failures(&pool, false).await.unwrap();
+    let parked = read_model::failures(&pool, false).await.unwrap();
     assert_eq!(parked.iter().map(|f| f.position).collect::<Vec<_>>(), vec![2, 3]);
     assert!(parked[0].error.contains("injected failure"), "{}", parked[0].error);
     assert!(
@@ -237,7 +238,7 @@ async fn a_poison_event_is_parked_later_events_project_and_retry_applies_it_afte
         parked[1].error
     );
     assert_eq!(
-        projector::status(&pool).await.unwrap().projections[0].parked_failures,
+        read_model::status(&pool).await.unwrap().projections[0].parked_failures,
         2
     );
 
@@ -253,7 +254,7 @@ async fn a_poison_event_is_parked_later_events_project_and_retry_applies_it_afte
         .await
         .unwrap();
     assert_eq!(live, vec!["a", "c", "poison"]);
-    let parked = projector::failures(&pool, false).await.unwrap();
+    let parked = read_model::failures(&pool, false).await.unwrap();
     assert_eq!((parked.len(), parked[0].position, parked[0].attempts), (1, 3, 3));
 }
 
@@ -274,10 +275,10 @@ async fn the_stop_policy_halts_just_before_the_failure() {
         Err(ProjectorError::Stopped { position: 4, .. }) => {}
         other => panic!("expected a stop at position 4, got {other:?}"),
     }
-    let g = projector::active(&pool).await.unwrap().unwrap();
+    let g = read_model::active(&pool).await.unwrap().unwrap();
     assert_eq!(g.checkpoint, 3);
     assert!(
-        projector::failures(&pool, true).await.unwrap().is_empty(),
+        read_model::failures(&pool, true).await.unwrap().is_empty(),
         "stopping parks nothing"
     );
 }
@@ -321,14 +322,20 @@ async fn another_dimension_or_another_model_is_refused() {
     add(&h, "a", "", "text").await;
     let err = step_with_model(&pool, "wide", 768).await;
     assert!(
-        matches!(err, ProjectorError::DimensionMismatch { table: 384, .. }),
+        matches!(
+            err,
+            ProjectorError::ReadModel(ReadModelError::DimensionMismatch { table: 384, .. })
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("768-dimensional"), "{err}");
 
     p.run_until_caught_up(Target::Active).await.unwrap();
     let err = step_with_model(&pool, "other", 384).await;
-    assert!(matches!(err, ProjectorError::ModelMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, ProjectorError::ReadModel(ReadModelError::ModelMismatch { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("recall rebuild"), "{err}");
 }
 
@@ -338,13 +345,13 @@ async fn wait_for_returns_once_projected_and_times_out_otherwise() {
     add(&h, "a", "", "text").await;
     p.run_until_caught_up(Target::Active).await.unwrap();
     add(&h, "b", "", "more text").await;
-    let err = projector::wait_for(&pool, 2, Duration::from_millis(200))
+    let err = read_model::wait_for(&pool, 2, Duration::from_millis(200))
         .await
         .unwrap_err();
     assert!(
         matches!(
             err,
-            ProjectorError::WaitTimeout {
+            ReadModelError::WaitTimeout {
                 position: 2,
                 checkpoint: 1,
                 ..
@@ -354,10 +361,13 @@ async fn wait_for_returns_once_projected_and_times_out_otherwise() {
     );
 
     let worker = p.spawn(Target::Active);
-    assert_eq!(projector::wait_for(&pool, 2, Duration::from_secs(60)).await.unwrap(), 2);
+    assert_eq!(
+        read_model::wait_for(&pool, 2, Duration::from_secs(60)).await.unwrap(),
+        2
+    );
     add(&h, "c", "", "even more").await;
     assert!(
-        projector::wait_for(&pool, 3, Duration::from_secs(60)).await.unwrap() >= 3,
+        read_model::wait_for(&pool, 3, Duration::from_secs(60)).await.unwrap() >= 3,
         "woken by NOTIFY"
     );
     worker.stop().await.unwrap();
@@ -440,7 +450,7 @@ async fn a_rebuild_yields_the_live_read_model_and_switches_over() {
     .await
     .unwrap();
     assert_ne!(rebuilt.generation, live.generation);
-    assert_eq!(rebuilt.status, recall::projector::GenerationStatus::Active);
+    assert_eq!(rebuilt.status, recall::read_model::GenerationStatus::Active);
     let after = read_model_snapshot(&pool, rebuilt.generation).await;
     assert_eq!(before.len(), after.len());
     assert_same_read_model(&before, &after);
@@ -496,7 +506,7 @@ async fn concurrent_writers_while_projecting_lose_nothing_and_keep_order() {
         w.await.unwrap();
     }
     let head = h.store().head().await.unwrap();
-    projector::wait_for(&pool, head, Duration::from_secs(120))
+    read_model::wait_for(&pool, head, Duration::from_secs(120))
         .await
         .unwrap();
     worker.stop().await.unwrap();

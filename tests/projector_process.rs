@@ -3,6 +3,7 @@
 
 mod common;
 
+use recall::read_model;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use rand::Rng;
 use recall::commands::{CommandContext, CommandHandler};
 use recall::domain::{DocumentCommand, DocumentContent, DocumentId, DocumentKey, Limits, Metadata, Scope, Text, Title};
 use recall::event_store::EventStore;
-use recall::projector::{self, Projector, ProjectorOptions, Target};
+use recall::projector::{Projector, ProjectorOptions, Target};
 use sqlx::PgPool;
 
 fn project(url: &str, args: &[&str]) -> Child {
@@ -75,7 +76,7 @@ async fn fill(pool: &PgPool, n: usize) -> i64 {
 }
 
 async fn checkpoint(pool: &PgPool) -> i64 {
-    projector::active(pool)
+    read_model::active(pool)
         .await
         .unwrap()
         .map(|g| g.checkpoint)
@@ -127,11 +128,11 @@ async fn sigkilled_projection_restarts_into_exactly_the_clean_read_model() {
     assert!(mid_way_kills >= 5, "only {mid_way_kills} kills landed before the end");
     let out = project(&url, &["--until-caught-up"]).wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let crashed = projector::active(&pool).await.unwrap().unwrap();
+    let crashed = read_model::active(&pool).await.unwrap().unwrap();
     assert_eq!(crashed.checkpoint, head);
 
     // A clean, single run of the same log into a generation of its own.
-    let clean = projector::create_building(&pool, common::model_backend().embedder().identity())
+    let clean = read_model::create_building(&pool, common::model_backend().embedder().identity())
         .await
         .unwrap();
     let p = Projector::new(

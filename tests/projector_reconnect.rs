@@ -3,12 +3,13 @@
 
 mod common;
 
+use recall::read_model;
 use std::time::Duration;
 
 use recall::commands::{CommandContext, CommandHandler};
 use recall::domain::{DocumentCommand, DocumentContent, DocumentId, DocumentKey, Limits, Metadata, Scope, Text, Title};
 use recall::event_store::EventStore;
-use recall::projector::{self, Projector, ProjectorOptions, Target};
+use recall::projector::{Projector, ProjectorOptions, Target};
 
 fn add(i: usize) -> (DocumentKey, DocumentCommand) {
     let content = DocumentContent {
@@ -43,7 +44,7 @@ async fn the_projector_recovers_on_its_own_after_the_database_restarts() {
         let (k, c) = add(i);
         handler.execute(&k, c, &ctx).await.unwrap();
     }
-    projector::wait_for(&pool, 20, Duration::from_secs(60)).await.unwrap();
+    read_model::wait_for(&pool, 20, Duration::from_secs(60)).await.unwrap();
 
     // The server dies hard and comes back.
     let pid = server.status().pid.unwrap();
@@ -75,7 +76,7 @@ async fn the_projector_recovers_on_its_own_after_the_database_restarts() {
     }
     let head = store.head().await.unwrap();
     assert_eq!(head, appended);
-    projector::wait_for(&pool, head, Duration::from_secs(120))
+    read_model::wait_for(&pool, head, Duration::from_secs(120))
         .await
         .unwrap();
     let documents: i64 = sqlx::query_scalar("SELECT count(*) FROM documents")

@@ -1,6 +1,7 @@
 //! `/v1/documents`: add, replace, remove (commands: they answer once the event is committed), and reads
 //! of one document from the read model and of its history from the log.
 
+use crate::read_model::{self, ProjectedDocument};
 use std::time::Instant;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -231,18 +232,6 @@ pub async fn remove(
     Ok(answer(&key, outcome, false))
 }
 
-#[derive(sqlx::FromRow)]
-struct DocumentRow {
-    title: String,
-    metadata: Value,
-    version: i64,
-    removed: bool,
-    position: i64,
-    text: Option<String>,
-    chunks: i64,
-    checkpoint: i64,
-}
-
 /// One document as the read model has it (the text from the event it was projected from).
 pub async fn get(
     State(state): State<AppState>,
@@ -292,24 +281,9 @@ pub async fn get(
 }
 
 /// The document as the active read model has it, with the receipt.
-async fn read_document(state: &AppState, key: &DocumentKey) -> Result<Option<DocumentRow>, ApiError> {
+async fn read_document(state: &AppState, key: &DocumentKey) -> Result<Option<ProjectedDocument>, ApiError> {
     let _turn = state.read_turn().await?;
-    sqlx::query_as(
-        "SELECT d.title, d.metadata, d.version, d.removed, d.position, coalesce(v.text, '') AS text,
-                (SELECT count(*) FROM chunks c WHERE c.generation = d.generation AND c.scope = d.scope
-                    AND c.document_id = d.id AND c.valid_to IS NULL) AS chunks,
-                p.checkpoint
-         FROM projections p
-         JOIN documents d ON d.generation = p.generation
-         LEFT JOIN document_versions v ON v.generation = d.generation AND v.position = d.position
-         WHERE p.status = $3 AND d.scope = $1 AND d.id = $2",
-    )
-    .bind(key.scope.as_str())
-    .bind(key.id.as_str())
-    .bind(crate::projector::GenerationStatus::Active.as_str())
-    .fetch_optional(state.pool())
-    .await
-    .map_err(|e| ApiError::database(&e))
+    Ok(read_model::document(state.pool(), key).await?)
 }
 
 /// Every event of one document, oldest first, straight from the log.

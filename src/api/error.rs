@@ -11,6 +11,7 @@ use crate::domain::DomainError;
 use crate::event_store::EventStoreError;
 use crate::postgres::is_unavailable;
 use crate::projector::ProjectorError;
+use crate::read_model::ReadModelError;
 use crate::search::SearchError;
 
 /// Seconds a client should wait before retrying a 503.
@@ -190,12 +191,22 @@ impl From<SearchError> for ApiError {
 
 impl From<ProjectorError> for ApiError {
     fn from(error: ProjectorError) -> Self {
+        match error {
+            ProjectorError::ReadModel(error) => error.into(),
+            ProjectorError::Database(e) => ApiError::database(&e),
+            ProjectorError::Store(_) => ApiError::unavailable(error.to_string()),
+            _ => ApiError::internal(&error),
+        }
+    }
+}
+
+impl From<ReadModelError> for ApiError {
+    fn from(error: ReadModelError) -> Self {
         match &error {
-            ProjectorError::WaitTimeout { .. } => {
+            ReadModelError::WaitTimeout { .. } => {
                 ApiError::new(StatusCode::GATEWAY_TIMEOUT, "wait_timeout", error.to_string())
             }
-            ProjectorError::Database(e) => ApiError::database(e),
-            ProjectorError::Store(_) => ApiError::unavailable(error.to_string()),
+            ReadModelError::Database(e) => ApiError::database(e),
             _ => ApiError::internal(&error),
         }
     }

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{ApiError, AppState, ProjectorState};
 use crate::postgres::MIGRATOR;
-use crate::projector;
+use crate::read_model;
 
 /// Failed attempts in a row after which a retrying projector makes the service not ready (one or two
 /// are a restart of the database or a lost race, and cure themselves).
@@ -85,7 +85,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     ));
     let report = {
         let _turn = state.read_turn().await?;
-        projector::status(state.pool()).await?
+        read_model::status(state.pool()).await?
     };
     text.push_str(&report.to_prometheus());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())

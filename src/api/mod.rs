@@ -24,7 +24,8 @@ use axum::Router;
 use crate::commands::CommandHandler;
 use crate::domain::Limits;
 use crate::projector::{Foreground, ProjectorStats};
-use crate::search::{CheckpointWatch, QueryEncoder};
+use crate::read_model::CheckpointWatch;
+use crate::search::QueryEncoder;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 pub use error::ApiError;
@@ -192,7 +193,7 @@ impl AppState {
             .get_or_init(|| CheckpointWatch::spawn(self.pool().clone()));
         let timeout = self.config().wait_timeout;
         watch.wait_for(position, timeout).await.map(drop).map_err(|checkpoint| {
-            crate::projector::ProjectorError::WaitTimeout {
+            crate::read_model::ReadModelError::WaitTimeout {
                 position,
                 checkpoint,
                 waited: timeout,

@@ -1,5 +1,6 @@
 //! `recall eval`: BEIR-style retrieval quality of the running pipeline on a corpus, its queries and qrels.
 
+use recall::read_model;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use serde_json::json;
 
 use recall::commands::CommandHandler;
 use recall::eval::{self, Qrels};
-use recall::projector::{self, ModelBackend, Projector, ProjectorOptions, Target};
+use recall::projector::{ModelBackend, Projector, ProjectorOptions, Target};
 use recall::search::{search, Query, SearchMode, SearchRequest};
 
 use super::values::Mode;
@@ -107,7 +108,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     );
     let started = Instant::now();
     tokio::select! {
-        waited = projector::wait_for(store.pool(), head, Duration::from_secs_f64(args.wait_timeout.max(0.0))) => { waited?; }
+        waited = read_model::wait_for(store.pool(), head, Duration::from_secs_f64(args.wait_timeout.max(0.0))) => { waited?; }
         ran = local.run_until_caught_up(Target::Active) => { ran?; }
     }
     if started.elapsed() > Duration::from_secs(1) {

@@ -1,5 +1,6 @@
 //! `recall project|rebuild|wait|status|failures`: the read side's worker and its instruments.
 
+use recall::read_model;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use recall::projector::{self, ModelBackend, Projector, ProjectorOptions, Target};
+use recall::projector::{ModelBackend, Projector, ProjectorOptions, Target};
 
 use super::values::OnErrorArg;
 
@@ -129,7 +130,7 @@ pub async fn project(args: ProjectArgs) -> anyhow::Result<ExitCode> {
     let projector = args.projector().await?;
     let store = open_store().await?;
     let head = store.head().await?;
-    let start = projector::active(store.pool())
+    let start = read_model::active(store.pool())
         .await?
         .map(|g| g.checkpoint)
         .unwrap_or(0);
@@ -170,14 +171,14 @@ pub async fn wait(position: Option<i64>, timeout_secs: f64) -> anyhow::Result<Ex
         None => store.head().await?,
     };
     let checkpoint =
-        projector::wait_for(store.pool(), position, Duration::from_secs_f64(timeout_secs.max(0.0))).await?;
+        read_model::wait_for(store.pool(), position, Duration::from_secs_f64(timeout_secs.max(0.0))).await?;
     println!("projected through position {checkpoint}");
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn status(json: bool, prometheus: bool) -> anyhow::Result<ExitCode> {
     let store = open_store().await?;
-    let report = projector::status(store.pool()).await?;
+    let report = read_model::status(store.pool()).await?;
     if prometheus {
         print!("{}", report.to_prometheus());
     } else if json {
@@ -224,7 +225,7 @@ pub async fn failures(args: FailuresArgs) -> anyhow::Result<ExitCode> {
         }
         None => {
             let store = open_store().await?;
-            let list = projector::failures(store.pool(), args.all).await?;
+            let list = read_model::failures(store.pool(), args.all).await?;
             for f in &list {
                 if args.json {
                     println!("{}", serde_json::to_string(f)?);

@@ -6,9 +6,7 @@
 
 mod backend;
 mod foreground;
-mod generations;
 mod prepare;
-mod status;
 mod write;
 
 use std::future::Future;
@@ -22,15 +20,13 @@ use thiserror::Error;
 use tokio::task::JoinHandle;
 
 use crate::event_store::{EventStore, EventStoreError, NOTIFY_CHANNEL};
+use crate::read_model::{
+    activate_if_caught_up, active, active_for, create_building, drop_retired, load, Generation, GenerationStatus,
+    ReadModelError,
+};
 
 pub use backend::{EmbedBackend, ModelBackend};
 pub use foreground::Foreground;
-pub use generations::{
-    activate_if_caught_up, active, active_for, create_building, drop_retired, load, table_dimension, Generation,
-    GenerationStatus,
-};
-pub use status::{status, ProjectionStatus, StatusReport};
-pub use write::PROJECTED_CHANNEL;
 
 #[derive(Debug, Error)]
 pub enum ProjectorError {
@@ -38,22 +34,8 @@ pub enum ProjectorError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Store(#[from] EventStoreError),
-    #[error("the model {model} makes {dimension}-dimensional vectors but chunks.embedding holds {table}; use a {table}-dimensional model")]
-    DimensionMismatch {
-        model: String,
-        dimension: usize,
-        table: usize,
-    },
-    #[error("generation {generation} of the read model was built with {stored}, not {offered}; run `recall rebuild` to re-embed everything with the new model")]
-    ModelMismatch {
-        generation: i64,
-        stored: String,
-        offered: String,
-    },
-    #[error("generation {generation} does not exist")]
-    NoSuchGeneration { generation: i64 },
-    #[error("there is no active read-model generation yet; run `recall project` first")]
-    NoActiveGeneration,
+    #[error(transparent)]
+    ReadModel(#[from] ReadModelError),
     #[error(
         "generation {generation} moved past checkpoint {expected} under this projector (another instance wrote it)"
     )]
@@ -65,14 +47,6 @@ pub enum ProjectorError {
         event_type: String,
         error: String,
     },
-    #[error(
-        "timed out after {waited:?} waiting for the projector to pass position {position} (it is at {checkpoint})"
-    )]
-    WaitTimeout {
-        position: i64,
-        checkpoint: i64,
-        waited: Duration,
-    },
     #[error("the embedding thread panicked: {0}")]
     Panicked(String),
 }
@@ -82,7 +56,10 @@ impl ProjectorError {
     fn is_transient(&self) -> bool {
         matches!(
             self,
-            ProjectorError::Database(_) | ProjectorError::Store(_) | ProjectorError::LostCheckpoint { .. }
+            ProjectorError::Database(_)
+                | ProjectorError::Store(_)
+                | ProjectorError::ReadModel(ReadModelError::Database(_))
+                | ProjectorError::LostCheckpoint { .. }
         )
     }
 
@@ -702,7 +679,7 @@ impl Projector {
             }
         }
         drop_retired(&self.pool).await?;
-        load(&self.pool, building.generation).await
+        Ok(load(&self.pool, building.generation).await?)
     }
 }
 
@@ -740,59 +717,6 @@ impl Projector {
 pub struct RetryReport {
     pub resolved: Vec<i64>,
     pub still_failing: Vec<i64>,
-}
-
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
-pub struct ParkedFailure {
-    pub generation: i64,
-    pub position: i64,
-    pub event_id: uuid::Uuid,
-    pub stream_id: String,
-    pub event_type: String,
-    pub error: String,
-    pub attempts: i32,
-    pub first_failed_at: chrono::DateTime<chrono::Utc>,
-    pub last_failed_at: chrono::DateTime<chrono::Utc>,
-    pub resolved_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-/// Parked failures of every generation (resolved ones too when `all`).
-pub async fn failures(pool: &PgPool, all: bool) -> Result<Vec<ParkedFailure>, ProjectorError> {
-    Ok(sqlx::query_as(
-        "SELECT generation, position, event_id, stream_id, event_type, error, attempts, first_failed_at,
-                last_failed_at, resolved_at
-         FROM projection_failures WHERE $1 OR resolved_at IS NULL ORDER BY generation, position",
-    )
-    .bind(all)
-    .fetch_all(pool)
-    .await?)
-}
-
-/// Waits until the active generation has projected `position` (read-your-writes), or times out.
-pub async fn wait_for(pool: &PgPool, position: i64, timeout: Duration) -> Result<i64, ProjectorError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(PROJECTED_CHANNEL).await?;
-    loop {
-        let checkpoint: Option<i64> = sqlx::query_scalar("SELECT checkpoint FROM projections WHERE status = $1")
-            .bind(GenerationStatus::Active.as_str())
-            .fetch_optional(pool)
-            .await?;
-        let checkpoint = checkpoint.unwrap_or(0);
-        if checkpoint >= position {
-            return Ok(checkpoint);
-        }
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return Err(ProjectorError::WaitTimeout {
-                position,
-                checkpoint,
-                waited: timeout,
-            });
-        }
-        // The notification wakes us at once; the short poll covers a missed one.
-        let _ = tokio::time::timeout((deadline - now).min(Duration::from_millis(250)), listener.recv()).await;
-    }
 }
 
 async fn join(handle: JoinHandle<Result<(i64, usize), ProjectorError>>) -> Result<i64, ProjectorError> {

@@ -9,9 +9,7 @@ use sqlx::PgConnection;
 
 use super::prepare::{Effect, PreparedBatch};
 use super::ProjectorError;
-
-/// The channel a committed batch notifies, with `generation:checkpoint`.
-pub const PROJECTED_CHANNEL: &str = "recall_projected";
+use crate::read_model::PROJECTED_CHANNEL;
 
 #[derive(Default)]
 struct ChunkRows {
@@ -297,7 +295,7 @@ pub(crate) async fn write_batch(
     .bind(generation)
     .bind(expected)
     .bind(batch.last_position)
-    .bind(super::GenerationStatus::Retired.as_str())
+    .bind(crate::read_model::GenerationStatus::Retired.as_str())
     .execute(&mut *tx)
     .await?;
     if moved.rows_affected() != 1 {

@@ -5,10 +5,8 @@
 
 mod encoder;
 mod sql;
-mod watch;
 
 pub use encoder::QueryEncoder;
-pub use watch::CheckpointWatch;
 
 use std::collections::HashMap;
 
@@ -249,7 +247,7 @@ impl Snapshot {
         )
         .bind(HNSW_EF_SEARCH.to_string())
         .bind(if exact { "off" } else { "on" })
-        .bind(crate::projector::GenerationStatus::Active.as_str())
+        .bind(crate::read_model::GenerationStatus::Active.as_str())
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(SearchError::NoReadModel)?;

@@ -15,6 +15,8 @@ pub enum BenchError {
     #[error(transparent)]
     Projector(#[from] ProjectorError),
     #[error(transparent)]
+    ReadModel(#[from] recall::read_model::ReadModelError),
+    #[error(transparent)]
     Command(#[from] CommandError),
     #[error(transparent)]
     Search(#[from] SearchError),

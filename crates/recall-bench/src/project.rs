@@ -1,13 +1,14 @@
 //! `recall-bench project`: end-to-end projection throughput beside the raw embedder on the same chunks,
 //! and how soon a single new document becomes searchable on an idle system.
 
+use recall::read_model;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use recall::commands::{CommandContext, CommandHandler};
 use recall::domain::{DocumentCommand, DocumentContent, DocumentKey};
 use recall::event_store::EventStore;
-use recall::projector::{self, EmbedBackend, ModelBackend, Projector, ProjectorError, ProjectorOptions, Target};
+use recall::projector::{EmbedBackend, ModelBackend, Projector, ProjectorError, ProjectorOptions, Target};
 
 use crate::measure::{BenchError, Latency};
 
@@ -100,7 +101,7 @@ pub async fn run_project_bench(
         let recall::commands::CommandOutcome::Appended { position, .. } = outcome else {
             continue;
         };
-        projector::wait_for(store.pool(), position, Duration::from_secs(60)).await?;
+        read_model::wait_for(store.pool(), position, Duration::from_secs(60)).await?;
         visible.push(t.elapsed());
         let backend = backend.clone();
         let content = content.clone();

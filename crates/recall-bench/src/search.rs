@@ -4,6 +4,7 @@
 //! search latency on an idle system beside the same while the projector saturates the CPU with a
 //! backlog.
 
+use recall::read_model;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use recall::domain::{DocumentContent, DocumentKey};
 use recall::embed::{ChunkOptions, ComputePool, Embedder};
 use recall::event_store::EventStore;
 use recall::placement::Priority;
-use recall::projector::{self, ModelBackend, Projector, ProjectorError, ProjectorOptions, Target};
+use recall::projector::{ModelBackend, Projector, ProjectorError, ProjectorOptions, Target};
 use recall::search::{self, Query, QueryEncoder, SearchMode, SearchRequest};
 use recall::server::{self, InProcessProjector, Model, ServerConfig};
 
@@ -202,7 +203,7 @@ async fn phase(
     queries: &[String],
     config: &SearchBenchConfig,
 ) -> Result<Phase, BenchError> {
-    let before = projector::status(pool).await?;
+    let before = read_model::status(pool).await?;
     let embedded_before = state.metrics().query_embed_latency.totals();
     let cpu_before = crate::measure::CpuTimes::now();
     let base = format!("http://{address}");
@@ -245,14 +246,14 @@ async fn phase(
     })
     .await
     .map_err(|e| ProjectorError::Panicked(e.to_string()))??;
-    let after = projector::status(pool).await?;
+    let after = read_model::status(pool).await?;
     let embedded_after = state.metrics().query_embed_latency.totals();
     let steal_percent = cpu_before
         .zip(crate::measure::CpuTimes::now())
         .map(|(a, b)| b.steal_percent_since(&a));
     let queries_embedded = embedded_after.0.saturating_sub(embedded_before.0).max(1);
     let embedding = embedded_after.1.saturating_sub(embedded_before.1);
-    let checkpoint = |r: &projector::StatusReport| r.active().map_or(0, |p| p.checkpoint);
+    let checkpoint = |r: &read_model::StatusReport| r.active().map_or(0, |p| p.checkpoint);
     let still_behind = after.active().is_some_and(|p| p.lag_events > 0);
     Ok(Phase {
         dense_search: Latency::from_samples(dense),

@@ -2,6 +2,7 @@
 //! add, update, remove and search for a set time, then stop; the run checks that every acknowledged
 //! command is in the log and the read model, counts errors by kind, and samples memory and projector lag.
 
+use recall::read_model;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use serde_json::json;
 use recall::embed::Embedder;
 use recall::event_store::EventStore;
 use recall::placement::Priority;
-use recall::projector::{self, ProjectorError};
+use recall::projector::ProjectorError;
 use recall::server::{self, Model, ServerConfig};
 
 use crate::measure::{BenchError, Latency};
@@ -206,7 +207,7 @@ pub async fn run_soak(
         let (samples, pool, stop) = (samples.clone(), pool.clone(), stop.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let lag = projector::status(&pool)
+                let lag = read_model::status(&pool)
                     .await
                     .ok()
                     .and_then(|r| r.active().map(|p| p.lag_events))
@@ -244,14 +245,14 @@ pub async fn run_soak(
     // Let the projector drain, then check every acknowledged command against the log and the read model.
     let drain = Instant::now();
     let head = store.head().await.map_err(ProjectorError::from)?;
-    projector::wait_for(&pool, head, Duration::from_secs(1800)).await?;
+    read_model::wait_for(&pool, head, Duration::from_secs(1800)).await?;
     let drain_seconds = drain.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.await;
     server.shutdown().await?;
     let rows: Vec<(String, i64, bool)> =
         sqlx::query_as("SELECT d.id, d.version, d.removed FROM documents d JOIN projections p USING (generation) WHERE p.status = $1 AND d.scope = 'soak'")
-            .bind(projector::GenerationStatus::Active.as_str())
+            .bind(read_model::GenerationStatus::Active.as_str())
             .fetch_all(&pool)
             .await?;
     let projected: HashMap<String, (u64, bool)> = rows.into_iter().map(|(id, v, r)| (id, (v as u64, r))).collect();

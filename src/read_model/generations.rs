@@ -3,7 +3,7 @@
 
 use sqlx::PgPool;
 
-use super::ProjectorError;
+use super::ReadModelError;
 use crate::embed::ModelIdentity;
 
 /// Where a generation is in its life. Stored as its lowercase name (`projections.status`); SQL binds it
@@ -64,14 +64,14 @@ impl Generation {
         format!("{}@{}", self.model_name, self.model_revision)
     }
 
-    pub(crate) fn admits(&self, identity: &ModelIdentity) -> Result<(), ProjectorError> {
+    pub(crate) fn admits(&self, identity: &ModelIdentity) -> Result<(), ReadModelError> {
         if self.model_name == identity.name
             && self.model_revision == identity.revision
             && self.dimension as usize == identity.dimension
         {
             Ok(())
         } else {
-            Err(ProjectorError::ModelMismatch {
+            Err(ReadModelError::ModelMismatch {
                 generation: self.generation,
                 stored: self.model(),
                 offered: format!("{}@{}", identity.name, identity.revision),
@@ -83,7 +83,7 @@ impl Generation {
 const COLUMNS: &str = "generation, status, model_name, model_revision, dimension, checkpoint";
 
 /// The dimension of the `chunks.embedding` column.
-pub async fn table_dimension(pool: &PgPool) -> Result<usize, ProjectorError> {
+pub async fn table_dimension(pool: &PgPool) -> Result<usize, ReadModelError> {
     let typmod: i32 = sqlx::query_scalar(
         "SELECT atttypmod FROM pg_attribute WHERE attrelid = 'chunks'::regclass AND attname = 'embedding'",
     )
@@ -92,10 +92,10 @@ pub async fn table_dimension(pool: &PgPool) -> Result<usize, ProjectorError> {
     Ok(typmod as usize)
 }
 
-async fn check_dimension(pool: &PgPool, identity: &ModelIdentity) -> Result<(), ProjectorError> {
+async fn check_dimension(pool: &PgPool, identity: &ModelIdentity) -> Result<(), ReadModelError> {
     let table = table_dimension(pool).await?;
     if table != identity.dimension {
-        return Err(ProjectorError::DimensionMismatch {
+        return Err(ReadModelError::DimensionMismatch {
             model: format!("{}@{}", identity.name, identity.revision),
             dimension: identity.dimension,
             table,
@@ -104,15 +104,15 @@ async fn check_dimension(pool: &PgPool, identity: &ModelIdentity) -> Result<(), 
     Ok(())
 }
 
-pub async fn load(pool: &PgPool, generation: i64) -> Result<Generation, ProjectorError> {
+pub async fn load(pool: &PgPool, generation: i64) -> Result<Generation, ReadModelError> {
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM projections WHERE generation = $1"))
         .bind(generation)
         .fetch_optional(pool)
         .await?
-        .ok_or(ProjectorError::NoSuchGeneration { generation })
+        .ok_or(ReadModelError::NoSuchGeneration { generation })
 }
 
-pub async fn active(pool: &PgPool) -> Result<Option<Generation>, ProjectorError> {
+pub async fn active(pool: &PgPool) -> Result<Option<Generation>, ReadModelError> {
     Ok(
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM projections WHERE status = $1"))
             .bind(GenerationStatus::Active.as_str())
@@ -122,7 +122,7 @@ pub async fn active(pool: &PgPool) -> Result<Option<Generation>, ProjectorError>
 }
 
 /// The active generation, created (empty, at checkpoint 0) on first use; refused if another model built it.
-pub async fn active_for(pool: &PgPool, identity: &ModelIdentity) -> Result<Generation, ProjectorError> {
+pub async fn active_for(pool: &PgPool, identity: &ModelIdentity) -> Result<Generation, ReadModelError> {
     check_dimension(pool, identity).await?;
     if let Some(g) = active(pool).await? {
         g.admits(identity)?;
@@ -142,7 +142,7 @@ pub async fn active_for(pool: &PgPool, identity: &ModelIdentity) -> Result<Gener
         Some(g) => Ok(g),
         // Another process created it first.
         None => {
-            let g = active(pool).await?.ok_or(ProjectorError::NoActiveGeneration)?;
+            let g = active(pool).await?.ok_or(ReadModelError::NoActiveGeneration)?;
             g.admits(identity)?;
             Ok(g)
         }
@@ -150,7 +150,7 @@ pub async fn active_for(pool: &PgPool, identity: &ModelIdentity) -> Result<Gener
 }
 
 /// A new, empty generation for a rebuild with this model.
-pub async fn create_building(pool: &PgPool, identity: &ModelIdentity) -> Result<Generation, ProjectorError> {
+pub async fn create_building(pool: &PgPool, identity: &ModelIdentity) -> Result<Generation, ReadModelError> {
     check_dimension(pool, identity).await?;
     Ok(sqlx::query_as(&format!(
         "INSERT INTO projections (status, model_name, model_revision, dimension)
@@ -166,7 +166,7 @@ pub async fn create_building(pool: &PgPool, identity: &ModelIdentity) -> Result<
 
 /// Makes `generation` active if it has projected the whole log; the head is locked meanwhile, so no
 /// append can slip in between the check and the switch. Returns false when it is not caught up yet.
-pub async fn activate_if_caught_up(pool: &PgPool, generation: i64) -> Result<bool, ProjectorError> {
+pub async fn activate_if_caught_up(pool: &PgPool, generation: i64) -> Result<bool, ReadModelError> {
     let mut tx = pool.begin().await?;
     let head: i64 = sqlx::query_scalar("SELECT position FROM log_head FOR SHARE")
         .fetch_one(&mut *tx)
@@ -194,7 +194,7 @@ pub async fn activate_if_caught_up(pool: &PgPool, generation: i64) -> Result<boo
 }
 
 /// Drops retired generations and their rows.
-pub async fn drop_retired(pool: &PgPool) -> Result<u64, ProjectorError> {
+pub async fn drop_retired(pool: &PgPool) -> Result<u64, ReadModelError> {
     Ok(sqlx::query("DELETE FROM projections WHERE status = $1")
         .bind(GenerationStatus::Retired.as_str())
         .execute(pool)

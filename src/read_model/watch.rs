@@ -8,7 +8,7 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::projector::{GenerationStatus, PROJECTED_CHANNEL};
+use super::{GenerationStatus, PROJECTED_CHANNEL};
 
 /// How often the checkpoint is read when no notification arrives.
 const POLL: Duration = Duration::from_secs(1);

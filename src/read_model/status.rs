@@ -3,7 +3,7 @@
 
 use sqlx::PgPool;
 
-use super::{GenerationStatus, ProjectorError};
+use super::{GenerationStatus, ReadModelError};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ProjectionStatus {
@@ -37,7 +37,7 @@ impl StatusReport {
     }
 }
 
-pub async fn status(pool: &PgPool) -> Result<StatusReport, ProjectorError> {
+pub async fn status(pool: &PgPool) -> Result<StatusReport, ReadModelError> {
     let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
         .fetch_one(pool)
         .await?;
