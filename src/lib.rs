@@ -14,7 +14,7 @@
 //!   the benchmarks and the tests start it there.
 //! - [`embed`]: model files, tokenizer, token-aware chunker, token-budget batches, Candle BERT, pooling.
 //! - [`postgres`]: the pool, migrations and the embedded server's lifecycle.
-//! - [`placement`]: thread priorities and CPU sets that keep the projector off the requests' way.
+//! - [`runtime`]: the CPU policy: model thread pools, priorities, CPU sets, allocator settings.
 //! - [`eval`]: BEIR-style retrieval metrics (nDCG@10, Recall@100, MRR@10) over qrels.
 //!
 //! Commands enter through [`commands::CommandHandler`], become events in [`event_store::EventStore`],
@@ -27,9 +27,9 @@ pub mod embed;
 pub mod eval;
 pub mod event_store;
 pub mod ingest;
-pub mod placement;
 pub mod postgres;
 pub mod projector;
 pub mod read_model;
+pub mod runtime;
 pub mod search;
 pub mod server;

@@ -16,10 +16,10 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiConfig, AppState, ProjectorState};
 use crate::commands::CommandHandler;
-use crate::embed::{ChunkOptions, ComputePool, EmbedError, Embedder};
+use crate::embed::{ChunkOptions, EmbedError, Embedder};
 use crate::event_store::EventStore;
-use crate::placement::{self, Priority};
 use crate::projector::{Foreground, Projector, ProjectorError, ProjectorOptions, Target};
+use crate::runtime::{self, CpuPolicy, PoolError, Priority};
 use crate::search::QueryEncoder;
 
 #[derive(Debug, Error)]
@@ -32,6 +32,8 @@ pub enum ServerError {
     Postgres(#[from] crate::postgres::PostgresError),
     #[error("the projector stopped: {0}")]
     Projector(#[from] ProjectorError),
+    #[error(transparent)]
+    Threads(#[from] PoolError),
     #[error("{0} panicked")]
     Panicked(&'static str),
 }
@@ -75,9 +77,8 @@ pub struct ServerConfig {
     pub api: ApiConfig,
     /// `None`: the projector runs elsewhere (`recall serve --no-projector`, `recall project`).
     pub projector: Option<InProcessProjector>,
-    /// Threads of the query path's model pool, and of the projector's.
-    pub threads: usize,
-    pub query_priority: Priority,
+    /// Where the query path's model threads and the projector's run.
+    pub cpu: CpuPolicy,
 }
 
 impl Default for ServerConfig {
@@ -85,8 +86,7 @@ impl Default for ServerConfig {
         ServerConfig {
             api: ApiConfig::default(),
             projector: Some(InProcessProjector::default()),
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            query_priority: Priority::Realtime,
+            cpu: CpuPolicy::beside_api(runtime::available_threads(), Priority::Realtime),
         }
     }
 }
@@ -194,13 +194,13 @@ async fn model_and_projector(
     if config.projector.is_some() {
         state.set_projector(ProjectorState::Starting);
     }
-    let (threads, priority) = (config.threads.max(1), config.query_priority);
+    let cpu = config.cpu.clone();
     let loaded = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
         let embedder = match model {
             Model::Load(load) => Arc::new(load()?),
             Model::Loaded(embedder) => embedder,
         };
-        let queries = QueryEncoder::new(embedder.clone(), ComputePool::new("recall-query", threads, priority)?);
+        let queries = QueryEncoder::new(embedder.clone(), cpu.query_pool()?);
         Ok((embedder, queries))
     })
     .await;
@@ -215,7 +215,7 @@ async fn model_and_projector(
         let _ = ready.send(true);
         return;
     };
-    let projector = match projector(&state, &store, embedder, threads, &settings).await {
+    let projector = match projector(&state, &store, embedder, &config.cpu, &settings).await {
         Ok(projector) => projector,
         Err(error) => return drop(fail.send(error)),
     };
@@ -233,18 +233,18 @@ async fn model_and_projector(
 }
 
 /// The projector on connections of its own, its model threads and database processes yielding to the
-/// API's (see `crate::placement`).
+/// API's (see `crate::runtime`).
 async fn projector(
     state: &AppState,
     store: &EventStore,
     embedder: Arc<Embedder>,
-    threads: usize,
+    cpu: &CpuPolicy,
     settings: &InProcessProjector,
 ) -> Result<Projector, ServerError> {
     let pool = crate::postgres::open_background_beside(
         store.pool(),
-        placement::BACKGROUND_DATABASE_NICENESS,
-        placement::CpuSet::background(),
+        cpu.projector_database_niceness,
+        cpu.background_cpus.clone(),
     )
     .await?;
     let foreground = match settings.yield_to_requests {
@@ -253,10 +253,8 @@ async fn projector(
     };
     Ok(Projector::beside_api(
         EventStore::new(pool),
-        embedder.clone(),
-        embedder.chunker_with(settings.chunking),
-        threads,
-        placement::BACKGROUND_MODEL,
+        (embedder.clone(), embedder.chunker_with(settings.chunking)),
+        cpu,
         foreground,
         settings.options,
     )?)

@@ -15,10 +15,10 @@ use tower::ServiceExt;
 
 use recall::api::{self, ApiConfig, AppState, ProjectorState};
 use recall::commands::CommandHandler;
-use recall::embed::ComputePool;
 use recall::event_store::EventStore;
-use recall::placement::Priority;
 use recall::projector::{EmbedBackend, ModelBackend, Projector, ProjectorOptions, Target};
+use recall::runtime::ComputePool;
+use recall::runtime::Priority;
 use recall::search::QueryEncoder;
 use recall::server::{self, Model, RunningServer, ServerConfig};
 
@@ -48,8 +48,7 @@ impl App {
         let mut server = server::start(
             ServerConfig {
                 api: config,
-                threads: 2,
-                query_priority: Priority::Normal,
+                cpu: recall::runtime::CpuPolicy::beside_api(2, Priority::Normal),
                 ..ServerConfig::default()
             },
             store.clone(),
@@ -648,7 +647,7 @@ async fn readiness_follows_the_model_and_the_projector_and_wait_for_times_out() 
     );
     assert_eq!(headers["retry-after"], "1");
 
-    let pool = ComputePool::new("test-query", 1, Priority::Normal).unwrap();
+    let pool = ComputePool::new("test-query", 1, Priority::Normal, None).unwrap();
     app.state.set_query_encoder(Arc::new(QueryEncoder::new(
         common::model_backend().embedder().clone(),
         pool,
@@ -735,16 +734,16 @@ async fn requests_make_the_projector_yield_a_core_and_it_still_projects_everythi
         ModelBackend::shared(
             embedder.clone(),
             embedder.chunker(32, true),
-            Some(ComputePool::new("test-all", 2, Priority::Normal).unwrap()),
+            Some(ComputePool::new("test-all", 2, Priority::Normal, None).unwrap()),
         )
         .yielding_to(
             state.foreground().clone(),
-            ComputePool::new("test-narrow", 1, Priority::Normal).unwrap(),
+            ComputePool::new("test-narrow", 1, Priority::Normal, None).unwrap(),
         ),
     );
     state.set_query_encoder(Arc::new(QueryEncoder::new(
         embedder.clone(),
-        ComputePool::new("test-query", 1, Priority::Normal).unwrap(),
+        ComputePool::new("test-query", 1, Priority::Normal, None).unwrap(),
     )));
     let projector = Projector::new(store.clone(), backend.clone(), ProjectorOptions::default())
         .yielding_to(state.foreground().clone());

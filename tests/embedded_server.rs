@@ -93,7 +93,7 @@ fn allowed_cpus_of(pid: i32) -> Vec<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_projectors_server_processes_yield_and_keep_off_the_first_cpu() {
     let (pool, options) = common::fresh_database().await;
-    let background = recall::postgres::open_background_beside(&pool, 10, recall::placement::CpuSet::background())
+    let background = recall::postgres::open_background_beside(&pool, 10, recall::runtime::CpuSet::background())
         .await
         .unwrap();
     // Both pools stay open to the end of the test (only clones go in): a pool dropped here closes its
@@ -126,7 +126,7 @@ async fn the_projectors_server_processes_yield_and_keep_off_the_first_cpu() {
         .parse()
         .unwrap();
     assert_eq!(nice, 10, "the projector's server process runs at nice 10");
-    match recall::placement::CpuSet::background() {
+    match recall::runtime::CpuSet::background() {
         Some(cpus) => {
             assert_eq!(allowed_cpus_of(pid), cpus.cpus(), "kept off the first CPU");
             assert!(

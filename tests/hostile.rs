@@ -18,10 +18,10 @@ use tower::ServiceExt;
 use recall::api::{self, ApiConfig, AppState};
 use recall::commands::CommandHandler;
 use recall::domain::{Limits, Scope};
-use recall::embed::ComputePool;
 use recall::event_store::EventStore;
-use recall::placement::Priority;
 use recall::projector::{Projector, ProjectorOptions, Target};
+use recall::runtime::ComputePool;
+use recall::runtime::Priority;
 use recall::search::QueryEncoder;
 
 const TOKEN: &str = "catalogue-token";
@@ -63,7 +63,7 @@ async fn a_catalogue_of_bad_http_requests_gets_the_documented_answers_and_leaves
     let backend = common::model_backend();
     state.set_query_encoder(Arc::new(QueryEncoder::new(
         backend.embedder().clone(),
-        ComputePool::new("hostile-query", 1, Priority::Normal).unwrap(),
+        ComputePool::new("hostile-query", 1, Priority::Normal, None).unwrap(),
     )));
     let router = api::router(state);
     let auth = ("authorization", "Bearer catalogue-token");

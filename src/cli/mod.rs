@@ -140,7 +140,7 @@ fn embedded_server() -> anyhow::Result<postgres::EmbeddedServer> {
     Ok(postgres::EmbeddedServer::locate(postgres::default_home())?)
 }
 
-/// Scheduling of the threads that embed questions (see `recall::placement::Priority::Realtime`).
+/// Scheduling of the threads that embed questions (see `recall::runtime::Priority::Realtime`).
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum QueryPriority {
     Realtime,
@@ -148,10 +148,10 @@ enum QueryPriority {
 }
 
 impl QueryPriority {
-    fn priority(self) -> recall::placement::Priority {
+    fn priority(self) -> recall::runtime::Priority {
         match self {
-            QueryPriority::Realtime => recall::placement::Priority::Realtime,
-            QueryPriority::Normal => recall::placement::Priority::Normal,
+            QueryPriority::Realtime => recall::runtime::Priority::Realtime,
+            QueryPriority::Normal => recall::runtime::Priority::Normal,
         }
     }
 }

@@ -322,6 +322,7 @@ impl CustomOp1 for UnpaddedAttention<'_> {
             for row in scores.chunks_mut(len) {
                 dispatch!(softmax_row(row));
             }
+            // SAFETY: as above; the probabilities read are the len x len scores just written.
             unsafe {
                 // out[rows of s, columns of h] = P V
                 gemm::gemm(

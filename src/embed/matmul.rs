@@ -240,75 +240,103 @@ fn multiply_panel_portable(xt: &[f32], rows: usize, k: usize, panel: &[u16], til
 }
 
 /// Any number of rows, in register blocks of AVX2_ROWS.
+///
+/// # Safety
+/// The CPU has the target features below, and the slices hold the sizes stated.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn multiply_panel_avx2(xt: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32]) {
-    for r0 in (0..rows).step_by(AVX2_ROWS) {
-        let n = AVX2_ROWS.min(rows - r0);
-        avx2_block(&xt[r0..], rows, n, k, panel, &mut tile[r0 * PANEL..]);
+    // SAFETY: the caller checked avx2, fma and f16c (the target features) and the slice bounds that
+    // `avx2_block` relies on: each block starts at row r0 < rows of `xt`'s k-major layout.
+    unsafe {
+        for r0 in (0..rows).step_by(AVX2_ROWS) {
+            let n = AVX2_ROWS.min(rows - r0);
+            avx2_block(&xt[r0..], rows, n, k, panel, &mut tile[r0 * PANEL..]);
+        }
     }
 }
 
 /// Up to AVX2_ROWS rows of a k-major block of `stride` rows; `xt` and `tile` start at the first of them.
+///
+/// # Safety
+/// The CPU has the target features below, and the slices hold the sizes stated.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_block(xt: &[f32], stride: usize, rows: usize, k: usize, panel: &[u16], tile: &mut [f32]) {
-    use std::arch::x86_64::*;
-    debug_assert!(rows <= AVX2_ROWS && xt.len() > (k - 1) * stride + rows - 1 && tile.len() >= rows * PANEL);
-    let mut acc = [[_mm256_setzero_ps(); 2]; AVX2_ROWS];
-    let w = panel.as_ptr();
-    let xp = xt.as_ptr();
-    for kk in 0..k {
-        let w0 = _mm256_cvtph_ps(_mm_loadu_si128(w.add(kk * PANEL) as *const __m128i));
-        let w1 = _mm256_cvtph_ps(_mm_loadu_si128(w.add(kk * PANEL + 8) as *const __m128i));
-        // The row count is fixed per call; the branches predict perfectly.
-        for (r, a) in acc.iter_mut().enumerate().take(rows) {
-            let xv = _mm256_set1_ps(*xp.add(kk * stride + r));
-            a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
-            a[1] = _mm256_fmadd_ps(xv, w1, a[1]);
+    // SAFETY: every pointer read is below xt.len() (kk * stride + r < (k - 1) * stride + rows) or
+    // panel.len() (kk * PANEL + 16 <= k * PANEL), every write below rows * PANEL <= tile.len(): the debug
+    // assertion states it, and `multiply_panel` checks the sizes before dispatching here.
+    unsafe {
+        use std::arch::x86_64::*;
+        debug_assert!(rows <= AVX2_ROWS && xt.len() > (k - 1) * stride + rows - 1 && tile.len() >= rows * PANEL);
+        let mut acc = [[_mm256_setzero_ps(); 2]; AVX2_ROWS];
+        let w = panel.as_ptr();
+        let xp = xt.as_ptr();
+        for kk in 0..k {
+            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(w.add(kk * PANEL) as *const __m128i));
+            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(w.add(kk * PANEL + 8) as *const __m128i));
+            // The row count is fixed per call; the branches predict perfectly.
+            for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                let xv = _mm256_set1_ps(*xp.add(kk * stride + r));
+                a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
+                a[1] = _mm256_fmadd_ps(xv, w1, a[1]);
+            }
         }
-    }
-    for (r, a) in acc.iter().enumerate().take(rows) {
-        _mm256_storeu_ps(tile.as_mut_ptr().add(r * PANEL), a[0]);
-        _mm256_storeu_ps(tile.as_mut_ptr().add(r * PANEL + 8), a[1]);
+        for (r, a) in acc.iter().enumerate().take(rows) {
+            _mm256_storeu_ps(tile.as_mut_ptr().add(r * PANEL), a[0]);
+            _mm256_storeu_ps(tile.as_mut_ptr().add(r * PANEL + 8), a[1]);
+        }
     }
 }
 
 /// The row count picks a kernel compiled for it, so that its accumulators are registers, not an
 /// array indexed at run time.
+///
+/// # Safety
+/// The CPU has the target features below, and the slices hold the sizes stated.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn multiply_panel_avx512(xt: &[f32], rows: usize, k: usize, panel: &[u16], tile: &mut [f32]) {
-    macro_rules! by_rows {
-        ($($r:literal)*) => {
-            match rows {
-                $($r => panel_avx512::<$r>(xt, k, panel, tile),)*
-                _ => unreachable!("multiply_panel checks 1 <= rows <= ROW_BLOCK"),
-            }
-        };
+    // SAFETY: the caller checked avx512f; each arm passes the sizes on unchanged.
+    unsafe {
+        macro_rules! by_rows {
+            ($($r:literal)*) => {
+                match rows {
+                    $($r => panel_avx512::<$r>(xt, k, panel, tile),)*
+                    _ => unreachable!("multiply_panel checks 1 <= rows <= ROW_BLOCK"),
+                }
+            };
+        }
+        by_rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24)
     }
-    by_rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24)
 }
 
 /// R rows (k-major) against one panel: per step of k, one load widening 16 binary16 weights and R fused
 /// multiply-adds whose x operand is broadcast from memory, at offsets fixed at compile time.
+///
+/// # Safety
+/// The CPU has the target features below, and the slices hold the sizes stated.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn panel_avx512<const R: usize>(xt: &[f32], k: usize, panel: &[u16], tile: &mut [f32]) {
-    use std::arch::x86_64::*;
-    debug_assert!(xt.len() >= R * k && panel.len() >= k * PANEL && tile.len() >= R * PANEL);
-    let mut acc = [_mm512_setzero_ps(); R];
-    let w = panel.as_ptr();
-    let xp = xt.as_ptr();
-    for kk in 0..k {
-        let wv = _mm512_cvtph_ps(_mm256_loadu_si256(w.add(kk * PANEL) as *const __m256i));
-        let step = xp.add(kk * R);
-        for (r, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_fmadd_ps(_mm512_set1_ps(*step.add(r)), wv, *a);
+    // SAFETY: reads stay below R * k of `xt` and k * PANEL of `panel`, writes below R * PANEL of `tile`
+    // (the debug assertion; `multiply_panel` checks the sizes before dispatching here).
+    unsafe {
+        use std::arch::x86_64::*;
+        debug_assert!(xt.len() >= R * k && panel.len() >= k * PANEL && tile.len() >= R * PANEL);
+        let mut acc = [_mm512_setzero_ps(); R];
+        let w = panel.as_ptr();
+        let xp = xt.as_ptr();
+        for kk in 0..k {
+            let wv = _mm512_cvtph_ps(_mm256_loadu_si256(w.add(kk * PANEL) as *const __m256i));
+            let step = xp.add(kk * R);
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(*step.add(r)), wv, *a);
+            }
         }
-    }
-    for (r, a) in acc.iter().enumerate() {
-        _mm512_storeu_ps(tile.as_mut_ptr().add(r * PANEL), *a);
+        for (r, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(tile.as_mut_ptr().add(r * PANEL), *a);
+        }
     }
 }
 

@@ -9,14 +9,12 @@ mod files;
 mod kernels;
 mod matmul;
 mod model;
-mod pool;
 
 use thiserror::Error;
 
 pub use chunker::{Chunk, ChunkOptions, Chunker, MAX_CHUNK_CHARS};
 pub use files::{ModelFiles, ModelIdentity, ModelSource, DEFAULT_MODEL};
 pub use model::{DevicePreference, Embedder, EmbedderOptions, EncoderKind};
-pub use pool::ComputePool;
 
 #[derive(Debug, Error)]
 pub enum EmbedError {

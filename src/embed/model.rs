@@ -90,29 +90,9 @@ fn select_device(preference: DevicePreference) -> Result<Device, EmbedError> {
     }
 }
 
-/// Candle allocates a fresh buffer for every tensor operation. glibc serves buffers over 128 KiB with
-/// mmap and returns them with munmap, so every operation page-faults its output in anew; profiles of the
-/// straightforward path put ~30% of the time there. Keeping large blocks in the heap lets them be reused.
-/// The top pad is measured, its reason inferred: the forward pass runs on pool threads, whose allocations
-/// come from per-thread arenas that glibc shrinks (to fault in again) as their top frees up unless it is
-/// padded. It took `recall-bench embed` from 5,000-5,200 to 5,750-6,290 tokens/s here, peak RSS 392-468 MB
-/// against 491.
-fn keep_large_allocations_in_the_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds; it is safe to call at any time.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
-        libc::mallopt(libc::M_TOP_PAD, 128 << 20);
-    }
-}
-
 impl Embedder {
     #[tracing::instrument(skip_all)]
     pub fn load(source: &ModelSource, options: EmbedderOptions) -> Result<Self, EmbedError> {
-        if std::env::var_os("RECALL_NO_MALLOPT").is_none() {
-            keep_large_allocations_in_the_heap();
-        }
         let files = ModelFiles::resolve(source)?;
         let device = select_device(options.device)?;
         let mut tokenizer = Tokenizer::from_file(&files.tokenizer).map_err(|e| EmbedError::InvalidFile {

@@ -7,7 +7,6 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -96,8 +95,7 @@ impl EmbeddedServer {
                 control: control.display().to_string(),
             });
         }
-        // SAFETY: geteuid has no preconditions.
-        let run_as = if unsafe { libc::geteuid() } == 0 {
+        let run_as = if rustix::process::geteuid().is_root() {
             let name = std::env::var("RECALL_PG_USER").unwrap_or_else(|_| "nobody".into());
             Some(lookup_user(&name)?)
         } else {
@@ -196,10 +194,9 @@ impl EmbeddedServer {
             .write(true)
             .open(&lock_path)
             .map_err(io(format!("opening {}", lock_path.display())))?;
-        // SAFETY: the descriptor is valid for the life of `file`; flock blocks until we hold the lock.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io("locking the recall home")(std::io::Error::last_os_error()));
-        }
+        // Blocks until we hold the lock.
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io("locking the recall home")(e.into()))?;
         Ok(file)
     }
 

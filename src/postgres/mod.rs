@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::placement::{self, CpuSet};
+use crate::runtime::{self, CpuSet};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 use thiserror::Error;
@@ -67,8 +67,7 @@ pub fn default_home() -> PathBuf {
     if let Some(home) = std::env::var_os("RECALL_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(home);
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().is_root() {
         return PathBuf::from("/var/lib/recall");
     }
     if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|h| !h.is_empty()) {
@@ -211,9 +210,9 @@ async fn open_pool(
                     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
                         .fetch_one(&mut *conn)
                         .await?;
-                    placement::renice(pid, niceness);
+                    runtime::renice(pid, niceness);
                     if let Some(cpus) = &cpus {
-                        placement::pin(pid, cpus);
+                        runtime::pin(pid, cpus);
                     }
                 }
                 Ok(())

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::embed::{Chunk, Chunker, ComputePool, EmbedError, Embedder, ModelIdentity};
+use crate::embed::{Chunk, Chunker, EmbedError, Embedder, ModelIdentity};
+use crate::runtime::ComputePool;
 
 use super::Foreground;
 

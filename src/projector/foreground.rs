@@ -9,7 +9,7 @@
 //! changed nothing. And the free core has to be a fixed one: a process woken by another is often queued
 //! on the CPU it last ran on and, when that one runs the projector, waits there for its tick even while
 //! the other CPU idles (`perf sched`, even behind a SCHED_IDLE model thread), so the narrow pool and the
-//! projector's database processes keep off the first CPU (`crate::placement`).
+//! projector's database processes keep off the first CPU (`crate::runtime`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

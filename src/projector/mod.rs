@@ -205,27 +205,18 @@ impl Projector {
         self
     }
 
-    /// The projector as `recall serve` runs it beside the API: model threads at `priority` on pools of
-    /// `threads` and one fewer, yielding a core to `foreground` traffic (give `Foreground::never()` to
-    /// keep every core busy). `store` should be on a pool opened with `postgres::open_background`.
+    /// The projector as `recall serve` runs it beside the API: model threads on the pools of `cpu`,
+    /// yielding a core to `foreground` traffic (give `Foreground::never()` to keep every core busy).
+    /// `store` should be on a pool opened with `postgres::open_background_beside`.
     pub fn beside_api(
         store: EventStore,
-        embedder: Arc<crate::embed::Embedder>,
-        chunker: crate::embed::Chunker,
-        threads: usize,
-        priority: crate::placement::Priority,
+        model: (Arc<crate::embed::Embedder>, crate::embed::Chunker),
+        cpu: &crate::runtime::CpuPolicy,
         foreground: Foreground,
         options: ProjectorOptions,
-    ) -> Result<Self, crate::embed::EmbedError> {
-        let all = crate::embed::ComputePool::new("recall-project", threads, priority)?;
-        // While requests arrive, the narrow pool (and the projector's database processes, see
-        // `postgres::open_background_beside`) keep off the first CPU: see `crate::placement` for why.
-        let narrow = crate::embed::ComputePool::pinned(
-            "recall-narrow",
-            threads.saturating_sub(1).max(1),
-            priority,
-            crate::placement::CpuSet::background(),
-        )?;
+    ) -> Result<Self, crate::runtime::PoolError> {
+        let (embedder, chunker) = model;
+        let (all, narrow) = cpu.projector_pools()?;
         let backend = ModelBackend::shared(embedder, chunker, Some(all)).yielding_to(foreground.clone(), narrow);
         Ok(Projector::new(store, Arc::new(backend), options).yielding_to(foreground))
     }

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::embed::{ComputePool, EmbedError, Embedder};
+use crate::embed::{EmbedError, Embedder};
+use crate::runtime::ComputePool;
 
 pub struct QueryEncoder {
     embedder: Arc<Embedder>,

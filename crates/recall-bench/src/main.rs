@@ -28,12 +28,19 @@ use soak::{run_soak, SoakConfig};
 #[derive(Parser)]
 #[command(name = "recall-bench", version, about = "Measure recall's throughput and latency", long_about = None)]
 struct Cli {
+    /// Leave glibc's allocator at its defaults (`recall` keeps large blocks in the heap: see
+    /// `recall::runtime::keep_large_allocations_in_the_heap`), to measure what that setting buys.
+    #[arg(long, global = true)]
+    default_allocator: bool,
     #[command(subcommand)]
     what: BenchCommand,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !cli.default_allocator {
+        recall::runtime::keep_large_allocations_in_the_heap();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RECALL_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

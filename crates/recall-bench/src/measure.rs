@@ -19,6 +19,8 @@ pub enum BenchError {
     #[error(transparent)]
     Command(#[from] CommandError),
     #[error(transparent)]
+    Threads(#[from] recall::runtime::PoolError),
+    #[error(transparent)]
     Search(#[from] SearchError),
     #[error(transparent)]
     Embed(#[from] EmbedError),

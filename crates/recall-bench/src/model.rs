@@ -3,7 +3,7 @@
 use clap::{Args, ValueEnum};
 
 use recall::embed::{DevicePreference, Embedder, EmbedderOptions, EncoderKind, ModelSource};
-use recall::placement::Priority;
+use recall::runtime::Priority;
 
 #[derive(Args, Clone)]
 pub struct ModelArgs {

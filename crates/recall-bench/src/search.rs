@@ -14,10 +14,11 @@ use serde_json::json;
 use recall::api::{ApiConfig, AppState};
 use recall::commands::CommandHandler;
 use recall::domain::{DocumentContent, DocumentKey};
-use recall::embed::{ChunkOptions, ComputePool, Embedder};
+use recall::embed::{ChunkOptions, Embedder};
 use recall::event_store::EventStore;
-use recall::placement::Priority;
 use recall::projector::{ModelBackend, Projector, ProjectorError, ProjectorOptions, Target};
+use recall::runtime::ComputePool;
+use recall::runtime::{CpuPolicy, Priority};
 use recall::search::{self, Query, QueryEncoder, SearchMode, SearchRequest};
 use recall::server::{self, InProcessProjector, Model, ServerConfig};
 
@@ -105,7 +106,7 @@ pub async fn run_search_bench(
     sqlx::query("VACUUM ANALYZE chunks").execute(&pool).await?;
     let encoder = Arc::new(QueryEncoder::new(
         embedder.clone(),
-        ComputePool::new("bench-recall", config.threads, Priority::Normal)?,
+        ComputePool::new("bench-recall", config.threads, Priority::Normal, None)?,
     ));
     let (recall_at_10, recall_queries) = hnsw_recall(&pool, &encoder, &queries, config.recall_queries).await?;
     drop(encoder);
@@ -126,8 +127,7 @@ pub async fn run_search_bench(
                 },
                 yield_to_requests: config.yield_to_requests,
             }),
-            threads: config.threads,
-            query_priority: config.query_priority,
+            cpu: CpuPolicy::beside_api(config.threads, config.query_priority),
         },
         store,
         listener,

@@ -13,8 +13,8 @@ use serde_json::json;
 
 use recall::embed::Embedder;
 use recall::event_store::EventStore;
-use recall::placement::Priority;
 use recall::projector::ProjectorError;
+use recall::runtime::{CpuPolicy, Priority};
 use recall::server::{self, Model, ServerConfig};
 
 use crate::measure::{BenchError, Latency};
@@ -187,8 +187,7 @@ pub async fn run_soak(
         .map_err(|e| BenchError::Http(e.to_string()))?;
     let mut server = server::start(
         ServerConfig {
-            threads: config.threads,
-            query_priority: config.query_priority,
+            cpu: CpuPolicy::beside_api(config.threads, config.query_priority),
             ..ServerConfig::default()
         },
         store.clone(),

@@ -3,38 +3,46 @@
 //! queueing behind a projector batch; a lower priority on the bulk pool's threads lets the kernel's
 //! scheduler hand the cores to the query whenever both want them.
 
-use super::EmbedError;
-use crate::placement::{self, CpuSet, Priority};
+use thiserror::Error;
+
+use super::os;
+use super::{CpuSet, Priority};
+
+#[derive(Debug, Error)]
+#[error("cannot start the {name} threads: {reason}")]
+pub struct PoolError {
+    name: &'static str,
+    reason: String,
+}
 
 pub struct ComputePool {
     pool: rayon::ThreadPool,
 }
 
 impl ComputePool {
-    /// `threads` workers named `name-N`, each at the given priority.
-    pub fn new(name: &'static str, threads: usize, priority: Priority) -> Result<Self, EmbedError> {
-        Self::pinned(name, threads, priority, None)
-    }
-
-    /// As `new`, with every worker restricted to `cpus` when given (see `crate::placement` for why).
-    pub fn pinned(
+    /// `threads` workers named `name-N`, each at `priority` and, given `cpus`, only on those (see
+    /// `crate::runtime` for why).
+    pub fn new(
         name: &'static str,
         threads: usize,
         priority: Priority,
         cpus: Option<CpuSet>,
-    ) -> Result<Self, EmbedError> {
+    ) -> Result<Self, PoolError> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(move |i| format!("{name}-{i}"))
             .start_handler(move |_| {
-                let thread = placement::current_thread();
-                placement::set_priority(thread, priority);
+                let thread = os::current_thread();
+                os::set_priority(thread, priority);
                 if let Some(cpus) = &cpus {
-                    placement::pin(thread, cpus);
+                    os::pin(thread, cpus);
                 }
             })
             .build()
-            .map_err(|e| EmbedError::Model(candle_core::Error::Msg(format!("cannot start the {name} threads: {e}"))))?;
+            .map_err(|e| PoolError {
+                name,
+                reason: e.to_string(),
+            })?;
         Ok(ComputePool { pool })
     }
 
