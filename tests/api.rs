@@ -704,6 +704,37 @@ async fn the_openapi_document_and_the_router_agree() {
     }
     // Every route of api::router, by method.
     assert_eq!(described, 10, "the spec and the router list different routes");
+
+    // Generated from the types the handlers use: the bounds and the refusals' shape come with them.
+    let schemas = &spec["components"]["schemas"];
+    assert_eq!(spec["openapi"], "3.1.0");
+    assert_eq!(
+        schemas["SearchRequest"]["properties"]["k"]["maximum"], 100,
+        "{}",
+        schemas["SearchRequest"]
+    );
+    assert_eq!(schemas["SearchRequest"]["additionalProperties"], false);
+    assert_eq!(schemas["NewDocument"]["required"], json!(["text"]));
+    assert!(
+        schemas["SearchHit"]["properties"]["char_start"].is_object(),
+        "{}",
+        schemas["SearchHit"]
+    );
+    assert_eq!(
+        schemas["Error"]["properties"]["error"]["$ref"],
+        "#/components/schemas/ErrorDetail"
+    );
+    assert_eq!(spec["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    let add = &paths["/v1/documents"]["post"];
+    assert_eq!(
+        add["responses"]["201"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/CommandResult"
+    );
+    assert!(add["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header"));
 }
 
 #[tokio::test]

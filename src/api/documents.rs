@@ -1,7 +1,6 @@
 //! `/v1/documents`: add, replace, remove (commands: they answer once the event is committed), and reads
 //! of one document from the read model and of its history from the log.
 
-use crate::read_model::{self, ProjectedDocument};
 use std::time::Instant;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -9,39 +8,119 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::commands::{CommandContext, CommandOutcome};
 use crate::domain::{DocumentCommand, DocumentContent, DocumentId, DocumentKey, Metadata, Scope, Text, Title};
+use crate::read_model::{self, ProjectedDocument};
 
-#[derive(Deserialize)]
+/// A new document.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = NewDocument)]
 pub struct AddBody {
+    /// 1 to 256 of A-Z a-z 0-9 . _ : / @ -; generated when absent.
     id: Option<String>,
+    /// The document's scope (tenant or collection); `default` when absent.
     scope: Option<String>,
     title: Option<String>,
     text: String,
+    /// A JSON object; searches can filter on it.
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
 }
 
 /// A replacement: what is left out becomes empty (PUT replaces the whole document).
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Replacement)]
 pub struct ReplaceBody {
     title: Option<String>,
     text: String,
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DocumentQuery {
+    /// The document's scope (tenant or collection); `default` when absent.
     scope: Option<String>,
-    /// For reads: wait until the read model has passed this position first.
+    /// For reads: wait until the read model has passed this log position first (read-your-writes);
+    /// 504 on timeout.
+    #[param(minimum = 0)]
     wait_for: Option<i64>,
+}
+
+/// What a command did.
+#[derive(Serialize, ToSchema)]
+pub struct CommandResult {
+    scope: String,
+    id: String,
+    /// The document's version after the command (its ETag).
+    version: u64,
+    /// The appended event's log position (pass it as `wait_for`); null when nothing was appended.
+    position: Option<i64>,
+    status: CommandStatus,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandStatus {
+    Appended,
+    Unchanged,
+}
+
+/// A document as the read model has it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Document)]
+pub struct DocumentView {
+    scope: String,
+    id: String,
+    version: u64,
+    title: String,
+    text: String,
+    #[schema(value_type = Object)]
+    metadata: Value,
+    /// Its current chunks.
+    chunks: i64,
+    /// The log position of the event this state was projected from.
+    projected_at: i64,
+    /// The receipt: the log position the read model reflected.
+    position: i64,
+}
+
+/// Every event of a document, oldest first.
+#[derive(Serialize, ToSchema)]
+pub struct History {
+    scope: String,
+    id: String,
+    events: Vec<HistoryEvent>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct HistoryEvent {
+    position: i64,
+    version: i64,
+    event_id: Uuid,
+    #[serde(rename = "type")]
+    event_type: String,
+    schema_version: i32,
+    recorded_at: DateTime<Utc>,
+    actor: Option<String>,
+    correlation_id: Option<Uuid>,
+    /// The event's payload as stored (JSON).
+    #[schema(value_type = Object)]
+    payload: Value,
+    /// SHA-256 over the event and the previous hash (hex): the chain `recall verify` checks.
+    hash: String,
 }
 
 fn key(scope: Option<&str>, id: &str) -> Result<DocumentKey, ApiError> {
@@ -149,17 +228,17 @@ fn answer(key: &DocumentKey, outcome: CommandOutcome, created: bool) -> Response
             if created { StatusCode::CREATED } else { StatusCode::OK },
             version,
             Some(position),
-            "appended",
+            CommandStatus::Appended,
         ),
-        CommandOutcome::Unchanged { version } => (StatusCode::OK, version, None, "unchanged"),
+        CommandOutcome::Unchanged { version } => (StatusCode::OK, version, None, CommandStatus::Unchanged),
     };
-    let body = json!({
-        "scope": key.scope.as_str(),
-        "id": key.id.as_str(),
-        "version": version,
-        "position": position,
-        "status": label,
-    });
+    let body = CommandResult {
+        scope: key.scope.as_str().to_owned(),
+        id: key.id.as_str().to_owned(),
+        version,
+        position,
+        status: label,
+    };
     let mut response = (status, Json(body)).into_response();
     response.headers_mut().insert(header::ETAG, etag(version));
     if created {
@@ -175,6 +254,19 @@ fn answer(key: &DocumentKey, outcome: CommandOutcome, created: bool) -> Response
     response
 }
 
+/// Add a document.
+#[utoipa::path(post, path = "/v1/documents",
+    params(("Idempotency-Key" = Option<Uuid>, Header, description = "Makes a retried command a no-op: the same key and content is appended once.")),
+    request_body = AddBody,
+    responses(
+        (status = 201, description = "Appended; `position` is the event's log position (pass it as wait_for).", body = CommandResult),
+        (status = 200, description = "The same content was already there; nothing appended.", body = CommandResult),
+        (status = 400, description = "Invalid JSON, an unknown field or an invalid document (the message names it).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 409, description = "The document already exists with other content.", body = ErrorBody),
+        (status = 413, description = "The body or the text is over the size limit.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; nothing was written. Retry after the Retry-After seconds.", body = ErrorBody),
+    ))]
 pub async fn add(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -196,6 +288,21 @@ pub async fn add(
     ))
 }
 
+/// Replace a document's title, text and metadata.
+#[utoipa::path(put, path = "/v1/documents/{id}",
+    params(("id" = String, Path, description = "The document id; percent-encode `/` as %2F."), DocumentQuery, ("If-Match" = Option<String>, Header, description = "The version the document must be at (its ETag); 409 when it is not."), ("Idempotency-Key" = Option<Uuid>, Header, description = "Makes a retried command a no-op: the same key and content is appended once.")),
+    request_body = ReplaceBody,
+    responses(
+        (status = 200, description = "Appended (or unchanged).", body = CommandResult),
+        (status = 400, description = "Invalid JSON, an unknown field or an invalid document (the message names it).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 404, description = "No such document.", body = ErrorBody),
+        (status = 409, description = "Version conflict (If-Match).", body = ErrorBody),
+        (status = 410, description = "The document was removed; add it again.", body = ErrorBody),
+        (status = 412, description = "If-Match is not a version (a weak ETag, or not a number).", body = ErrorBody),
+        (status = 413, description = "The body or the text is over the size limit.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; nothing was written.", body = ErrorBody),
+    ))]
 pub async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -216,6 +323,17 @@ pub async fn update(
     Ok(answer(&key, outcome, false))
 }
 
+/// Remove a document.
+#[utoipa::path(delete, path = "/v1/documents/{id}",
+    params(("id" = String, Path, description = "The document id; percent-encode `/` as %2F."), DocumentQuery, ("If-Match" = Option<String>, Header, description = "The version the document must be at (its ETag); 409 when it is not."), ("Idempotency-Key" = Option<Uuid>, Header, description = "Makes a retried command a no-op: the same key and content is appended once.")),
+    responses(
+        (status = 200, description = "Appended.", body = CommandResult),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 404, description = "No such document.", body = ErrorBody),
+        (status = 409, description = "Version conflict (If-Match).", body = ErrorBody),
+        (status = 410, description = "Already removed.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; nothing was written.", body = ErrorBody),
+    ))]
 pub async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -232,7 +350,16 @@ pub async fn remove(
     Ok(answer(&key, outcome, false))
 }
 
-/// One document as the read model has it (the text from the event it was projected from).
+/// One document as the read model has it.
+#[utoipa::path(get, path = "/v1/documents/{id}",
+    params(("id" = String, Path, description = "The document id; percent-encode `/` as %2F."), DocumentQuery),
+    responses(
+        (status = 200, description = "The document, with the receipt.", body = DocumentView),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 404, description = "Not in the read model (not added, or not projected yet).", body = ErrorBody),
+        (status = 410, description = "Removed.", body = ErrorBody),
+        (status = 504, description = "wait_for timed out.", body = ErrorBody),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -264,17 +391,17 @@ pub async fn get(
         ));
     }
     let version = row.version as u64;
-    let mut response = Json(json!({
-        "scope": key.scope.as_str(),
-        "id": key.id.as_str(),
-        "version": version,
-        "title": row.title,
-        "text": row.text,
-        "metadata": row.metadata,
-        "chunks": row.chunks,
-        "projected_at": row.position,
-        "position": row.checkpoint,
-    }))
+    let mut response = Json(DocumentView {
+        scope: key.scope.as_str().to_owned(),
+        id: key.id.as_str().to_owned(),
+        version,
+        title: row.title,
+        text: row.text,
+        metadata: row.metadata,
+        chunks: row.chunks,
+        projected_at: row.position,
+        position: row.checkpoint,
+    })
     .into_response();
     response.headers_mut().insert(header::ETAG, etag(version));
     Ok(response)
@@ -287,6 +414,13 @@ async fn read_document(state: &AppState, key: &DocumentKey) -> Result<Option<Pro
 }
 
 /// Every event of one document, oldest first, straight from the log.
+#[utoipa::path(get, path = "/v1/documents/{id}/history",
+    params(("id" = String, Path, description = "The document id; percent-encode `/` as %2F."), DocumentQuery),
+    responses(
+        (status = 200, description = "The events.", body = History),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 404, description = "No such document.", body = ErrorBody),
+    ))]
 pub async fn history(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -303,22 +437,25 @@ pub async fn history(
             key.scope.as_str()
         )));
     }
-    let events: Vec<Value> = events
+    let events = events
         .into_iter()
-        .map(|e| {
-            json!({
-                "position": e.position,
-                "version": e.version,
-                "event_id": e.event_id,
-                "type": e.event_type,
-                "schema_version": e.schema_version,
-                "recorded_at": e.recorded_at,
-                "actor": e.actor,
-                "correlation_id": e.correlation_id,
-                "payload": serde_json::from_str::<Value>(&e.payload).unwrap_or(Value::String(e.payload)),
-                "hash": hex::encode(&e.hash),
-            })
+        .map(|e| HistoryEvent {
+            position: e.position,
+            version: e.version,
+            event_id: e.event_id,
+            event_type: e.event_type,
+            schema_version: e.schema_version,
+            recorded_at: e.recorded_at,
+            actor: e.actor,
+            correlation_id: e.correlation_id,
+            payload: serde_json::from_str::<Value>(&e.payload).unwrap_or(Value::String(e.payload)),
+            hash: hex::encode(&e.hash),
         })
         .collect();
-    Ok(Json(json!({"scope": key.scope.as_str(), "id": key.id.as_str(), "events": events})).into_response())
+    Ok(Json(History {
+        scope: key.scope.as_str().to_owned(),
+        id: key.id.as_str().to_owned(),
+        events,
+    })
+    .into_response())
 }

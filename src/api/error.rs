@@ -4,7 +4,6 @@
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::commands::CommandError;
 use crate::domain::DomainError;
@@ -66,9 +65,29 @@ impl ApiError {
     }
 }
 
+/// Every refusal's body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable, machine-readable code (`not_found`, `conflict`, `unavailable`, ...).
+    pub code: &'static str,
+    /// What was wrong and how to fix it.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = axum::Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let body = axum::Json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        });
         let mut response = (self.status, body).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response

@@ -4,8 +4,8 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
+use super::error::{ErrorBody, ErrorDetail};
 use super::{ApiError, AppState, ProjectorState};
 use crate::postgres::MIGRATOR;
 use crate::read_model;
@@ -14,13 +14,42 @@ use crate::read_model;
 /// are a restart of the database or a lost race, and cure themselves).
 const UNREADY_AFTER_ATTEMPTS: u32 = 3;
 
-/// The process is up and serving HTTP.
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Liveness {
+    status: &'static str,
+}
+
+/// Readiness, with each check's state (`ok`, or why not).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    status: &'static str,
+    checks: Checks,
+    /// When not ready: the same error object as every other refusal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorDetail>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Checks {
+    database: String,
+    model: String,
+    /// `running`, `starting`, `external` (`--no-projector`), or why it is not keeping up.
+    projector: String,
+}
+
+/// Liveness: the process is up and serving HTTP.
+#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, description = "Up", body = Liveness)))]
+pub async fn healthz() -> Json<Liveness> {
+    Json(Liveness { status: "ok" })
 }
 
 /// Ready for every endpoint: the database answers, its migrations are this build's, the model is
 /// loaded and the in-process projector (if any) has not failed.
+#[utoipa::path(get, path = "/readyz", security(()), responses(
+    (status = 200, description = "Ready", body = Readiness),
+    (status = 503, description = "Not ready; `checks` says why", body = Readiness),
+))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let database = match sqlx::query_scalar::<_, Option<i64>>("SELECT max(version) FROM _sqlx_migrations WHERE success")
         .fetch_one(state.pool())
@@ -56,14 +85,18 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .into_iter()
         .filter_map(|(name, check)| check.as_ref().err().map(|e| format!("{name}: {e}")))
         .collect();
-    let mut body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "checks": {"database": show(database), "model": show(model), "projector": show(projector)},
-    });
-    if !ready {
-        // The same error object as every other refusal, beside the checks.
-        body["error"] = json!({"code": "not_ready", "message": format!("not ready: {}", failing.join("; "))});
-    }
+    let body = Readiness {
+        status: if ready { "ready" } else { "not_ready" },
+        checks: Checks {
+            database: show(database),
+            model: show(model),
+            projector: show(projector),
+        },
+        error: (!ready).then(|| ErrorDetail {
+            code: "not_ready",
+            message: format!("not ready: {}", failing.join("; ")),
+        }),
+    };
     let status = if ready {
         StatusCode::OK
     } else {
@@ -74,6 +107,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 /// The Prometheus text exposition: this process's counters and histograms, then the read model's
 /// lag and parked failures as the database reports them.
+#[utoipa::path(get, path = "/metrics", responses(
+    (status = 200, description = "Prometheus text-format metrics", body = String, content_type = "text/plain"),
+    (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let stats = match state.projector() {
         ProjectorState::Running(stats) => Some(stats),
@@ -91,6 +128,8 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", security(()), responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
 pub async fn openapi_document() -> Json<serde_json::Value> {
     Json(super::openapi())
 }

@@ -7,31 +7,64 @@ use axum::extract::{Query, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::domain::Scope;
 use crate::search::{self, SearchMode, SearchRequest, SearchResponse};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SearchRequest)]
 pub struct SearchBody {
+    /// The question, in natural language (at most 16 KiB).
     query: String,
+    /// How many results.
+    #[schema(minimum = 1, maximum = 100, default = 10)]
     k: Option<usize>,
+    /// Embeddings, BM25, or both fused by reciprocal rank (the default).
     mode: Option<SearchMode>,
+    /// Only this scope's documents.
     scope: Option<String>,
+    /// Metadata the documents must contain (a JSON object).
+    #[schema(value_type = Option<Object>)]
     filter: Option<Value>,
+    /// Search as of this log position (a receipt).
+    #[schema(minimum = 0)]
     as_of: Option<i64>,
+    /// Wait until the read model has passed this log position first.
+    #[schema(minimum = 0)]
     wait_for: Option<i64>,
+    /// Each document once, at its best chunk: up to k distinct documents.
+    #[schema(default = false)]
     distinct_documents: Option<bool>,
+    /// With distinct_documents: each result lists its document's other matching chunks.
+    #[schema(default = false)]
     other_chunks: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SearchParams {
+    /// Wait until the read model has passed this log position first (as the body's `wait_for`).
+    #[param(minimum = 0)]
     wait_for: Option<i64>,
 }
 
+/// The chunks nearest a question, with a receipt.
+#[utoipa::path(post, path = "/v1/search",
+    params(SearchParams),
+    request_body = SearchBody,
+    responses(
+        (status = 200, description = "Results, best first, and the receipt position.", body = SearchResponse),
+        (status = 400, description = "Invalid request (an empty or over-long query, k out of 1..100, a bad filter or as_of, unknown field).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 409, description = "as_of is ahead of what the read model reflects.", body = ErrorBody),
+        (status = 503, description = "The model is loading, there is no read model yet, or the database is unavailable.", body = ErrorBody),
+        (status = 504, description = "wait_for timed out.", body = ErrorBody),
+    ))]
 pub async fn search(
     State(state): State<AppState>,
     params: Result<Query<SearchParams>, QueryRejection>,

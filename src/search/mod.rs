@@ -58,7 +58,7 @@ const HNSW_EF_SEARCH: usize = 140;
 /// Reciprocal rank fusion's constant: a hit at rank r adds 1 / (RRF_K + r).
 const RRF_K: f64 = 60.0;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SearchMode {
     /// Nearest chunks by cosine similarity of embeddings.
@@ -154,7 +154,7 @@ pub struct Query<'a> {
     pub vector: Option<&'a [f32]>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct SearchHit {
     pub scope: String,
     pub document_id: String,
@@ -162,9 +162,12 @@ pub struct SearchHit {
     /// Cosine similarity (dense), BM25 (lexical) or the fused reciprocal-rank score (hybrid).
     pub score: f64,
     pub title: String,
+    /// The chunk's text.
     pub text: String,
+    /// Where the chunk lies in the document's text, in characters (Unicode scalar values), end exclusive.
     pub char_start: i32,
     pub char_end: i32,
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     /// With `distinct_documents` and `other_chunks`: the document's other matching chunks, best first.
     #[sqlx(skip)]
@@ -173,7 +176,7 @@ pub struct SearchHit {
 }
 
 /// Where another matching chunk of a document lies, and how well it matched.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChunkMatch {
     pub chunk_index: i32,
     pub char_start: i32,
@@ -181,7 +184,7 @@ pub struct ChunkMatch {
     pub score: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SearchResponse {
     /// The receipt: the log position the read model reflected when it answered. Searching again with
     /// `as_of` set to it gives the same results later.
