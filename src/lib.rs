@@ -10,6 +10,7 @@
 //!   a projected document, read-your-writes waits.
 //! - [`search`]: dense search over current chunks, or as of a past position, with a receipt.
 //! - [`api`]: the HTTP API over commands, the read model and search.
+//! - [`mcp`]: the same operations as Model Context Protocol tools and resources (stdio, `/mcp`).
 //! - [`server`]: the running service assembled once (API, query model, projector): `recall serve`,
 //!   the benchmarks and the tests start it there.
 //! - [`embed`]: model files, tokenizer, token-aware chunker, token-budget batches, Candle BERT, pooling.
@@ -27,6 +28,7 @@ pub mod embed;
 pub mod eval;
 pub mod event_store;
 pub mod ingest;
+pub mod mcp;
 pub mod postgres;
 pub mod projector;
 pub mod read_model;

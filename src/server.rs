@@ -93,7 +93,8 @@ impl Default for ServerConfig {
 
 /// A started server: its address and state, until it is shut down.
 pub struct RunningServer {
-    address: SocketAddr,
+    /// `None` without a listener (`recall mcp` serves stdio only).
+    address: Option<SocketAddr>,
     state: AppState,
     stop: watch::Sender<bool>,
     ready: watch::Receiver<bool>,
@@ -106,10 +107,10 @@ pub struct RunningServer {
 pub async fn start(
     config: ServerConfig,
     store: EventStore,
-    listener: TcpListener,
+    listener: Option<TcpListener>,
     model: Model,
 ) -> Result<RunningServer, ServerError> {
-    let address = listener.local_addr()?;
+    let address = listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let state = AppState::new(CommandHandler::new(store.clone()), config.api.clone());
     let (stop, stopped) = watch::channel(false);
     let (ready_tx, ready) = watch::channel(false);
@@ -117,6 +118,9 @@ pub async fn start(
     let mut http_stop = stopped.clone();
     let router = api::router(state.clone());
     let http = tokio::spawn(async move {
+        let Some(listener) = listener else {
+            return Ok(());
+        };
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 let _ = http_stop.wait_for(|s| *s).await;
@@ -144,7 +148,7 @@ pub async fn start(
 }
 
 impl RunningServer {
-    pub fn address(&self) -> SocketAddr {
+    pub fn address(&self) -> Option<SocketAddr> {
         self.address
     }
 
@@ -168,6 +172,8 @@ impl RunningServer {
             Ok(error) = &mut self.failed => Some(error),
         };
         let _ = self.stop.send(true);
+        // Long-lived streams (MCP sessions) end here, so that the graceful shutdown can finish.
+        self.state.shutdown().cancel();
         let served = self.http.await.map_err(|_| ServerError::Panicked("the HTTP server"))?;
         self.background
             .await

@@ -60,18 +60,18 @@ pub struct DocumentQuery {
 }
 
 /// What a command did.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, ToSchema, schemars::JsonSchema)]
 pub struct CommandResult {
-    scope: String,
-    id: String,
+    pub(crate) scope: String,
+    pub(crate) id: String,
     /// The document's version after the command (its ETag).
-    version: u64,
+    pub(crate) version: u64,
     /// The appended event's log position (pass it as `wait_for`); null when nothing was appended.
-    position: Option<i64>,
-    status: CommandStatus,
+    pub(crate) position: Option<i64>,
+    pub(crate) status: CommandStatus,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, ToSchema, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CommandStatus {
     Appended,
@@ -79,56 +79,65 @@ pub enum CommandStatus {
 }
 
 /// A document as the read model has it.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, ToSchema, schemars::JsonSchema)]
 #[schema(as = Document)]
 pub struct DocumentView {
-    scope: String,
-    id: String,
-    version: u64,
-    title: String,
-    text: String,
+    pub(crate) scope: String,
+    pub(crate) id: String,
+    pub(crate) version: u64,
+    pub(crate) title: String,
+    pub(crate) text: String,
     #[schema(value_type = Object)]
-    metadata: Value,
+    pub(crate) metadata: Value,
     /// Its current chunks.
-    chunks: i64,
+    pub(crate) chunks: i64,
     /// The log position of the event this state was projected from.
-    projected_at: i64,
+    pub(crate) projected_at: i64,
     /// The receipt: the log position the read model reflected.
-    position: i64,
+    pub(crate) position: i64,
 }
 
 /// Every event of a document, oldest first.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, ToSchema, schemars::JsonSchema)]
 pub struct History {
-    scope: String,
-    id: String,
-    events: Vec<HistoryEvent>,
+    pub(crate) scope: String,
+    pub(crate) id: String,
+    pub(crate) events: Vec<HistoryEvent>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, ToSchema, schemars::JsonSchema)]
 pub struct HistoryEvent {
-    position: i64,
-    version: i64,
-    event_id: Uuid,
+    pub(crate) position: i64,
+    pub(crate) version: i64,
+    pub(crate) event_id: Uuid,
     #[serde(rename = "type")]
-    event_type: String,
-    schema_version: i32,
-    recorded_at: DateTime<Utc>,
-    actor: Option<String>,
-    correlation_id: Option<Uuid>,
+    pub(crate) event_type: String,
+    pub(crate) schema_version: i32,
+    pub(crate) recorded_at: DateTime<Utc>,
+    pub(crate) actor: Option<String>,
+    pub(crate) correlation_id: Option<Uuid>,
     /// The event's payload as stored (JSON).
     #[schema(value_type = Object)]
-    payload: Value,
+    pub(crate) payload: Value,
     /// SHA-256 over the event and the previous hash (hex): the chain `recall verify` checks.
-    hash: String,
+    pub(crate) hash: String,
 }
 
-fn key(scope: Option<&str>, id: &str) -> Result<DocumentKey, ApiError> {
+pub(crate) fn key(scope: Option<&str>, id: &str) -> Result<DocumentKey, ApiError> {
     let scope = Scope::parse(scope.unwrap_or(Scope::DEFAULT))?;
     Ok(DocumentKey::new(scope, DocumentId::parse(id)?))
 }
 
-fn content(
+/// The key of a new document: its id, or a generated one.
+pub(crate) fn new_key(scope: Option<&str>, id: Option<&str>) -> Result<DocumentKey, ApiError> {
+    let id = match id {
+        Some(id) => DocumentId::parse(id)?,
+        None => DocumentId::generate(),
+    };
+    Ok(DocumentKey::new(Scope::parse(scope.unwrap_or(Scope::DEFAULT))?, id))
+}
+
+pub(crate) fn content(
     state: &AppState,
     title: Option<String>,
     text: String,
@@ -203,7 +212,7 @@ fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are a valid header value")
 }
 
-async fn execute(
+pub(crate) async fn execute(
     state: &AppState,
     name: &'static str,
     key: &DocumentKey,
@@ -222,22 +231,27 @@ async fn execute(
     result
 }
 
-fn answer(key: &DocumentKey, outcome: CommandOutcome, created: bool) -> Response {
-    let (status, version, position, label) = match outcome {
-        CommandOutcome::Appended { version, position } => (
-            if created { StatusCode::CREATED } else { StatusCode::OK },
+impl CommandResult {
+    pub(crate) fn new(key: &DocumentKey, outcome: CommandOutcome) -> Self {
+        let (version, position, status) = match outcome {
+            CommandOutcome::Appended { version, position } => (version, Some(position), CommandStatus::Appended),
+            CommandOutcome::Unchanged { version } => (version, None, CommandStatus::Unchanged),
+        };
+        CommandResult {
+            scope: key.scope.as_str().to_owned(),
+            id: key.id.as_str().to_owned(),
             version,
-            Some(position),
-            CommandStatus::Appended,
-        ),
-        CommandOutcome::Unchanged { version } => (StatusCode::OK, version, None, CommandStatus::Unchanged),
-    };
-    let body = CommandResult {
-        scope: key.scope.as_str().to_owned(),
-        id: key.id.as_str().to_owned(),
-        version,
-        position,
-        status: label,
+            position,
+            status,
+        }
+    }
+}
+
+fn answer(key: &DocumentKey, outcome: CommandOutcome, created: bool) -> Response {
+    let body = CommandResult::new(key, outcome);
+    let (status, version) = match outcome {
+        CommandOutcome::Appended { .. } if created => (StatusCode::CREATED, body.version),
+        _ => (StatusCode::OK, body.version),
     };
     let mut response = (status, Json(body)).into_response();
     response.headers_mut().insert(header::ETAG, etag(version));
@@ -273,11 +287,7 @@ pub async fn add(
     body: Result<Json<AddBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
-    let id = match body.id.as_deref() {
-        Some(id) => DocumentId::parse(id)?,
-        None => DocumentId::generate(),
-    };
-    let key = DocumentKey::new(Scope::parse(body.scope.as_deref().unwrap_or(Scope::DEFAULT))?, id);
+    let key = new_key(body.scope.as_deref(), body.id.as_deref())?;
     let content = content(&state, body.title, body.text, body.metadata)?;
     let ctx = context(&state, &headers)?;
     let outcome = execute(&state, "add", &key, DocumentCommand::Add { content }, &ctx).await?;
@@ -367,11 +377,25 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
     let key = key(query.scope.as_deref(), &id)?;
-    state.wait_for(query.wait_for).await?;
-    let row = state.within_deadline(read_document(&state, &key)).await?;
+    let document = document(&state, &key, query.wait_for).await?;
+    let version = document.version;
+    let mut response = Json(document).into_response();
+    response.headers_mut().insert(header::ETAG, etag(version));
+    Ok(response)
+}
+
+/// One document as the read model has it, after waiting for `wait_for`; 404 when it is not there and
+/// 410 when it was removed.
+pub(crate) async fn document(
+    state: &AppState,
+    key: &DocumentKey,
+    wait_for: Option<i64>,
+) -> Result<DocumentView, ApiError> {
+    state.wait_for(wait_for).await?;
+    let row = state.within_deadline(read_document(state, key)).await?;
     let not_projected = || {
         ApiError::not_found(format!(
-            "document {:?} is not in scope {:?} of the read model; if you just added it, pass ?wait_for=<position> \
+            "document {:?} is not in scope {:?} of the read model; if you just added it, pass wait_for=<position> \
              from the add's answer",
             key.id.as_str(),
             key.scope.as_str()
@@ -390,11 +414,10 @@ pub async fn get(
             ),
         ));
     }
-    let version = row.version as u64;
-    let mut response = Json(DocumentView {
+    Ok(DocumentView {
         scope: key.scope.as_str().to_owned(),
         id: key.id.as_str().to_owned(),
-        version,
+        version: row.version as u64,
         title: row.title,
         text: row.text,
         metadata: row.metadata,
@@ -402,9 +425,6 @@ pub async fn get(
         projected_at: row.position,
         position: row.checkpoint,
     })
-    .into_response();
-    response.headers_mut().insert(header::ETAG, etag(version));
-    Ok(response)
 }
 
 /// The document as the active read model has it, with the receipt.
@@ -425,9 +445,14 @@ pub async fn history(
     State(state): State<AppState>,
     Path(id): Path<String>,
     query: Result<Query<DocumentQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<History>, ApiError> {
     let Query(query) = query?;
     let key = key(query.scope.as_deref(), &id)?;
+    Ok(Json(history_of(&state, &key).await?))
+}
+
+/// Every event of one document, oldest first; 404 when it has none.
+pub(crate) async fn history_of(state: &AppState, key: &DocumentKey) -> Result<History, ApiError> {
     let _turn = state.read_turn().await?;
     let events = state.handler().store().read_stream(&key.stream_id(), 1).await?;
     if events.is_empty() {
@@ -452,10 +477,9 @@ pub async fn history(
             hash: hex::encode(&e.hash),
         })
         .collect();
-    Ok(Json(History {
+    Ok(History {
         scope: key.scope.as_str().to_owned(),
         id: key.id.as_str().to_owned(),
         events,
     })
-    .into_response())
 }

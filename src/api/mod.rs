@@ -4,12 +4,13 @@
 //! `{"error": {"code", "message"}}`. Commands never touch the model; searches reach it through the
 //! query path's own thread pool.
 
-mod documents;
+pub(crate) mod documents;
+mod embeddings;
 mod error;
 mod health;
 mod metrics;
 mod openapi;
-mod search;
+pub(crate) mod search;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -115,6 +116,8 @@ struct Inner {
     checkpoints: OnceLock<CheckpointWatch>,
     waiters: Semaphore,
     reads: Semaphore,
+    /// Cancelled when the server stops: ends long-lived streams (MCP sessions) so shutdown can finish.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -132,6 +135,7 @@ impl AppState {
                 metrics: Metrics::default(),
                 queries: OnceLock::new(),
                 projector: Mutex::new(ProjectorState::External),
+                shutdown: tokio_util::sync::CancellationToken::new(),
             }),
         }
     }
@@ -158,22 +162,27 @@ impl AppState {
         self.inner.projector.lock().expect("projector state lock").clone()
     }
 
-    fn handler(&self) -> &CommandHandler {
+    /// Signalled when the server stops.
+    pub fn shutdown(&self) -> &tokio_util::sync::CancellationToken {
+        &self.inner.shutdown
+    }
+
+    pub(crate) fn handler(&self) -> &CommandHandler {
         &self.inner.handler
     }
 
-    fn pool(&self) -> &sqlx::PgPool {
+    pub(crate) fn pool(&self) -> &sqlx::PgPool {
         self.inner.handler.store().pool()
     }
 
-    fn config(&self) -> &ApiConfig {
+    pub(crate) fn config(&self) -> &ApiConfig {
         &self.inner.config
     }
 
     /// Read-your-writes: waits until the read model has passed `position` (if given), or answers 504.
     /// A waiter holds no database connection (it watches the checkpoint that one task follows), and at
     /// most `max_waiters` wait at once.
-    async fn wait_for(&self, position: Option<i64>) -> Result<(), ApiError> {
+    pub(crate) async fn wait_for(&self, position: Option<i64>) -> Result<(), ApiError> {
         let Some(position) = position else {
             return Ok(());
         };
@@ -204,7 +213,7 @@ impl AppState {
 
     /// Runs the work after a request's wait (`wait_for`) within the request deadline: 503 with
     /// Retry-After past it.
-    async fn within_deadline<T>(
+    pub(crate) async fn within_deadline<T>(
         &self,
         work: impl std::future::Future<Output = Result<T, ApiError>>,
     ) -> Result<T, ApiError> {
@@ -215,7 +224,7 @@ impl AppState {
     }
 
     /// A turn to read from the database: reads share the pool less COMMAND_RESERVE connections.
-    async fn read_turn(&self) -> Result<SemaphorePermit<'_>, ApiError> {
+    pub(crate) async fn read_turn(&self) -> Result<SemaphorePermit<'_>, ApiError> {
         self.inner
             .reads
             .acquire()
@@ -223,7 +232,7 @@ impl AppState {
             .map_err(|_| ApiError::unavailable("shutting down"))
     }
 
-    fn query_encoder(&self) -> Result<Arc<QueryEncoder>, ApiError> {
+    pub(crate) fn query_encoder(&self) -> Result<Arc<QueryEncoder>, ApiError> {
         self.inner
             .queries
             .get()
@@ -241,7 +250,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/documents/{id}/history", get(documents::history))
         .route("/v1/search", post(search::search))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/models", get(embeddings::models))
         .route("/metrics", get(health::metrics))
+        .nest_service("/mcp", crate::mcp::http_service(state.clone()))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(health::healthz))
@@ -300,6 +312,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Idempotency-Key is safe either way.
 async fn deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let config = state.config();
+    if request.uri().path().starts_with("/mcp") {
+        // A session's event stream lives as long as the session; each tool call has its own deadline.
+        return next.run(request).await;
+    }
     let is_command = request.uri().path().starts_with("/v1/documents") && request.method() != Method::GET;
     // A search may wait for a position in its body, a document read in its query string.
     let may_wait =
@@ -334,7 +350,7 @@ fn past_deadline(limit: Duration) -> ApiError {
 
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-    if path.starts_with("/v1/") {
+    if path.starts_with("/v1/") || path.starts_with("/mcp") {
         // Agents' requests, not health checks or scrapes, which would keep the projector slowed forever.
         state.foreground().touch();
     }

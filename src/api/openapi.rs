@@ -6,7 +6,7 @@ use serde_json::Value;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{documents, health, search};
+use super::{documents, embeddings, health, search};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +23,8 @@ use super::{documents, health, search};
         documents::remove,
         documents::history,
         search::search,
+        embeddings::embeddings,
+        embeddings::models,
         health::healthz,
         health::readyz,
         health::metrics,

@@ -19,29 +19,29 @@ use crate::search::{self, SearchMode, SearchRequest, SearchResponse};
 #[schema(as = SearchRequest)]
 pub struct SearchBody {
     /// The question, in natural language (at most 16 KiB).
-    query: String,
+    pub(crate) query: String,
     /// How many results.
     #[schema(minimum = 1, maximum = 100, default = 10)]
-    k: Option<usize>,
+    pub(crate) k: Option<usize>,
     /// Embeddings, BM25, or both fused by reciprocal rank (the default).
-    mode: Option<SearchMode>,
+    pub(crate) mode: Option<SearchMode>,
     /// Only this scope's documents.
-    scope: Option<String>,
+    pub(crate) scope: Option<String>,
     /// Metadata the documents must contain (a JSON object).
     #[schema(value_type = Option<Object>)]
-    filter: Option<Value>,
+    pub(crate) filter: Option<Value>,
     /// Search as of this log position (a receipt).
     #[schema(minimum = 0)]
-    as_of: Option<i64>,
+    pub(crate) as_of: Option<i64>,
     /// Wait until the read model has passed this log position first.
     #[schema(minimum = 0)]
-    wait_for: Option<i64>,
+    pub(crate) wait_for: Option<i64>,
     /// Each document once, at its best chunk: up to k distinct documents.
     #[schema(default = false)]
-    distinct_documents: Option<bool>,
+    pub(crate) distinct_documents: Option<bool>,
     /// With distinct_documents: each result lists its document's other matching chunks.
     #[schema(default = false)]
-    other_chunks: Option<bool>,
+    pub(crate) other_chunks: Option<bool>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -71,7 +71,14 @@ pub async fn search(
     body: Result<Json<SearchBody>, JsonRejection>,
 ) -> Result<Json<SearchResponse>, ApiError> {
     let Query(params) = params?;
-    let Json(body) = body?;
+    let Json(mut body) = body?;
+    body.wait_for = body.wait_for.or(params.wait_for);
+    run(&state, body).await.map(Json)
+}
+
+/// A search as every front end asks it: validated before any waiting or model work, then within the
+/// request deadline however long the wait took.
+pub(crate) async fn run(state: &AppState, body: SearchBody) -> Result<SearchResponse, ApiError> {
     let request = SearchRequest {
         k: body.k.unwrap_or(10),
         mode: body.mode.unwrap_or_default(),
@@ -87,12 +94,8 @@ pub async fn search(
         text: &body.query,
         vector: None,
     })?;
-    state.wait_for(body.wait_for.or(params.wait_for)).await?;
-    // The search itself has the request's deadline, however long the wait before it took.
-    state
-        .within_deadline(answer(&state, &body.query, &request))
-        .await
-        .map(Json)
+    state.wait_for(body.wait_for).await?;
+    state.within_deadline(answer(state, &body.query, &request)).await
 }
 
 async fn answer(state: &AppState, question: &str, request: &SearchRequest) -> Result<SearchResponse, ApiError> {

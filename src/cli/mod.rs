@@ -60,8 +60,10 @@ enum Command {
     },
     /// List the events the projector parked, or retry them.
     Failures(projection::FailuresArgs),
-    /// Serve the HTTP API, with the projector in the same process unless --no-projector.
+    /// Serve the HTTP API (and MCP at /mcp), with the projector in the same process unless --no-projector.
     Serve(serve::ServeArgs),
+    /// Serve MCP over stdin/stdout for an agent host, with the projector in-process unless --no-projector.
+    Mcp(serve::McpArgs),
     /// Search the read model for the chunks nearest a question (or each query of a JSONL file).
     Search(search::SearchArgs),
     /// Retrieval quality on a BEIR dataset (corpus, queries, qrels): nDCG@10, Recall@100, MRR@10.
@@ -169,6 +171,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { json, prometheus } => projection::status(json, prometheus).await,
         Command::Failures(args) => projection::failures(args).await,
         Command::Serve(args) => serve::run(args).await,
+        Command::Mcp(args) => serve::mcp(args).await,
         Command::Search(args) => search::run(args).await,
         Command::Eval(args) => eval::run(args).await,
         Command::Embed(args) => tokio::task::spawn_blocking(move || embed::run(args)).await?,

@@ -22,17 +22,22 @@ pub struct ServeArgs {
     /// Address to listen on. A non-loopback address requires RECALL_API_TOKEN.
     #[arg(long, env = "RECALL_LISTEN", default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
-    /// Serve without the in-process projector (run `recall project` elsewhere).
-    #[arg(long)]
-    no_projector: bool,
     /// Largest request body in bytes (default: twice the text limit plus 1 MiB).
     #[arg(long, env = "RECALL_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
+/// What `recall serve` and `recall mcp` share: the service behind either front end.
+#[derive(Args)]
+pub struct ServiceArgs {
+    /// Serve without the in-process projector (run `recall project` elsewhere).
+    #[arg(long)]
+    no_projector: bool,
     /// Longest a `wait_for` holds a request, in seconds, before it answers 504.
     #[arg(long, env = "RECALL_WAIT_TIMEOUT", default_value_t = 30.0)]
     wait_timeout: f64,
-    /// Seconds after an API request during which the in-process projector leaves a core to requests
-    /// (embedding on one thread fewer, writing and embedding in turn); 0 never yields.
     /// Seconds within which every request answers (503 with Retry-After past it); a search's
     /// `wait_for` may add --wait-timeout.
     #[arg(long, env = "RECALL_REQUEST_DEADLINE", default_value_t = 5.0)]
@@ -40,6 +45,8 @@ pub struct ServeArgs {
     /// Searches that may wait for a position (`wait_for`) at once; more get 429.
     #[arg(long, env = "RECALL_MAX_WAITERS", default_value_t = 1000)]
     max_waiters: usize,
+    /// Seconds after an API request during which the in-process projector leaves a core to requests
+    /// (embedding on one thread fewer, writing and embedding in turn); 0 never yields.
     #[arg(long, env = "RECALL_FOREGROUND_WINDOW", default_value_t = 2.0)]
     foreground_window: f64,
     /// Events per projector batch.
@@ -67,47 +74,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.listen
         );
     }
-    let limits = args.settings.limits();
-    let config = ApiConfig {
-        tokens,
-        max_body_bytes: args
-            .max_body_bytes
-            .unwrap_or_else(|| api::default_max_body_bytes(&limits)),
-        wait_timeout: seconds("--wait-timeout", args.wait_timeout)?,
-        limits,
-        actor: args.settings.actor.clone(),
-        foreground_window: seconds("--foreground-window", args.foreground_window)?,
-        request_deadline: seconds("--request-deadline", args.request_deadline)?,
-        max_waiters: args.max_waiters,
-    };
-    let store = open_store_with_deadline(config.request_deadline).await?;
+    let mut config = args.service.config(tokens)?;
+    if let Some(max) = args.max_body_bytes {
+        config.api.max_body_bytes = max;
+    }
+    let store = open_store_with_deadline(config.api.request_deadline).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}; is another recall serving there?", args.listen))?;
     eprintln!(
-        "recall: serving http://{} (API under /v1, spec at /openapi.json)",
+        "recall: serving http://{} (API under /v1, spec at /openapi.json, MCP at /mcp)",
         listener.local_addr()?
     );
-    let model = args.model.clone();
+    let model = args.service.model.clone();
     let server = server::start(
-        ServerConfig {
-            api: config,
-            projector: (!args.no_projector).then(|| InProcessProjector {
-                chunking: ChunkOptions {
-                    max_tokens: usize::MAX,
-                    overlap: args.overlap,
-                    title_prefix: true,
-                },
-                options: ProjectorOptions {
-                    batch_events: args.batch.max(1),
-                    ..Default::default()
-                },
-                yield_to_requests: true,
-            }),
-            cpu: recall::runtime::CpuPolicy::beside_api(args.model.threads(), args.query_priority.priority()),
-        },
+        config,
         store,
-        listener,
+        Some(listener),
         Model::Load(Box::new(move || model.embedder())),
     )
     .await?;
@@ -118,6 +101,65 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         })
         .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct McpArgs {
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
+/// `recall mcp`: the MCP server over stdin and stdout (what an agent host spawns), on the same service
+/// as `recall serve` without its HTTP listener. Ends when the host closes stdin.
+pub async fn mcp(args: McpArgs) -> anyhow::Result<ExitCode> {
+    use rmcp::ServiceExt;
+    let config = args.service.config(Vec::new())?;
+    let store = open_store_with_deadline(config.api.request_deadline).await?;
+    let model = args.service.model.clone();
+    let server = server::start(config, store, None, Model::Load(Box::new(move || model.embedder()))).await?;
+    let session = recall::mcp::RecallMcp::new(server.state().clone())
+        .serve(rmcp::transport::stdio())
+        .await
+        .context("starting the MCP session on stdio")?;
+    let ended = tokio::select! {
+        ended = session.waiting() => ended.map(drop).context("the MCP session"),
+        _ = shutdown_signal() => Ok(()),
+    };
+    server.shutdown().await?;
+    ended?;
+    Ok(ExitCode::SUCCESS)
+}
+
+impl ServiceArgs {
+    fn config(&self, tokens: Vec<String>) -> anyhow::Result<ServerConfig> {
+        let limits = self.settings.limits();
+        let api = ApiConfig {
+            tokens,
+            max_body_bytes: api::default_max_body_bytes(&limits),
+            wait_timeout: seconds("--wait-timeout", self.wait_timeout)?,
+            limits,
+            actor: self.settings.actor.clone(),
+            foreground_window: seconds("--foreground-window", self.foreground_window)?,
+            request_deadline: seconds("--request-deadline", self.request_deadline)?,
+            max_waiters: self.max_waiters,
+        };
+        Ok(ServerConfig {
+            api,
+            projector: (!self.no_projector).then(|| InProcessProjector {
+                chunking: ChunkOptions {
+                    max_tokens: usize::MAX,
+                    overlap: self.overlap,
+                    title_prefix: true,
+                },
+                options: ProjectorOptions {
+                    batch_events: self.batch.max(1),
+                    ..Default::default()
+                },
+                yield_to_requests: true,
+            }),
+            cpu: recall::runtime::CpuPolicy::beside_api(self.model.threads(), self.query_priority.priority()),
+        })
+    }
 }
 
 /// The API's pool: a statement or lock wait longer than a request's deadline is cancelled by the server
@@ -145,9 +187,7 @@ fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
         .with_context(|| format!("{flag} takes a number of seconds, 0 or more (got {value})"))
 }
 
-/// Loads the model, opens the query path, then runs the projector until `stop` turns true. A model that
-/// cannot load stops the server (`fatal`); a projector that stops with an error leaves the API serving
-/// commands and says so in /readyz and the log.
+/// Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]

@@ -20,6 +20,39 @@ pub struct ProjectedDocument {
     pub checkpoint: i64,
 }
 
+/// A current document, as a listing shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DocumentSummary {
+    pub scope: String,
+    pub id: String,
+    pub title: String,
+    /// The text's length in bytes.
+    pub bytes: i32,
+}
+
+/// Current (not removed) documents of the active generation in (scope, id) order, from after `after`.
+pub async fn list_documents(
+    pool: &PgPool,
+    after: Option<&DocumentKey>,
+    limit: i64,
+) -> Result<Vec<DocumentSummary>, ReadModelError> {
+    Ok(sqlx::query_as(
+        "SELECT d.scope, d.id, d.title, octet_length(coalesce(v.text, '')) AS bytes
+         FROM projections p
+         JOIN documents d ON d.generation = p.generation
+         LEFT JOIN document_versions v ON v.generation = d.generation AND v.position = d.position
+         WHERE p.status = $1 AND NOT d.removed AND ($2::text IS NULL OR (d.scope, d.id) > ($2, $3))
+         ORDER BY d.scope, d.id
+         LIMIT $4",
+    )
+    .bind(GenerationStatus::Active.as_str())
+    .bind(after.map(|k| k.scope.as_str()))
+    .bind(after.map(|k| k.id.as_str()).unwrap_or(""))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
 pub async fn document(pool: &PgPool, key: &DocumentKey) -> Result<Option<ProjectedDocument>, ReadModelError> {
     Ok(sqlx::query_as(
         "SELECT d.title, d.metadata, d.version, d.removed, d.position, coalesce(v.text, '') AS text,

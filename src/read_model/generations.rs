@@ -8,7 +8,7 @@ use crate::embed::ModelIdentity;
 
 /// Where a generation is in its life. Stored as its lowercase name (`projections.status`); SQL binds it
 /// from here rather than spelling it, so that the names live in one place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GenerationStatus {
     /// Being filled by a rebuild while the active one serves.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-pub use documents::{document, ProjectedDocument};
+pub use documents::{document, list_documents, DocumentSummary, ProjectedDocument};
 pub use failures::{failures, ParkedFailure};
 pub use generations::{
     activate_if_caught_up, active, active_for, create_building, drop_retired, load, table_dimension, Generation,

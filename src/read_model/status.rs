@@ -5,7 +5,7 @@ use sqlx::PgPool;
 
 use super::{GenerationStatus, ReadModelError};
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct ProjectionStatus {
     pub generation: i64,
     pub status: GenerationStatus,
@@ -24,7 +24,7 @@ pub struct ProjectionStatus {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct StatusReport {
     pub head: i64,
     pub projections: Vec<ProjectionStatus>,

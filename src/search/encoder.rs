@@ -26,4 +26,16 @@ impl QueryEncoder {
         let mut vectors = self.pool.install(|| self.embedder.encode(&[query]))?;
         Ok(vectors.remove(0))
     }
+
+    /// Several texts' vectors (each truncated at max_seq_length) and the word pieces read, on this
+    /// pool. Blocking.
+    pub fn encode_many(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, usize), EmbedError> {
+        let inputs = texts
+            .iter()
+            .map(|text| self.embedder.truncated_input(text))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tokens = inputs.iter().map(Vec::len).sum();
+        let vectors = self.pool.install(|| self.embedder.embed_inputs(&inputs))?;
+        Ok((vectors, tokens))
+    }
 }

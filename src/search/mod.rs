@@ -58,7 +58,9 @@ const HNSW_EF_SEARCH: usize = 140;
 /// Reciprocal rank fusion's constant: a hit at rank r adds 1 / (RRF_K + r).
 const RRF_K: f64 = 60.0;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SearchMode {
     /// Nearest chunks by cosine similarity of embeddings.
@@ -154,7 +156,7 @@ pub struct Query<'a> {
     pub vector: Option<&'a [f32]>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema, schemars::JsonSchema)]
 pub struct SearchHit {
     pub scope: String,
     pub document_id: String,
@@ -176,7 +178,7 @@ pub struct SearchHit {
 }
 
 /// Where another matching chunk of a document lies, and how well it matched.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
 pub struct ChunkMatch {
     pub chunk_index: i32,
     pub char_start: i32,
@@ -184,7 +186,7 @@ pub struct ChunkMatch {
     pub score: f64,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, schemars::JsonSchema)]
 pub struct SearchResponse {
     /// The receipt: the log position the read model reflected when it answered. Searching again with
     /// `as_of` set to it gives the same results later.

@@ -211,3 +211,41 @@ pub fn spawn_serve_with(url: &str, token: Option<&str>, args: &[&str]) -> (std::
     std::thread::spawn(move || lines.for_each(drop));
     (child, base)
 }
+
+/// The Python of the venv that `scripts/setup` fills with the official client SDKs (tests/clients).
+pub fn clients_python() -> PathBuf {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/clients-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run ./scripts/setup (it installs tests/clients/requirements.txt)",
+        python.display()
+    );
+    python
+}
+
+/// Runs a client script of tests/clients with the arguments; its stdout (a JSON summary) when it passed.
+pub fn run_client(script: &str, args: &[&str]) -> serde_json::Value {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+    let output = std::process::Command::new(clients_python())
+        .arg(dir.join(script))
+        .args(args)
+        .output()
+        .expect("the client runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{script} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("a JSON summary on the last line")
+}
+
+/// Waits until `recall serve` at `base` answers /readyz with 200 (the model is loaded).
+pub fn wait_ready(base: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while ureq::get(&format!("{base}/readyz")).call().is_err() {
+        assert!(std::time::Instant::now() < deadline, "{base} never became ready");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

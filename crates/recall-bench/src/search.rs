@@ -130,12 +130,12 @@ pub async fn run_search_bench(
             cpu: CpuPolicy::beside_api(config.threads, config.query_priority),
         },
         store,
-        listener,
+        Some(listener),
         Model::Loaded(embedder),
     )
     .await?;
     server.ready().await?;
-    let (state, address) = (server.state().clone(), server.address());
+    let (state, address) = (server.state().clone(), server.address().expect("listening"));
     let idle = phase(&pool, &state, address, &queries, &config).await?;
     handler.add_all(&backlog).await?;
     // Let the projector reach full speed on the backlog before measuring.

@@ -191,12 +191,12 @@ pub async fn run_soak(
             ..ServerConfig::default()
         },
         store.clone(),
-        listener,
+        Some(listener),
         Model::Loaded(embedder),
     )
     .await?;
     server.ready().await?;
-    let base = format!("http://{}", server.address());
+    let base = format!("http://{}", server.address().expect("listening"));
 
     let started = Instant::now();
     let deadline = started + config.duration;
