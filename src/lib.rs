@@ -8,11 +8,11 @@
 //! - [`projector`]: tails the log into the pgvector read model: checkpoints, parked failures, rebuild.
 //! - [`read_model`]: the read side's state as readers see it: generations, status, parked failures,
 //!   a projected document, read-your-writes waits.
-//! - [`search`]: dense search over current chunks, or as of a past position, with a receipt.
-//! - [`api`]: the HTTP API over commands, the read model and search.
+//! - [`search`]: dense, lexical and hybrid search over current chunks or as of a past position, with a receipt.
+//! - [`api`]: the HTTP API over commands, the read model and search, and the OpenAI-compatible embeddings.
 //! - [`mcp`]: the same operations as Model Context Protocol tools and resources (stdio, `/mcp`).
-//! - [`server`]: the running service assembled once (API, query model, projector): `recall serve`,
-//!   the benchmarks and the tests start it there.
+//! - [`server`]: the running service assembled once (API, MCP, query model, projector): `recall serve`,
+//!   `recall mcp`, the benchmarks and the tests start it there.
 //! - [`embed`]: model files, tokenizer, token-aware chunker, token-budget batches, Candle BERT, pooling.
 //! - [`postgres`]: the pool, migrations and the embedded server's lifecycle.
 //! - [`runtime`]: the CPU policy: model thread pools, priorities, CPU sets, allocator settings.

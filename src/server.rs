@@ -121,6 +121,14 @@ pub async fn start(
         let Some(listener) = listener else {
             return Ok(());
         };
+        // Responses written in pieces (an MCP answer is a stream of server-sent events) must not wait
+        // for the client's delayed ACK: `recall-bench agents` measured +20 ms at p50 for an MCP search
+        // over a kept-alive connection without it, and +0.3 ms on a fresh one.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "could not set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 let _ = http_stop.wait_for(|s| *s).await;

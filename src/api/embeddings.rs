@@ -282,12 +282,12 @@ mod tests {
             serde_json::json!(["a", ""]),
             serde_json::json!({}),
         ] {
-            let error = inputs(bad.clone()).err().expect("refused");
+            let error = inputs(bad.clone()).expect_err("refused");
             assert_eq!(error.param, Some("input"), "{bad}");
             assert_eq!(error.error.status, StatusCode::BAD_REQUEST);
         }
         let many = Value::Array(vec![Value::from("x"); MAX_INPUTS + 1]);
-        assert!(inputs(many).err().expect("refused").error.message.contains("limit"));
+        assert!(inputs(many).expect_err("refused").error.message.contains("limit"));
     }
 
     #[test]

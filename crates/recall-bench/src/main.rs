@@ -2,6 +2,7 @@
 //! (created, then dropped), driving the library's public paths exactly as users do. Timing lives here,
 //! never in the tests; the README's performance table names the command behind each figure.
 
+mod agents;
 mod append;
 mod embed;
 mod measure;
@@ -146,6 +147,26 @@ enum BenchCommand {
         /// Scheduling of the threads that embed questions, as `recall serve --query-priority`.
         #[arg(long, value_enum, default_value = "realtime")]
         query_priority: QueryPriority,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// The agent-facing protocols against the REST API on one service: an MCP `search` over Streamable
+    /// HTTP beside the same `POST /v1/search`, and `/v1/embeddings` (batches of 32) beside the raw embedder.
+    Agents {
+        /// BEIR-style corpus JSONL ({"_id", "title", "text"}).
+        #[arg(long)]
+        corpus: std::path::PathBuf,
+        /// BEIR-style queries JSONL ({"_id", "text"}).
+        #[arg(long)]
+        queries: std::path::PathBuf,
+        /// Corpus documents to add and project.
+        #[arg(long, default_value_t = 500)]
+        limit: usize,
+        /// Searches through each front end.
+        #[arg(long, default_value_t = 300)]
+        searches: usize,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -404,6 +425,45 @@ async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 println!(
                     "single new document searchable after p50 {:.1} ms (p99 {:.1} ms); its embedding alone p50 {:.1} ms",
                     report.single_document_visible.p50_ms, report.single_document_visible.p99_ms, report.single_document_embed.p50_ms
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Agents {
+            corpus,
+            queries,
+            limit,
+            searches,
+            json,
+            model,
+        } => {
+            let mut documents = read_corpus(&corpus, "bench")?;
+            documents.truncate(limit);
+            let questions: Vec<String> = recall::eval::read_queries(&queries)?
+                .into_iter()
+                .map(|(_, q)| q)
+                .collect();
+            anyhow::ensure!(!questions.is_empty(), "{} holds no queries", queries.display());
+            let threads = model.threads();
+            let embedder = std::sync::Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
+            let report = on_scratch_database(false, |pool| async move {
+                Ok(
+                    agents::run_agents_bench(EventStore::new(pool), embedder, documents, questions, searches, threads)
+                        .await?,
+                )
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{} documents; {} searches each: REST p50 {:.2} ms p99 {:.2} ms, MCP p50 {:.2} ms p99 {:.2} ms (MCP adds {:.2} ms at p50)",
+                    report.documents, report.searches, report.rest_search.p50_ms, report.rest_search.p99_ms,
+                    report.mcp_search.p50_ms, report.mcp_search.p99_ms, report.mcp_overhead_p50_ms
+                );
+                println!(
+                    "/v1/embeddings, batches of 32: {:.0} tokens/s; raw embedder on the same batches {:.0} tokens/s ({:.0}%)",
+                    report.embeddings_api_tokens_per_s, report.raw_embedder_tokens_per_s, report.embeddings_api_ratio * 100.0
                 );
             }
             Ok(ExitCode::SUCCESS)
