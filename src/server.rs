@@ -116,7 +116,8 @@ pub async fn start(
     let (ready_tx, ready) = watch::channel(false);
     let (fail, failed) = oneshot::channel();
     let mut http_stop = stopped.clone();
-    let router = api::router(state.clone());
+    let mcp = axum::Router::new().nest_service("/mcp", crate::mcp::http_service(state.clone()));
+    let router = api::router_with(state.clone(), mcp);
     let http = tokio::spawn(async move {
         let Some(listener) = listener else {
             return Ok(());

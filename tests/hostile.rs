@@ -529,6 +529,8 @@ async fn every_route_answers_malformed_paths_methods_and_headers_with_the_json_e
         "/v1/search",
         "/v1/search?wait_for=%FF",
         "/v1/search?wait_for=soon",
+        "/v1/embeddings",
+        "/v1/models",
         "/metrics",
         "/healthz",
         "/readyz",

@@ -127,9 +127,3 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     text.push_str(&report.to_prometheus());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
-
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", security(()), responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
-pub async fn openapi_document() -> Json<serde_json::Value> {
-    Json(super::openapi())
-}

@@ -242,7 +242,13 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    let protected = Router::new()
+    router_with(state, Router::new())
+}
+
+/// The API with further routes behind the same tokens, limits and error handling (the server adds MCP
+/// at `/mcp` this way).
+pub fn router_with(state: AppState, protected: Router<AppState>) -> Router {
+    let protected = protected
         .route("/v1/documents", post(documents::add))
         .route(
             "/v1/documents/{id}",
@@ -253,12 +259,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(embeddings::models))
         .route("/metrics", get(health::metrics))
-        .nest_service("/mcp", crate::mcp::http_service(state.clone()))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/openapi.json", get(health::openapi_document))
+        .route("/openapi.json", get(openapi::openapi_document))
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .layer(DefaultBodyLimit::max(state.config().max_body_bytes))

@@ -121,12 +121,15 @@ pub async fn mcp(args: McpArgs) -> anyhow::Result<ExitCode> {
         .serve(rmcp::transport::stdio())
         .await
         .context("starting the MCP session on stdio")?;
-    let ended = tokio::select! {
-        ended = session.waiting() => ended.map(drop).context("the MCP session"),
-        _ = shutdown_signal() => Ok(()),
-    };
-    server.shutdown().await?;
-    ended?;
+    // Until the host closes stdin or signals; a model that cannot load ends it too, as it ends `serve`.
+    server
+        .run_until(async {
+            tokio::select! {
+                _ = session.waiting() => {}
+                _ = shutdown_signal() => {}
+            }
+        })
+        .await?;
     Ok(ExitCode::SUCCESS)
 }
 
