@@ -45,6 +45,7 @@ async fn the_official_sdk_works_over_streamable_http_behind_the_token() {
     assert_eq!(summary["tools"], 7, "{summary}");
 }
 
+#[allow(clippy::result_large_err)] // ureq's own error type, in a test
 fn initialize(base: &str, token: Option<&str>, version: &str) -> Result<ureq::Response, ureq::Error> {
     let mut request = ureq::post(&format!("{base}/mcp"))
         .set("Accept", "application/json, text/event-stream")

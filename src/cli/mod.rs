@@ -9,7 +9,6 @@ mod search;
 mod serve;
 mod values;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -214,7 +213,7 @@ async fn db(action: DbAction) -> anyhow::Result<ExitCode> {
 }
 
 /// Reads a path argument, or stdin for `-`.
-fn read_input(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+fn read_input(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     use std::io::Read;
     if path.as_os_str() == "-" {
         let mut buf = Vec::new();

@@ -107,13 +107,16 @@ pub async fn status(pool: &PgPool) -> Result<StatusReport, ReadModelError> {
     Ok(StatusReport { head, projections })
 }
 
+/// A gauge's name, help text and value.
+type Gauge = (&'static str, &'static str, fn(&ProjectionStatus) -> f64);
+
 impl StatusReport {
     /// Gauges in the Prometheus text exposition format.
     pub fn to_prometheus(&self) -> String {
         let mut out = String::new();
         out.push_str("# HELP recall_log_head_position Position of the last committed event.\n# TYPE recall_log_head_position gauge\n");
         out.push_str(&format!("recall_log_head_position {}\n", self.head));
-        let gauges: [(&str, &str, fn(&ProjectionStatus) -> f64); 8] = [
+        let gauges: [Gauge; 8] = [
             ("recall_projection_checkpoint", "Last log position projected.", |p| {
                 p.checkpoint as f64
             }),
