@@ -435,6 +435,36 @@ async fn add_wait_search_update_and_replay_an_old_receipt() {
     };
     // The first append reads the head under the lock; the later ones, one after another, start from it.
     assert!(appends("slow") >= 1 && appends("fast") >= 10, "{metrics}");
+    // Each stage of a command is timed: every command read its stream; every append waited in the queue,
+    // took a connection and ran its statement; the locked path committed on its own.
+    let stage = |stage: &str| -> (u64, f64) {
+        let series = |suffix: &str| {
+            let prefix = format!("recall_command_stage_seconds_{suffix}{{stage=\"{stage}\"}} ");
+            let line = metrics.lines().find(|l| l.starts_with(&prefix));
+            line.unwrap_or_else(|| panic!("no {prefix:?} in\n{metrics}"))[prefix.len()..].to_owned()
+        };
+        (series("count").parse().unwrap(), series("sum").parse().unwrap())
+    };
+    let appended = appends("slow") + appends("fast");
+    assert!(stage("read").0 >= 24, "{metrics}");
+    for name in ["queue", "connect", "statement"] {
+        assert!(stage(name).0 >= appended, "{name}: {metrics}");
+    }
+    assert_eq!(stage("commit").0, appends("slow"), "{metrics}");
+    let total: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("recall_command_seconds_sum "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let staged: f64 = ["read", "queue", "connect", "statement", "commit"]
+        .iter()
+        .map(|s| stage(s).1)
+        .sum();
+    assert!(
+        staged > 0.0 && staged <= total * 1.01,
+        "stages {staged} s of commands' {total} s"
+    );
     app.stop().await;
 }
 

@@ -120,6 +120,9 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     text.push_str(&super::metrics::render_append_paths(
         state.handler().store().append_paths(),
     ));
+    text.push_str(&super::metrics::render_command_stages(
+        state.handler().store().command_timings(),
+    ));
     let report = {
         let _turn = state.read_turn().await?;
         read_model::status(state.pool()).await?

@@ -4,60 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::event_store::AppendPaths;
+use crate::event_store::{AppendPaths, CommandTimings, Histogram};
 use crate::projector::ProjectorStats;
-
-/// Latency buckets in seconds, from a fast append to a slow wait.
-const BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.04, 0.06, 0.1, 0.25, 1.0, 5.0,
-];
-
-#[derive(Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe(&self, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
-    }
-
-    /// Observations so far and their total time.
-    pub fn totals(&self) -> (u64, Duration) {
-        let nanos = self.sum_nanos.load(Ordering::Relaxed);
-        (self.count.load(Ordering::Relaxed), Duration::from_nanos(nanos))
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
-            cumulative += n.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {count}");
-    }
-}
 
 #[derive(Default)]
 pub struct Metrics {
@@ -167,6 +119,20 @@ impl Metrics {
     }
 }
 
+/// Commands' time by stage (see `event_store::CommandTimings`): where a slow tail waited.
+pub fn render_command_stages(timings: &CommandTimings) -> String {
+    let name = "recall_command_stage_seconds";
+    let mut out = format!(
+        "# HELP {name} A command's time by stage: read (its stream), queue (for the group-commit writer), \
+         connect (a connection for the append), statement (the append; with its flush on the fast path), commit \
+         (the locked path's flush).\n# TYPE {name} histogram\n"
+    );
+    for (stage, histogram) in timings.stages() {
+        histogram.render(&mut out, name, &format!("stage=\"{stage}\""));
+    }
+    out
+}
+
 /// The event store's appends by path: `fast` in one round trip, `slow` through the locked read (a
 /// first append, a version conflict, or another process appending to the same log).
 pub fn render_append_paths(paths: &AppendPaths) -> String {
@@ -186,6 +152,8 @@ pub fn render_append_paths(paths: &AppendPaths) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

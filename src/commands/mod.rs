@@ -107,7 +107,9 @@ impl CommandHandler {
     /// The current state of one document, folded from its stream.
     pub async fn load(&self, key: &DocumentKey) -> Result<DocumentState, CommandError> {
         let stream_id = key.stream_id();
+        let started = std::time::Instant::now();
         let events = self.store.read_stream(&stream_id, 1).await?;
+        self.store.command_timings().read.observe(started.elapsed());
         fold(&stream_id, &events)
     }
 

@@ -9,13 +9,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::Row;
 use uuid::Uuid;
 
 use super::chain::HashInput;
-use super::{EventStore, EventStoreError, ExpectedVersion, NewEvent, NOTIFY_CHANNEL};
+use super::{CommandTimings, EventStore, EventStoreError, ExpectedVersion, NewEvent, NOTIFY_CHANNEL};
 
 /// Events for one stream, with the version the writer expects the stream to be at.
 #[derive(Debug, Clone)]
@@ -108,10 +109,11 @@ pub(super) async fn append_transaction(
     requests: &[AppendRequest],
     tip: &mut Option<Tip>,
     paths: &AppendPaths,
+    timings: &CommandTimings,
 ) -> Result<AppendResults, EventStoreError> {
     let mut look_up_event_ids = false;
     if let Some(from) = tip.take() {
-        match append_at_tip(pool, requests, &from).await {
+        match append_at_tip(pool, requests, &from, timings).await {
             Ok(Some((results, after))) => {
                 *tip = Some(after);
                 paths.fast.fetch_add(1, Ordering::Relaxed);
@@ -125,9 +127,15 @@ pub(super) async fn append_transaction(
     }
     paths.slow.fetch_add(1, Ordering::Relaxed);
     let attempt = |look_up_event_ids| async move {
+        let started = Instant::now();
         let mut tx = pool.begin().await.map_err(EventStoreError::classify)?;
+        let connected = Instant::now();
+        timings.connect.observe(connected - started);
         let (results, after) = append_in(&mut tx, requests, look_up_event_ids).await?;
+        let written = Instant::now();
+        timings.statement.observe(written - connected);
         tx.commit().await.map_err(EventStoreError::classify)?;
+        timings.commit.observe(written.elapsed());
         Ok::<_, EventStoreError>((results, after))
     };
     let (results, after) = match attempt(look_up_event_ids).await {
@@ -148,6 +156,7 @@ async fn append_at_tip(
     pool: &sqlx::PgPool,
     requests: &[AppendRequest],
     from: &Tip,
+    timings: &CommandTimings,
 ) -> Result<Option<(AppendResults, Tip)>, EventStoreError> {
     let mut assumed: HashMap<String, u64> = HashMap::new();
     for request in requests {
@@ -179,15 +188,22 @@ async fn append_at_tip(
     .bind(&from.hash)
     .bind(stream_ids)
     .bind(stream_versions);
+    // The connection is taken first, so that waiting for one and the statement (with its commit) are
+    // timed apart.
+    let started = Instant::now();
+    let mut connection = pool.acquire().await.map_err(EventStoreError::classify)?;
+    let connected = Instant::now();
+    timings.connect.observe(connected - started);
     let appended: bool = columns
         .bind_to(query)
         .bind(after.position)
         .bind(&after.hash)
         .bind(NOTIFY_CHANNEL)
-        .fetch_one(pool)
+        .fetch_one(&mut *connection)
         .await
         .and_then(|row| row.try_get(0))
         .map_err(EventStoreError::classify)?;
+    timings.statement.observe(connected.elapsed());
     Ok(appended.then_some((results, after)))
 }
 

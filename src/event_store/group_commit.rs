@@ -4,11 +4,12 @@
 //! one transaction: one fsync for the group, and each call still gets its own per-request results.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::append::{append_transaction, AppendPaths, AppendRejection, AppendResults, Appended};
-use super::{AppendRequest, EventStore, EventStoreError};
+use super::{AppendRequest, CommandTimings, EventStore, EventStoreError};
 
 /// Most requests joined into one transaction.
 const MAX_GROUP_REQUESTS: usize = 2000;
@@ -18,12 +19,17 @@ const MAX_QUEUED_CALLS: usize = 4096;
 
 pub(super) struct Job {
     pub requests: Vec<AppendRequest>,
+    pub queued_at: Instant,
     pub reply: oneshot::Sender<Result<AppendResults, EventStoreError>>,
 }
 
-pub(super) fn spawn_writer(pool: sqlx::PgPool, paths: Arc<AppendPaths>) -> mpsc::Sender<Job> {
+pub(super) fn spawn_writer(
+    pool: sqlx::PgPool,
+    paths: Arc<AppendPaths>,
+    timings: Arc<CommandTimings>,
+) -> mpsc::Sender<Job> {
     let (tx, rx) = mpsc::channel(MAX_QUEUED_CALLS);
-    tokio::spawn(writer(pool, rx, paths));
+    tokio::spawn(writer(pool, rx, paths, timings));
     tx
 }
 
@@ -40,14 +46,23 @@ impl EventStore {
     pub async fn append_batch(&self, requests: Vec<AppendRequest>) -> Result<AppendResults, EventStoreError> {
         let (reply, answer) = oneshot::channel();
         self.writer
-            .send(Job { requests, reply })
+            .send(Job {
+                requests,
+                queued_at: Instant::now(),
+                reply,
+            })
             .await
             .map_err(|_| EventStoreError::WriterGone)?;
         answer.await.map_err(|_| EventStoreError::WriterGone)?
     }
 }
 
-async fn writer(pool: sqlx::PgPool, mut rx: mpsc::Receiver<Job>, paths: Arc<AppendPaths>) {
+async fn writer(
+    pool: sqlx::PgPool,
+    mut rx: mpsc::Receiver<Job>,
+    paths: Arc<AppendPaths>,
+    timings: Arc<CommandTimings>,
+) {
     // Where this writer's last append left the log; all its appends go through here, in order.
     let mut tip = None;
     while let Some(first) = rx.recv().await {
@@ -62,15 +77,19 @@ async fn writer(pool: sqlx::PgPool, mut rx: mpsc::Receiver<Job>, paths: Arc<Appe
                 Err(_) => break,
             }
         }
+        let taken = Instant::now();
+        for job in &jobs {
+            timings.queue.observe(taken.saturating_duration_since(job.queued_at));
+        }
         if jobs.len() == 1 {
             let job = jobs.pop().expect("one job");
-            let result = append_transaction(&pool, &job.requests, &mut tip, &paths).await;
+            let result = append_transaction(&pool, &job.requests, &mut tip, &paths, &timings).await;
             let _ = job.reply.send(result);
             continue;
         }
         let lengths: Vec<usize> = jobs.iter().map(|j| j.requests.len()).collect();
         let combined: Vec<AppendRequest> = jobs.iter_mut().flat_map(|j| std::mem::take(&mut j.requests)).collect();
-        match append_transaction(&pool, &combined, &mut tip, &paths).await {
+        match append_transaction(&pool, &combined, &mut tip, &paths, &timings).await {
             Ok(results) => {
                 let mut results = results.into_iter();
                 for (job, n) in jobs.into_iter().zip(lengths) {
@@ -84,7 +103,9 @@ async fn writer(pool: sqlx::PgPool, mut rx: mpsc::Receiver<Job>, paths: Arc<Appe
                 let mut combined = combined.into_iter();
                 for (job, n) in jobs.into_iter().zip(lengths) {
                     let own: Vec<AppendRequest> = combined.by_ref().take(n).collect();
-                    let _ = job.reply.send(append_transaction(&pool, &own, &mut tip, &paths).await);
+                    let _ = job
+                        .reply
+                        .send(append_transaction(&pool, &own, &mut tip, &paths, &timings).await);
                 }
             }
         }

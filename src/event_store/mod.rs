@@ -6,6 +6,7 @@ mod append;
 mod chain;
 mod group_commit;
 mod read;
+mod timings;
 
 use chrono::{DateTime, Utc};
 use thiserror::Error;
@@ -13,6 +14,7 @@ use uuid::Uuid;
 
 pub use append::{AppendPaths, AppendRejection, AppendRequest, AppendResults, Appended};
 pub use chain::{verify_chain, VerifyReport};
+pub use timings::{CommandTimings, Histogram};
 
 /// The channel every append notifies with the new head position.
 pub const NOTIFY_CHANNEL: &str = "recall_events";
@@ -114,14 +116,21 @@ pub struct EventStore {
     pool: sqlx::PgPool,
     writer: tokio::sync::mpsc::Sender<group_commit::Job>,
     paths: std::sync::Arc<AppendPaths>,
+    timings: std::sync::Arc<CommandTimings>,
 }
 
 impl EventStore {
     /// Must be called inside a tokio runtime: it starts the store's group-commit writer task.
     pub fn new(pool: sqlx::PgPool) -> Self {
         let paths = std::sync::Arc::new(AppendPaths::default());
-        let writer = group_commit::spawn_writer(pool.clone(), paths.clone());
-        EventStore { pool, writer, paths }
+        let timings = std::sync::Arc::new(CommandTimings::default());
+        let writer = group_commit::spawn_writer(pool.clone(), paths.clone(), timings.clone());
+        EventStore {
+            pool,
+            writer,
+            paths,
+            timings,
+        }
     }
 
     pub fn pool(&self) -> &sqlx::PgPool {
@@ -131,5 +140,10 @@ impl EventStore {
     /// How this store's appends went so far: in one round trip, or through the slow path.
     pub fn append_paths(&self) -> &AppendPaths {
         &self.paths
+    }
+
+    /// Where commands' time went, stage by stage (for `/metrics`).
+    pub fn command_timings(&self) -> &CommandTimings {
+        &self.timings
     }
 }
