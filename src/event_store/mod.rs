@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 pub use append::{AppendPaths, AppendRejection, AppendRequest, AppendResults, Appended};
 pub use chain::{verify_chain, VerifyReport};
-pub use timings::{CommandTimings, Histogram};
+pub use timings::{CommandTimings, Histogram, Snapshot};
 
 /// The channel every append notifies with the new head position.
 pub const NOTIFY_CHANNEL: &str = "recall_events";

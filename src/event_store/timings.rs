@@ -28,6 +28,15 @@ impl Histogram {
         self.sum_nanos.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
     }
 
+    /// The counts so far, to subtract an earlier snapshot from (a benchmark's phase).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+            count: self.count.load(Ordering::Relaxed),
+            sum: Duration::from_nanos(self.sum_nanos.load(Ordering::Relaxed)),
+        }
+    }
+
     /// Observations so far and their total time.
     pub fn totals(&self) -> (u64, Duration) {
         let nanos = self.sum_nanos.load(Ordering::Relaxed);
@@ -52,6 +61,46 @@ impl Histogram {
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         let _ = writeln!(out, "{name}_sum{braces} {sum}");
         let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
+
+/// A histogram's counts at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: Duration,
+}
+
+impl Snapshot {
+    /// What was observed between `earlier` and this one.
+    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
+        Snapshot {
+            buckets: std::array::from_fn(|i| self.buckets[i].saturating_sub(earlier.buckets[i])),
+            count: self.count.saturating_sub(earlier.count),
+            sum: self.sum.saturating_sub(earlier.sum),
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn mean(&self) -> Duration {
+        Duration::from_secs_f64(self.sum.as_secs_f64() / self.count.max(1) as f64)
+    }
+
+    /// The upper bound of the bucket holding quantile `q`, in seconds (infinite past the last bucket).
+    pub fn quantile_bound(&self, q: f64) -> f64 {
+        let rank = (self.count as f64 * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
+            seen += n;
+            if seen >= rank {
+                return *bound;
+            }
+        }
+        f64::INFINITY
     }
 }
 
@@ -81,5 +130,31 @@ impl CommandTimings {
             ("statement", &self.statement),
             ("commit", &self.commit),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_since_another_holds_what_came_between() {
+        let h = Histogram::default();
+        h.observe(Duration::from_millis(30));
+        let before = h.snapshot();
+        for _ in 0..98 {
+            h.observe(Duration::from_micros(400));
+        }
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_millis(50));
+        let during = h.snapshot().since(&before);
+        assert_eq!(during.count(), 100);
+        assert_eq!(during.quantile_bound(0.5), 0.0005);
+        assert_eq!(during.quantile_bound(0.99), 0.005, "the 99th of 100 is the 3 ms one");
+        assert_eq!(during.quantile_bound(1.0), 0.06);
+        let mean = during.mean().as_secs_f64();
+        assert!((mean - (98.0 * 0.0004 + 0.003 + 0.05) / 100.0).abs() < 1e-9, "{mean}");
+        h.observe(Duration::from_secs(60));
+        assert!(h.snapshot().since(&before).quantile_bound(1.0).is_infinite());
     }
 }

@@ -353,6 +353,18 @@ async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                         phase.projected_during, if phase.backlog_throughout { ", backlog left at the end" } else { "" },
                         phase.steal_percent.map(|p| format!(" | CPU steal {p:.1}%")).unwrap_or_default()
                     );
+                    let stages: Vec<String> = phase
+                        .command_stages
+                        .iter()
+                        .map(|s| format!("{} mean {:.2} ms, p99 <= {} ms", s.stage, s.mean_ms, s.p99_at_most_ms))
+                        .collect();
+                    println!("{:>15}  command stages: {}", "", stages.join("; "));
+                    let waits: Vec<String> = phase
+                        .wait_events
+                        .iter()
+                        .map(|(e, share)| format!("{e} {:.0}%", share * 100.0))
+                        .collect();
+                    println!("{:>15}  database backends: {}", "", waits.join(", "));
                 }
             }
             Ok(ExitCode::SUCCESS)

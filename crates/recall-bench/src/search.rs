@@ -56,6 +56,20 @@ pub struct Phase {
     pub projected_during: u64,
     /// Whether the projector still had a backlog when the phase ended.
     pub backlog_throughout: bool,
+    /// The server's own timing of the phase's commands, stage by stage: where their tail waited.
+    pub command_stages: Vec<Stage>,
+    /// What PostgreSQL's active backends were doing, sampled from `pg_stat_activity` every 2 ms during
+    /// the phase (`CPU` when running): the most frequent, with their share of the samples.
+    pub wait_events: Vec<(String, f64)>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Stage {
+    pub stage: &'static str,
+    pub count: u64,
+    pub mean_ms: f64,
+    /// The upper bound of the histogram bucket holding the 99th percentile.
+    pub p99_at_most_ms: f64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -136,11 +150,11 @@ pub async fn run_search_bench(
     .await?;
     server.ready().await?;
     let (state, address) = (server.state().clone(), server.address().expect("listening"));
-    let idle = phase(&pool, &state, address, &queries, &config).await?;
+    let idle = phase(&pool, &state, handler.store(), address, &queries, &config).await?;
     handler.add_all(&backlog).await?;
     // Let the projector reach full speed on the backlog before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let under_projection = phase(&pool, &state, address, &queries, &config).await?;
+    let under_projection = phase(&pool, &state, handler.store(), address, &queries, &config).await?;
     server.shutdown().await?;
     Ok(SearchBenchReport {
         documents: base.len(),
@@ -199,6 +213,7 @@ async fn hnsw_recall(
 async fn phase(
     pool: &sqlx::PgPool,
     state: &AppState,
+    store: &EventStore,
     address: SocketAddr,
     queries: &[String],
     config: &SearchBenchConfig,
@@ -206,6 +221,9 @@ async fn phase(
     let before = read_model::status(pool).await?;
     let embedded_before = state.metrics().query_embed_latency.totals();
     let cpu_before = crate::measure::CpuTimes::now();
+    let stages_before = store.command_timings().stages().map(|(name, h)| (name, h.snapshot()));
+    let (stop_sampling, sampled) = tokio::sync::oneshot::channel();
+    let sampler = tokio::spawn(sample_wait_events(pool.clone(), sampled));
     let base = format!("http://{address}");
     let (queries, requests, pause) = (queries.to_vec(), config.requests, config.pause);
     let (dense, hybrid, command) = tokio::task::spawn_blocking(move || -> Result<_, BenchError> {
@@ -246,6 +264,23 @@ async fn phase(
     })
     .await
     .map_err(|e| ProjectorError::Panicked(e.to_string()))??;
+    let _ = stop_sampling.send(());
+    let wait_events = sampler.await.map_err(|e| ProjectorError::Panicked(e.to_string()))??;
+    let command_stages = store
+        .command_timings()
+        .stages()
+        .iter()
+        .zip(&stages_before)
+        .map(|((stage, histogram), (_, before))| {
+            let during = histogram.snapshot().since(before);
+            Stage {
+                stage,
+                count: during.count(),
+                mean_ms: during.mean().as_secs_f64() * 1e3,
+                p99_at_most_ms: during.quantile_bound(0.99) * 1e3,
+            }
+        })
+        .collect();
     let after = read_model::status(pool).await?;
     let embedded_after = state.metrics().query_embed_latency.totals();
     let steal_percent = cpu_before
@@ -263,5 +298,38 @@ async fn phase(
         query_embedding_mean_ms: embedding.as_secs_f64() * 1000.0 / queries_embedded as f64,
         projected_during: (checkpoint(&after) - checkpoint(&before)).max(0) as u64,
         backlog_throughout: still_behind,
+        command_stages,
+        wait_events,
     })
+}
+
+/// Counts what the database's active backends wait on until `stop`, every 2 ms; the eight most
+/// frequent with their shares.
+async fn sample_wait_events(
+    pool: sqlx::PgPool,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Result<Vec<(String, f64)>, BenchError> {
+    let mut connection = pool.acquire().await?;
+    let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {}
+        }
+        let events: Vec<String> = sqlx::query_scalar(
+            "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity
+             WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut *connection)
+        .await?;
+        for event in events {
+            *counts.entry(event).or_default() += 1;
+        }
+    }
+    let total = counts.values().sum::<u64>().max(1) as f64;
+    let mut shares: Vec<(String, f64)> = counts.into_iter().map(|(e, n)| (e, n as f64 / total)).collect();
+    shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+    shares.truncate(8);
+    Ok(shares)
 }
