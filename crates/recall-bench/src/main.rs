@@ -356,7 +356,10 @@ async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                     let stages: Vec<String> = phase
                         .command_stages
                         .iter()
-                        .map(|s| format!("{} mean {:.2} ms, p99 <= {} ms", s.stage, s.mean_ms, s.p99_at_most_ms))
+                        .map(|s| match s.count {
+                            0 => format!("{} none", s.stage),
+                            _ => format!("{} mean {:.2} ms, p99 <= {} ms", s.stage, s.mean_ms, s.p99_at_most_ms),
+                        })
                         .collect();
                     println!("{:>15}  command stages: {}", "", stages.join("; "));
                     let waits: Vec<String> = phase
