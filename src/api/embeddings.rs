@@ -101,18 +101,13 @@ impl IntoResponse for OpenAiError {
             "invalid_request_error"
         };
         let body = serde_json::json!({"error": {
-            "message": self.error.message,
+            "message": &self.error.message,
             "type": kind,
             "param": self.param,
             "code": self.error.code,
         }});
         let mut response = (self.error.status, Json(body)).into_response();
-        if self.error.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
-        }
+        self.error.add_status_headers(&mut response);
         response
     }
 }

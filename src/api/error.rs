@@ -80,15 +80,19 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = axum::Json(ErrorBody {
+impl ApiError {
+    /// The body every refusal carries (MCP tool errors carry it too).
+    pub(crate) fn body(&self) -> ErrorBody {
+        ErrorBody {
             error: ErrorDetail {
                 code: self.code,
-                message: self.message,
+                message: self.message.clone(),
             },
-        });
-        let mut response = (self.status, body).into_response();
+        }
+    }
+
+    /// The headers a refusal's status calls for: `Retry-After` on 503, the challenge on 401.
+    pub(crate) fn add_status_headers(&self, response: &mut Response) {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
@@ -100,6 +104,13 @@ impl IntoResponse for ApiError {
                 header::HeaderValue::from_static("Bearer realm=\"recall\""),
             );
         }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        self.add_status_headers(&mut response);
         response
     }
 }

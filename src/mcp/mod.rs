@@ -338,7 +338,7 @@ fn answer<T: Serialize>(result: Result<T, ApiError>, render: impl FnOnce(&T) -> 
 }
 
 fn error_json(error: &ApiError) -> Value {
-    serde_json::json!({"error": {"code": error.code, "message": error.message}})
+    serde_json::to_value(error.body()).unwrap_or(Value::Null)
 }
 
 fn render_search(response: &SearchResponse) -> String {

@@ -38,8 +38,7 @@ enum Encoder {
 
 impl ModelArgs {
     pub fn threads(&self) -> usize {
-        self.threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        self.threads.unwrap_or_else(recall::runtime::available_threads)
     }
 
     pub fn load(&self) -> anyhow::Result<Embedder> {
