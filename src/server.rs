@@ -15,9 +15,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiConfig, AppState, ProjectorState};
-use crate::commands::CommandHandler;
 use crate::embed::{ChunkOptions, EmbedError, Embedder};
-use crate::event_store::EventStore;
+use crate::postgres::Databases;
 use crate::projector::{Foreground, Projector, ProjectorError, ProjectorOptions, Target};
 use crate::runtime::{self, CpuPolicy, PoolError, Priority};
 use crate::search::QueryEncoder;
@@ -103,15 +102,15 @@ pub struct RunningServer {
     background: JoinHandle<()>,
 }
 
-/// Starts serving on `listener` over `store`, then loads the model and starts the projector.
+/// Starts serving on `listener` over `databases`, then loads the model and starts the projector.
 pub async fn start(
     config: ServerConfig,
-    store: EventStore,
+    databases: Databases,
     listener: Option<TcpListener>,
     model: Model,
 ) -> Result<RunningServer, ServerError> {
     let address = listener.as_ref().map(TcpListener::local_addr).transpose()?;
-    let state = AppState::new(CommandHandler::new(store.clone()), config.api.clone());
+    let state = AppState::new(&databases, config.api.clone());
     let (stop, stopped) = watch::channel(false);
     let (ready_tx, ready) = watch::channel(false);
     let (fail, failed) = oneshot::channel();
@@ -138,7 +137,7 @@ pub async fn start(
     });
     let background = tokio::spawn(model_and_projector(
         state.clone(),
-        store,
+        databases,
         config,
         model,
         stopped,
@@ -199,7 +198,7 @@ impl RunningServer {
 
 async fn model_and_projector(
     state: AppState,
-    store: EventStore,
+    databases: Databases,
     config: ServerConfig,
     model: Model,
     mut stop: watch::Receiver<bool>,
@@ -230,7 +229,7 @@ async fn model_and_projector(
         let _ = ready.send(true);
         return;
     };
-    let projector = match projector(&state, &store, embedder, &config.cpu, &settings).await {
+    let projector = match projector(&state, &databases, embedder, &config.cpu, &settings).await {
         Ok(projector) => projector,
         Err(error) => return drop(fail.send(error)),
     };
@@ -251,23 +250,20 @@ async fn model_and_projector(
 /// API's (see `crate::runtime`).
 async fn projector(
     state: &AppState,
-    store: &EventStore,
+    databases: &Databases,
     embedder: Arc<Embedder>,
     cpu: &CpuPolicy,
     settings: &InProcessProjector,
 ) -> Result<Projector, ServerError> {
-    let pool = crate::postgres::open_background_beside(
-        store.pool(),
-        cpu.projector_database_niceness,
-        cpu.background_cpus.clone(),
-    )
-    .await?;
+    let background = databases
+        .background_beside(cpu.projector_database_niceness, cpu.background_cpus.clone())
+        .await?;
     let foreground = match settings.yield_to_requests {
         true => state.foreground().clone(),
         false => Foreground::never(),
     };
     Ok(Projector::beside_api(
-        EventStore::new(pool),
+        &background,
         (embedder.clone(), embedder.chunker_with(settings.chunking)),
         cpu,
         foreground,

@@ -15,6 +15,7 @@ use recall::domain::{
 };
 use recall::embed::{Chunk, EmbedError, ModelIdentity};
 use recall::event_store::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
+use recall::postgres::Databases;
 use recall::projector::{EmbedBackend, OnError, Projector, ProjectorError, ProjectorOptions, Target};
 use sqlx::PgPool;
 
@@ -30,14 +31,15 @@ fn content(title: &str, text: &str) -> DocumentContent {
     }
 }
 
-async fn setup(backend: Arc<dyn EmbedBackend>, options: ProjectorOptions) -> (PgPool, CommandHandler, Projector) {
-    let (pool, _) = common::fresh_database().await;
-    let store = EventStore::new(pool.clone());
-    (
-        pool,
-        CommandHandler::new(store.clone()),
-        Projector::new(store, backend, options),
-    )
+async fn setup(
+    layout: common::Layout,
+    backend: Arc<dyn EmbedBackend>,
+    options: ProjectorOptions,
+) -> (Databases, CommandHandler, Projector) {
+    let (db, _, _) = common::fresh_databases(layout).await;
+    let store = EventStore::new(db.log().clone());
+    let projector = Projector::new(&db, backend, options);
+    (db, CommandHandler::new(store), projector)
 }
 
 async fn add(h: &CommandHandler, id: &str, title: &str, text: &str) {
@@ -79,9 +81,9 @@ async fn chunks(pool: &PgPool) -> Vec<ChunkRow> {
     .unwrap()
 }
 
-#[tokio::test]
-async fn adds_updates_and_removes_project_with_their_history() {
-    let (pool, h, p) = setup(common::model_backend(), ProjectorOptions::default()).await;
+async fn adds_updates_and_removes_project_with_their_history(layout: common::Layout) {
+    let (db, h, p) = setup(layout, common::model_backend(), ProjectorOptions::default()).await;
+    let pool = db.read_model().clone();
     add(&h, "short", "Sorting", "Lists can be sorted in place.").await;
     add(&h, "long", "Notes", &long_text()).await;
     add(&h, "gone", "Temp", "This document will be removed.").await;
@@ -152,7 +154,7 @@ async fn adds_updates_and_removes_project_with_their_history() {
         .remove(0);
     assert!(common::cosine(&stored.to_vec(), &expected) >= 0.9999);
 
-    let status = read_model::status(&pool).await.unwrap();
+    let status = read_model::status(db.log(), &pool).await.unwrap();
     assert_eq!(status.head, 5);
     assert_eq!(
         (
@@ -210,16 +212,16 @@ async fn append_undecodable(pool: &PgPool) {
         .unwrap();
 }
 
-#[tokio::test]
-async fn a_poison_event_is_parked_later_events_project_and_retry_applies_it_after_a_fix() {
+async fn a_poison_event_is_parked_later_events_project_and_retry_applies_it_after_a_fix(layout: common::Layout) {
     let faulty = Arc::new(Faulty {
         inner: common::model_backend(),
         broken: AtomicBool::new(true),
     });
-    let (pool, h, p) = setup(faulty.clone(), ProjectorOptions::default()).await;
+    let (db, h, p) = setup(layout, faulty.clone(), ProjectorOptions::default()).await;
+    let pool = db.read_model().clone();
     add(&h, "a", "", "first document").await;
     add(&h, "poison", "", "this text contains POISON").await;
-    append_undecodable(&pool).await;
+    append_undecodable(db.log()).await;
     add(&h, "c", "", "a later document").await;
     let generation = p.run_until_caught_up(Target::Active).await.unwrap();
     assert_eq!(generation.checkpoint, 4, "the projector went on past the failures");
@@ -238,7 +240,7 @@ async fn a_poison_event_is_parked_later_events_project_and_retry_applies_it_afte
         parked[1].error
     );
     assert_eq!(
-        read_model::status(&pool).await.unwrap().projections[0].parked_failures,
+        read_model::status(db.log(), &pool).await.unwrap().projections[0].parked_failures,
         2
     );
 
@@ -258,18 +260,18 @@ async fn a_poison_event_is_parked_later_events_project_and_retry_applies_it_afte
     assert_eq!((parked.len(), parked[0].position, parked[0].attempts), (1, 3, 3));
 }
 
-#[tokio::test]
-async fn the_stop_policy_halts_just_before_the_failure() {
+async fn the_stop_policy_halts_just_before_the_failure(layout: common::Layout) {
     let options = ProjectorOptions {
         on_error: OnError::Stop,
         batch_events: 2,
         ..Default::default()
     };
-    let (pool, h, p) = setup(common::model_backend(), options).await;
+    let (db, h, p) = setup(layout, common::model_backend(), options).await;
+    let pool = db.read_model().clone();
     add(&h, "a", "", "one").await;
     add(&h, "b", "", "two").await;
     add(&h, "c", "", "three").await;
-    append_undecodable(&pool).await;
+    append_undecodable(db.log()).await;
     add(&h, "e", "", "five").await;
     match p.run_until_caught_up(Target::Active).await {
         Err(ProjectorError::Stopped { position: 4, .. }) => {}
@@ -300,27 +302,22 @@ impl EmbedBackend for OtherModel {
 }
 
 /// One projector step with a model of the given name and dimension; it must be refused.
-async fn step_with_model(pool: &PgPool, name: &str, dimension: usize) -> ProjectorError {
+async fn step_with_model(db: &Databases, name: &str, dimension: usize) -> ProjectorError {
     let identity = ModelIdentity {
         name: name.into(),
         revision: "1".into(),
         dimension,
     };
-    Projector::new(
-        EventStore::new(pool.clone()),
-        Arc::new(OtherModel { identity }),
-        ProjectorOptions::default(),
-    )
-    .step(Target::Active)
-    .await
-    .unwrap_err()
+    Projector::new(db, Arc::new(OtherModel { identity }), ProjectorOptions::default())
+        .step(Target::Active)
+        .await
+        .unwrap_err()
 }
 
-#[tokio::test]
-async fn another_dimension_or_another_model_is_refused() {
-    let (pool, h, p) = setup(common::model_backend(), ProjectorOptions::default()).await;
+async fn another_dimension_or_another_model_is_refused(layout: common::Layout) {
+    let (db, h, p) = setup(layout, common::model_backend(), ProjectorOptions::default()).await;
     add(&h, "a", "", "text").await;
-    let err = step_with_model(&pool, "wide", 768).await;
+    let err = step_with_model(&db, "wide", 768).await;
     assert!(
         matches!(
             err,
@@ -331,7 +328,7 @@ async fn another_dimension_or_another_model_is_refused() {
     assert!(err.to_string().contains("768-dimensional"), "{err}");
 
     p.run_until_caught_up(Target::Active).await.unwrap();
-    let err = step_with_model(&pool, "other", 384).await;
+    let err = step_with_model(&db, "other", 384).await;
     assert!(
         matches!(err, ProjectorError::ReadModel(ReadModelError::ModelMismatch { .. })),
         "{err}"
@@ -339,9 +336,9 @@ async fn another_dimension_or_another_model_is_refused() {
     assert!(err.to_string().contains("recall rebuild"), "{err}");
 }
 
-#[tokio::test]
-async fn wait_for_returns_once_projected_and_times_out_otherwise() {
-    let (pool, h, p) = setup(common::model_backend(), ProjectorOptions::default()).await;
+async fn wait_for_returns_once_projected_and_times_out_otherwise(layout: common::Layout) {
+    let (db, h, p) = setup(layout, common::model_backend(), ProjectorOptions::default()).await;
+    let pool = db.read_model().clone();
     add(&h, "a", "", "text").await;
     p.run_until_caught_up(Target::Active).await.unwrap();
     add(&h, "b", "", "more text").await;
@@ -409,9 +406,9 @@ async fn read_model_snapshot(pool: &PgPool, generation: i64) -> Snapshot {
     .unwrap()
 }
 
-#[tokio::test]
-async fn a_rebuild_yields_the_live_read_model_and_switches_over() {
-    let (pool, h, p) = setup(
+async fn a_rebuild_yields_the_live_read_model_and_switches_over(layout: common::Layout) {
+    let (db, h, p) = setup(
+        layout,
         common::model_backend(),
         ProjectorOptions {
             batch_events: 3,
@@ -419,6 +416,7 @@ async fn a_rebuild_yields_the_live_read_model_and_switches_over() {
         },
     )
     .await;
+    let pool = db.read_model().clone();
     for i in 0..8 {
         add(
             &h,
@@ -439,7 +437,7 @@ async fn a_rebuild_yields_the_live_read_model_and_switches_over() {
     let before = read_model_snapshot(&pool, live.generation).await;
 
     let rebuilt = Projector::new(
-        EventStore::new(pool.clone()),
+        &db,
         common::model_backend(),
         ProjectorOptions {
             batch_events: 5,
@@ -467,9 +465,9 @@ async fn a_rebuild_yields_the_live_read_model_and_switches_over() {
 
 /// Writers add, update and remove while the projector runs; afterwards every document's read model
 /// matches its own stream: the right version, removed or not, and current chunks with the current text.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writers_while_projecting_lose_nothing_and_keep_order() {
-    let (pool, h, p) = setup(
+async fn concurrent_writers_while_projecting_lose_nothing_and_keep_order(layout: common::Layout) {
+    let (db, h, p) = setup(
+        layout,
         common::model_backend(),
         ProjectorOptions {
             batch_events: 8,
@@ -477,6 +475,7 @@ async fn concurrent_writers_while_projecting_lose_nothing_and_keep_order() {
         },
     )
     .await;
+    let pool = db.read_model().clone();
     let worker = p.spawn(Target::Active);
     let writers: Vec<_> = (0..4)
         .map(|w| {
@@ -544,3 +543,50 @@ async fn concurrent_writers_while_projecting_lose_nothing_and_keep_order() {
         .unwrap();
     assert!(versions >= 12);
 }
+
+/// A read model in a database of its own is tied to the log it was projected from: a projector over
+/// another log is refused before it writes, with a message that says what to do.
+#[tokio::test]
+async fn a_read_model_apart_refuses_a_second_log() {
+    let (db, h, p) = setup(
+        common::Layout::Split,
+        common::model_backend(),
+        ProjectorOptions::default(),
+    )
+    .await;
+    add(&h, "a", "", "text").await;
+    p.run_until_caught_up(Target::Active).await.unwrap();
+    let (other_log, _) = common::fresh_database().await;
+    let other = Databases::split(other_log, db.read_model().clone());
+    add(
+        &CommandHandler::new(EventStore::new(other.log().clone())),
+        "b",
+        "",
+        "elsewhere",
+    )
+    .await;
+    let err = Projector::new(&other, common::model_backend(), ProjectorOptions::default())
+        .step(Target::Active)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ProjectorError::ReadModel(ReadModelError::OtherLog { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("RECALL_READ_MODEL_URL"), "{err}");
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM documents")
+        .fetch_all(db.read_model())
+        .await
+        .unwrap();
+    assert_eq!(ids, vec!["a"], "nothing of the other log was written");
+}
+
+in_both_layouts!(
+    adds_updates_and_removes_project_with_their_history,
+    a_poison_event_is_parked_later_events_project_and_retry_applies_it_after_a_fix,
+    the_stop_policy_halts_just_before_the_failure,
+    another_dimension_or_another_model_is_refused,
+    wait_for_returns_once_projected_and_times_out_otherwise,
+    a_rebuild_yields_the_live_read_model_and_switches_over,
+    concurrent_writers_while_projecting_lose_nothing_and_keep_order,
+);

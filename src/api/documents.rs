@@ -430,7 +430,7 @@ pub(crate) async fn document(
 /// The document as the active read model has it, with the receipt.
 async fn read_document(state: &AppState, key: &DocumentKey) -> Result<Option<ProjectedDocument>, ApiError> {
     let _turn = state.read_turn().await?;
-    Ok(read_model::document(state.pool(), key).await?)
+    Ok(read_model::document(state.read_model(), key).await?)
 }
 
 /// Every event of one document, oldest first, straight from the log.

@@ -51,16 +51,14 @@ pub async fn healthz() -> Json<Liveness> {
     (status = 503, description = "Not ready; `checks` says why", body = Readiness),
 ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let database = match sqlx::query_scalar::<_, Option<i64>>("SELECT max(version) FROM _sqlx_migrations WHERE success")
-        .fetch_one(state.pool())
-        .await
-    {
-        Ok(applied) if applied == MIGRATOR.iter().map(|m| m.version).max() => Ok("ok".to_owned()),
-        Ok(applied) => Err(format!(
-            "migrations applied up to {applied:?}, but this build has {:?}; restart recall to migrate",
-            MIGRATOR.iter().map(|m| m.version).max()
-        )),
-        Err(e) => Err(format!("unreachable: {e}")),
+    let databases = state.databases();
+    let database = match databases.is_split() {
+        false => migrated(databases.log()).await,
+        true => match (migrated(databases.log()).await, migrated(databases.read_model()).await) {
+            (Ok(_), Ok(_)) => Ok("ok".to_owned()),
+            (Err(e), _) => Err(format!("the log's database: {e}")),
+            (_, Err(e)) => Err(format!("the read model's database: {e}")),
+        },
     };
     let model = match state.inner.queries.get() {
         Some(_) => Ok("ok".to_owned()),
@@ -105,6 +103,21 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Whether the database answers and has this build's migrations.
+async fn migrated(pool: &sqlx::PgPool) -> Result<String, String> {
+    let latest = MIGRATOR.iter().map(|m| m.version).max();
+    match sqlx::query_scalar::<_, Option<i64>>("SELECT max(version) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+    {
+        Ok(applied) if applied == latest => Ok("ok".to_owned()),
+        Ok(applied) => Err(format!(
+            "migrations applied up to {applied:?}, but this build has {latest:?}; restart recall to migrate"
+        )),
+        Err(e) => Err(format!("unreachable: {e}")),
+    }
+}
+
 /// The Prometheus text exposition: this process's counters and histograms, then the read model's
 /// lag and parked failures as the database reports them.
 #[utoipa::path(get, path = "/metrics", responses(
@@ -125,7 +138,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     ));
     let report = {
         let _turn = state.read_turn().await?;
-        read_model::status(state.pool()).await?
+        read_model::status(state.databases().log(), state.read_model()).await?
     };
     text.push_str(&report.to_prometheus());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())

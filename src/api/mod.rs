@@ -24,6 +24,8 @@ use axum::Router;
 
 use crate::commands::CommandHandler;
 use crate::domain::Limits;
+use crate::event_store::EventStore;
+use crate::postgres::Databases;
 use crate::projector::{Foreground, ProjectorStats};
 use crate::read_model::CheckpointWatch;
 use crate::search::QueryEncoder;
@@ -107,6 +109,8 @@ pub struct AppState {
 
 struct Inner {
     handler: CommandHandler,
+    /// The log (the handler's) and the read model, in one database or two.
+    databases: Databases,
     config: ApiConfig,
     metrics: Metrics,
     queries: OnceLock<Arc<QueryEncoder>>,
@@ -121,12 +125,19 @@ struct Inner {
 }
 
 impl AppState {
-    pub fn new(handler: CommandHandler, config: ApiConfig) -> Self {
-        let connections = handler.store().pool().options().get_max_connections();
-        let reads = connections.saturating_sub(COMMAND_RESERVE).max(1) as usize;
+    /// Commands append to `databases`' log; searches, document reads and waits read its read model.
+    pub fn new(databases: &Databases, config: ApiConfig) -> Self {
+        let connections = databases.read_model().options().get_max_connections();
+        // Reads leave commands a few connections when the two share a pool; apart, reads may take all.
+        let reserve = match databases.is_split() {
+            true => 0,
+            false => COMMAND_RESERVE,
+        };
+        let reads = connections.saturating_sub(reserve).max(1) as usize;
         AppState {
             inner: Arc::new(Inner {
-                handler,
+                handler: CommandHandler::new(EventStore::new(databases.log().clone())),
+                databases: databases.clone(),
                 foreground: Foreground::new(config.foreground_window),
                 checkpoints: OnceLock::new(),
                 waiters: Semaphore::new(config.max_waiters),
@@ -171,8 +182,13 @@ impl AppState {
         &self.inner.handler
     }
 
-    pub(crate) fn pool(&self) -> &sqlx::PgPool {
-        self.inner.handler.store().pool()
+    /// The read model's database.
+    pub(crate) fn read_model(&self) -> &sqlx::PgPool {
+        self.inner.databases.read_model()
+    }
+
+    pub(crate) fn databases(&self) -> &Databases {
+        &self.inner.databases
     }
 
     pub(crate) fn config(&self) -> &ApiConfig {
@@ -199,7 +215,7 @@ impl AppState {
         let watch = self
             .inner
             .checkpoints
-            .get_or_init(|| CheckpointWatch::spawn(self.pool().clone()));
+            .get_or_init(|| CheckpointWatch::spawn(self.read_model().clone()));
         let timeout = self.config().wait_timeout;
         watch.wait_for(position, timeout).await.map(drop).map_err(|checkpoint| {
             crate::read_model::ReadModelError::WaitTimeout {

@@ -115,7 +115,7 @@ async fn answer(state: &AppState, question: &str, request: &SearchRequest) -> Re
         Ok::<_, ApiError>(Some(vector))
     };
     // The snapshot's round trips to the database overlap the model work instead of following it.
-    let (vector, snapshot) = tokio::join!(embedding, search::Snapshot::live(state.pool()));
+    let (vector, snapshot) = tokio::join!(embedding, search::Snapshot::live(state.read_model()));
     let (vector, snapshot) = (vector?, snapshot?);
     let query = search::Query {
         text: question,

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use recall::commands::CommandHandler;
 use recall::eval::{self, Qrels};
+use recall::event_store::EventStore;
 use recall::projector::{ModelBackend, Projector, ProjectorOptions, Target};
 use recall::search::{search, Query, SearchMode, SearchRequest};
 
@@ -19,7 +20,7 @@ use super::values::Mode;
 use super::embed::ModelArgs;
 use super::read_corpus;
 use super::search::{question_vectors, read_queries};
-use super::{open_projector_store, open_store};
+use super::{open_databases, open_projector_databases};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -88,7 +89,8 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         args.qrels.display()
     );
 
-    let store = open_store().await?;
+    let databases = open_databases().await?;
+    let store = EventStore::new(databases.log().clone());
     let handler = CommandHandler::new(store.clone());
     let appended = handler.add_all(&documents).await?;
     eprintln!(
@@ -102,13 +104,13 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     // Wait for whichever projector gets there first: a running `recall serve`, or one started here.
     let head = store.head().await?;
     let local = Projector::new(
-        open_projector_store().await?,
+        &open_projector_databases().await?,
         Arc::new(ModelBackend::shared(embedder.clone(), embedder.chunker(32, true), None)),
         ProjectorOptions::default(),
     );
     let started = Instant::now();
     tokio::select! {
-        waited = read_model::wait_for(store.pool(), head, Duration::from_secs_f64(args.wait_timeout.max(0.0))) => { waited?; }
+        waited = read_model::wait_for(databases.read_model(), head, Duration::from_secs_f64(args.wait_timeout.max(0.0))) => { waited?; }
         ran = local.run_until_caught_up(Target::Active) => { ran?; }
     }
     if started.elapsed() > Duration::from_secs(1) {
@@ -135,7 +137,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             text,
             vector: vector.as_deref(),
         };
-        let response = search(store.pool(), query, &request)
+        let response = search(databases.read_model(), query, &request)
             .await
             .with_context(|| format!("query {id}"))?;
         for (rank, hit) in response.results.iter().enumerate() {

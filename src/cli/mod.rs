@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use recall::commands::CommandHandler;
 use recall::domain::Limits;
 use recall::event_store::EventStore;
-use recall::postgres::{self, DatabaseTarget};
+use recall::postgres::{self, DatabaseTarget, DatabaseTargets, Databases};
 
 #[derive(Parser)]
 #[command(name = "recall", version, about = "A searchable, auditable memory for AI agents", long_about = None)]
@@ -115,19 +115,36 @@ impl WriteSettings {
     }
 }
 
+/// The event log alone, for commands.
 async fn open_store() -> anyhow::Result<EventStore> {
     let target = DatabaseTarget::from_env();
     let pool = postgres::open(&target, 16).await.context("opening the event store")?;
     Ok(EventStore::new(pool))
 }
 
-/// The event store on the projector's own connections (see `postgres::open_background`).
-async fn open_projector_store() -> anyhow::Result<EventStore> {
-    let options = postgres::connect_options(&DatabaseTarget::from_env()).await?;
-    let pool = postgres::open_background(options, 16, 0)
+/// The log and the read model, where `DATABASE_URL` and `RECALL_READ_MODEL_URL` say.
+async fn open_databases() -> anyhow::Result<Databases> {
+    Databases::open(&DatabaseTargets::from_env(), 16)
+        .await
+        .context("opening the databases")
+}
+
+/// Both on the projector's own kind of connections (see `postgres::open_background`).
+async fn open_projector_databases() -> anyhow::Result<Databases> {
+    let targets = DatabaseTargets::from_env();
+    let background = |options| postgres::open_background(options, 16, 0);
+    let log = background(postgres::connect_options(&targets.log).await?)
         .await
         .context("opening the event store")?;
-    Ok(EventStore::new(pool))
+    Ok(match &targets.read_model {
+        None => Databases::one(log),
+        Some(target) => Databases::split(
+            log,
+            background(postgres::connect_options(target).await?)
+                .await
+                .context("opening the read model's database")?,
+        ),
+    })
 }
 
 async fn open_handler() -> anyhow::Result<CommandHandler> {

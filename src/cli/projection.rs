@@ -1,5 +1,6 @@
 //! `recall project|rebuild|wait|status|failures`: the read side's worker and its instruments.
 
+use recall::event_store::EventStore;
 use recall::read_model;
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -15,7 +16,7 @@ use recall::projector::{ModelBackend, Projector, ProjectorOptions, Target};
 use super::values::OnErrorArg;
 
 use super::embed::ModelArgs;
-use super::{open_projector_store, open_store};
+use super::{open_databases, open_projector_databases, open_store};
 
 #[derive(Args)]
 pub struct ProjectArgs {
@@ -58,11 +59,11 @@ pub struct FailuresArgs {
 }
 
 async fn projector(model: &ModelArgs, overlap: usize, options: ProjectorOptions) -> anyhow::Result<Projector> {
-    let store = open_projector_store().await?;
+    let databases = open_projector_databases().await?;
     let model = model.clone();
     let embedder = tokio::task::spawn_blocking(move || model.load()).await??;
     Ok(Projector::new(
-        store,
+        &databases,
         Arc::new(ModelBackend::new(embedder, overlap)),
         options,
     ))
@@ -128,9 +129,9 @@ async fn with_progress<T>(
 
 pub async fn project(args: ProjectArgs) -> anyhow::Result<ExitCode> {
     let projector = args.projector().await?;
-    let store = open_store().await?;
-    let head = store.head().await?;
-    let start = read_model::active(store.pool())
+    let databases = open_databases().await?;
+    let head = EventStore::new(databases.log().clone()).head().await?;
+    let start = read_model::active(databases.read_model())
         .await?
         .map(|g| g.checkpoint)
         .unwrap_or(0);
@@ -165,20 +166,24 @@ pub async fn rebuild(args: ProjectArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn wait(position: Option<i64>, timeout_secs: f64) -> anyhow::Result<ExitCode> {
-    let store = open_store().await?;
+    let databases = open_databases().await?;
     let position = match position {
         Some(p) => p,
-        None => store.head().await?,
+        None => EventStore::new(databases.log().clone()).head().await?,
     };
-    let checkpoint =
-        read_model::wait_for(store.pool(), position, Duration::from_secs_f64(timeout_secs.max(0.0))).await?;
+    let checkpoint = read_model::wait_for(
+        databases.read_model(),
+        position,
+        Duration::from_secs_f64(timeout_secs.max(0.0)),
+    )
+    .await?;
     println!("projected through position {checkpoint}");
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn status(json: bool, prometheus: bool) -> anyhow::Result<ExitCode> {
-    let store = open_store().await?;
-    let report = read_model::status(store.pool()).await?;
+    let databases = open_databases().await?;
+    let report = read_model::status(databases.log(), databases.read_model()).await?;
     if prometheus {
         print!("{}", report.to_prometheus());
     } else if json {
@@ -224,8 +229,7 @@ pub async fn failures(args: FailuresArgs) -> anyhow::Result<ExitCode> {
             })
         }
         None => {
-            let store = open_store().await?;
-            let list = read_model::failures(store.pool(), args.all).await?;
+            let list = read_model::failures(open_databases().await?.read_model(), args.all).await?;
             for f in &list {
                 if args.json {
                     println!("{}", serde_json::to_string(f)?);

@@ -15,7 +15,7 @@ use recall::search::{search, Query, SearchRequest};
 use super::values::Mode;
 
 use super::embed::ModelArgs;
-use super::open_store;
+use super::open_databases;
 
 #[derive(Args)]
 pub struct SearchArgs {
@@ -106,7 +106,7 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
                 _ => "the question".to_owned(),
             })?;
     }
-    let store = open_store().await?;
+    let databases = open_databases().await?;
     // Lexical search needs no model; the others embed every question in one go.
     let embedder = if request.mode.needs_vector() {
         let model = args.model.clone();
@@ -121,7 +121,7 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
             text,
             vector: vector.as_deref(),
         };
-        let response = search(store.pool(), query, &request).await?;
+        let response = search(databases.read_model(), query, &request).await?;
         if args.json || args.queries.is_some() {
             let mut line = serde_json::to_value(&response)?;
             if let Some(id) = id {

@@ -10,7 +10,7 @@ use clap::Args;
 
 use recall::api::{self, ApiConfig};
 use recall::embed::ChunkOptions;
-use recall::event_store::EventStore;
+use recall::postgres::{DatabaseTargets, Databases};
 use recall::projector::ProjectorOptions;
 use recall::server::{self, InProcessProjector, Model, ServerConfig};
 
@@ -78,7 +78,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(max) = args.max_body_bytes {
         config.api.max_body_bytes = max;
     }
-    let store = open_store_with_deadline(config.api.request_deadline).await?;
+    let databases = open_with_deadline(config.api.request_deadline).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}; is another recall serving there?", args.listen))?;
@@ -89,7 +89,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let model = args.service.model.clone();
     let server = server::start(
         config,
-        store,
+        databases,
         Some(listener),
         Model::Load(Box::new(move || model.embedder())),
     )
@@ -114,9 +114,9 @@ pub struct McpArgs {
 pub async fn mcp(args: McpArgs) -> anyhow::Result<ExitCode> {
     use rmcp::ServiceExt;
     let config = args.service.config(Vec::new())?;
-    let store = open_store_with_deadline(config.api.request_deadline).await?;
+    let databases = open_with_deadline(config.api.request_deadline).await?;
     let model = args.service.model.clone();
-    let server = server::start(config, store, None, Model::Load(Box::new(move || model.embedder()))).await?;
+    let server = server::start(config, databases, None, Model::Load(Box::new(move || model.embedder()))).await?;
     let session = recall::mcp::RecallMcp::new(server.state().clone())
         .serve(rmcp::transport::stdio())
         .await
@@ -165,24 +165,21 @@ impl ServiceArgs {
     }
 }
 
-/// The API's pool: a statement or lock wait longer than a request's deadline is cancelled by the server
+/// The API's pools: a statement or lock wait longer than a request's deadline is cancelled by the server
 /// itself, so that no connection stays busy for an answer nobody waits for any more.
-async fn open_store_with_deadline(deadline: Duration) -> anyhow::Result<EventStore> {
+async fn open_with_deadline(deadline: Duration) -> anyhow::Result<Databases> {
     // Migrations first, without the deadline: building an index on a large read model takes longer.
-    super::open_store().await?.pool().close().await;
-    let target = recall::postgres::DatabaseTarget::from_env();
-    let options = recall::postgres::connect_options(&target).await?.options([
-        ("statement_timeout", format!("{}", deadline.as_millis().max(1))),
-        ("lock_timeout", format!("{}", deadline.as_millis().max(1))),
-        (
-            "idle_in_transaction_session_timeout",
-            format!("{}", (deadline * 2).as_millis().max(1)),
-        ),
-    ]);
-    let pool = recall::postgres::open_with(options, 16)
-        .await
-        .context("opening the event store")?;
-    Ok(EventStore::new(pool))
+    super::open_databases().await?.close().await;
+    let millis = |d: Duration| format!("{}", d.as_millis().max(1));
+    Databases::open_with(&DatabaseTargets::from_env(), 16, |options| {
+        options.options([
+            ("statement_timeout", millis(deadline)),
+            ("lock_timeout", millis(deadline)),
+            ("idle_in_transaction_session_timeout", millis(deadline * 2)),
+        ])
+    })
+    .await
+    .context("opening the databases")
 }
 
 fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {

@@ -293,7 +293,7 @@ impl RecallMcp {
     async fn status(&self, Parameters(_): Parameters<StatusArgs>) -> CallToolResult {
         let result = async {
             let _turn = self.state.read_turn().await?;
-            Ok::<_, ApiError>(read_model::status(self.state.pool()).await?)
+            Ok::<_, ApiError>(read_model::status(self.state.databases().log(), self.state.read_model()).await?)
         };
         answer(self.state.within_deadline(result).await, |r: &StatusReport| {
             match r.active() {
@@ -427,7 +427,7 @@ impl ServerHandler for RecallMcp {
         };
         let page = async {
             let _turn = self.state.read_turn().await?;
-            Ok::<_, ApiError>(read_model::list_documents(self.state.pool(), after.as_ref(), RESOURCE_PAGE).await?)
+            Ok::<_, ApiError>(read_model::list_documents(self.state.read_model(), after.as_ref(), RESOURCE_PAGE).await?)
         };
         let page = self.state.within_deadline(page).await.map_err(resource_error)?;
         let next_cursor = (page.len() as i64 == RESOURCE_PAGE)

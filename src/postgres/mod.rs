@@ -1,5 +1,10 @@
 //! Where the data lives: a private, embedded PostgreSQL cluster under `RECALL_HOME` by default, or any
 //! PostgreSQL 14+ with pgvector 0.8+ named by `DATABASE_URL`. Either way the pool comes back migrated.
+//!
+//! The event log and the read model may share that database or not ([`Databases`]): with
+//! `RECALL_READ_MODEL_URL` the read model (what the projector writes and searches read) lives in a database
+//! of its own, so that the projector's writes, WAL, vacuum and the searches' SQL share no commit flush,
+//! buffer pool, lock or connection pool with the commands.
 
 mod embedded;
 
@@ -57,6 +62,29 @@ impl DatabaseTarget {
                 home: default_home(),
                 database: "recall".into(),
             },
+        }
+    }
+}
+
+/// Where the log and the read model live.
+#[derive(Debug, Clone)]
+pub struct DatabaseTargets {
+    pub log: DatabaseTarget,
+    /// `None`: in the log's database.
+    pub read_model: Option<DatabaseTarget>,
+}
+
+impl DatabaseTargets {
+    /// The log where [`DatabaseTarget::from_env`] says; the read model in `RECALL_READ_MODEL_URL` if set,
+    /// else beside the log.
+    pub fn from_env() -> Self {
+        let read_model = match std::env::var("RECALL_READ_MODEL_URL") {
+            Ok(url) if !url.is_empty() => Some(DatabaseTarget::Url(url)),
+            _ => None,
+        };
+        DatabaseTargets {
+            log: DatabaseTarget::from_env(),
+            read_model,
         }
     }
 }
@@ -136,6 +164,87 @@ pub async fn create_database_if_missing(admin: &PgConnectOptions, name: &str) ->
         }
     }
     Ok(())
+}
+
+/// The event log's pool and the read model's: one pool when they share a database, two otherwise. Each
+/// database carries the whole schema (so that either layout migrates alike and one database can be split
+/// later by pointing the read model elsewhere, after which `recall project` fills it from the log); in two
+/// databases, the log's read-model tables and the read model's log tables stay empty.
+#[derive(Debug, Clone)]
+pub struct Databases {
+    log: PgPool,
+    read_model: PgPool,
+    split: bool,
+}
+
+impl Databases {
+    /// Log and read model in one database.
+    pub fn one(pool: PgPool) -> Self {
+        Databases {
+            read_model: pool.clone(),
+            log: pool,
+            split: false,
+        }
+    }
+
+    /// The read model in a database of its own.
+    pub fn split(log: PgPool, read_model: PgPool) -> Self {
+        Databases {
+            log,
+            read_model,
+            split: true,
+        }
+    }
+
+    /// Opens (and migrates) both targets with up to `max_connections` each.
+    pub async fn open(targets: &DatabaseTargets, max_connections: u32) -> Result<Self, PostgresError> {
+        Self::open_with(targets, max_connections, |options| options).await
+    }
+
+    /// As [`Databases::open`], with `adjust` applied to each database's connection options.
+    pub async fn open_with(
+        targets: &DatabaseTargets,
+        max_connections: u32,
+        adjust: impl Fn(PgConnectOptions) -> PgConnectOptions,
+    ) -> Result<Self, PostgresError> {
+        let log = open_with(adjust(connect_options(&targets.log).await?), max_connections).await?;
+        Ok(match &targets.read_model {
+            None => Databases::one(log),
+            Some(target) => {
+                let read_model = open_with(adjust(connect_options(target).await?), max_connections).await?;
+                Databases::split(log, read_model)
+            }
+        })
+    }
+
+    /// The event log: commands append here and the projector reads it.
+    pub fn log(&self) -> &PgPool {
+        &self.log
+    }
+
+    /// The read model: generations, checkpoints, documents, chunks, lexical statistics, parked failures.
+    pub fn read_model(&self) -> &PgPool {
+        &self.read_model
+    }
+
+    /// Whether the read model has a database of its own.
+    pub fn is_split(&self) -> bool {
+        self.split
+    }
+
+    /// Background pools beside these (see [`open_background_beside`]), for a projector.
+    pub async fn background_beside(&self, niceness: i32, cpus: Option<CpuSet>) -> Result<Self, PostgresError> {
+        let log = open_background_beside(&self.log, niceness, cpus.clone()).await?;
+        Ok(match self.split {
+            false => Databases::one(log),
+            true => Databases::split(log, open_background_beside(&self.read_model, niceness, cpus).await?),
+        })
+    }
+
+    pub async fn close(&self) {
+        self.log.close().await;
+        self.read_model.close().await;
+    }
 }
 
 /// A pool on the target with migrations applied.

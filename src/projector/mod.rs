@@ -20,9 +20,10 @@ use thiserror::Error;
 use tokio::task::JoinHandle;
 
 use crate::event_store::{EventStore, EventStoreError, NOTIFY_CHANNEL};
+use crate::postgres::Databases;
 use crate::read_model::{
-    activate_if_caught_up, active, active_for, create_building, drop_retired, load, Generation, GenerationStatus,
-    ReadModelError,
+    activate_if_caught_up, active, active_for, claim_for_log, create_building, drop_retired, load, Generation,
+    GenerationStatus, ReadModelError,
 };
 
 pub use backend::{EmbedBackend, ModelBackend};
@@ -168,7 +169,9 @@ impl ProjectorStats {
 
 #[derive(Clone)]
 pub struct Projector {
+    /// The read model: effects, checkpoints, the generation's lock.
     pool: PgPool,
+    /// The log it tails.
     store: EventStore,
     backend: Arc<dyn EmbedBackend>,
     options: ProjectorOptions,
@@ -187,10 +190,11 @@ pub enum Target {
 const LOCK_NAMESPACE: i32 = 0x7265_636c; // "recl"
 
 impl Projector {
-    pub fn new(store: EventStore, backend: Arc<dyn EmbedBackend>, options: ProjectorOptions) -> Self {
+    /// Tails `databases`' log into its read model (the same database or another).
+    pub fn new(databases: &Databases, backend: Arc<dyn EmbedBackend>, options: ProjectorOptions) -> Self {
         Projector {
-            pool: store.pool().clone(),
-            store,
+            pool: databases.read_model().clone(),
+            store: EventStore::new(databases.log().clone()),
             backend,
             options,
             stats: Arc::default(),
@@ -207,9 +211,9 @@ impl Projector {
 
     /// The projector as `recall serve` runs it beside the API: model threads on the pools of `cpu`,
     /// yielding a core to `foreground` traffic (give `Foreground::never()` to keep every core busy).
-    /// `store` should be on a pool opened with `postgres::open_background_beside`.
+    /// `databases` should be pools opened with `Databases::background_beside`.
     pub fn beside_api(
-        store: EventStore,
+        databases: &Databases,
         model: (Arc<crate::embed::Embedder>, crate::embed::Chunker),
         cpu: &crate::runtime::CpuPolicy,
         foreground: Foreground,
@@ -218,7 +222,7 @@ impl Projector {
         let (embedder, chunker) = model;
         let (all, narrow) = cpu.projector_pools()?;
         let backend = ModelBackend::shared(embedder, chunker, Some(all)).yielding_to(foreground.clone(), narrow);
-        Ok(Projector::new(store, Arc::new(backend), options).yielding_to(foreground))
+        Ok(Projector::new(databases, Arc::new(backend), options).yielding_to(foreground))
     }
 
     pub fn stats(&self) -> Arc<ProjectorStats> {
@@ -235,6 +239,7 @@ impl Projector {
             Target::Generation(g) => load(&self.pool, g).await?,
         };
         generation.admits(self.backend.identity())?;
+        claim_for_log(self.store.pool(), &self.pool, generation.generation).await?;
         Ok(generation)
     }
 
@@ -534,7 +539,8 @@ impl Projector {
         mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> Result<i64, ProjectorError> {
         let g = generation.generation;
-        let mut listener = PgListener::connect_with(&self.pool).await?;
+        // Appends notify on the log's database.
+        let mut listener = PgListener::connect_with(self.store.pool()).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
         // Re-read under the lock: a previous holder may have moved it.
         let mut checkpoint = load(&self.pool, g).await?.checkpoint;
@@ -665,7 +671,7 @@ impl Projector {
         let target = Target::Generation(building.generation);
         loop {
             self.run_with(target, true, std::future::pending()).await?;
-            if activate_if_caught_up(&self.pool, building.generation).await? {
+            if activate_if_caught_up(self.store.pool(), &self.pool, building.generation).await? {
                 break;
             }
         }

@@ -149,6 +149,37 @@ pub async fn active_for(pool: &PgPool, identity: &ModelIdentity) -> Result<Gener
     }
 }
 
+/// Ties `generation` to the log in `log` on first use and checks that it is that log's afterwards, so that
+/// a read model in a database of its own is never projected from two logs.
+pub async fn claim_for_log(log: &PgPool, pool: &PgPool, generation: i64) -> Result<(), ReadModelError> {
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT log_id FROM log_head").fetch_one(log).await?;
+    let stored = || {
+        sqlx::query_scalar::<_, Option<uuid::Uuid>>("SELECT log_id FROM projections WHERE generation = $1")
+            .bind(generation)
+            .fetch_optional(pool)
+    };
+    let mut claimed = stored().await?;
+    if claimed == Some(None) {
+        // First use; a concurrent claim wins or loses on the row, and either way it is read back.
+        sqlx::query("UPDATE projections SET log_id = $2 WHERE generation = $1 AND log_id IS NULL")
+            .bind(generation)
+            .bind(id)
+            .execute(pool)
+            .await?;
+        claimed = stored().await?;
+    }
+    let claimed = claimed.flatten();
+    match claimed {
+        None => Err(ReadModelError::NoSuchGeneration { generation }),
+        Some(claimed) if claimed != id => Err(ReadModelError::OtherLog {
+            generation,
+            claimed,
+            log: id,
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
 /// A new, empty generation for a rebuild with this model.
 pub async fn create_building(pool: &PgPool, identity: &ModelIdentity) -> Result<Generation, ReadModelError> {
     check_dimension(pool, identity).await?;
@@ -164,19 +195,23 @@ pub async fn create_building(pool: &PgPool, identity: &ModelIdentity) -> Result<
     .await?)
 }
 
-/// Makes `generation` active if it has projected the whole log; the head is locked meanwhile, so no
-/// append can slip in between the check and the switch. Returns false when it is not caught up yet.
-pub async fn activate_if_caught_up(pool: &PgPool, generation: i64) -> Result<bool, ReadModelError> {
-    let mut tx = pool.begin().await?;
+/// Makes `generation` active if it has projected the whole log; the log's head is locked meanwhile (in
+/// the log's database, `log`, which may be the read model's, `pool`), so no append can slip in between the
+/// check and the switch, and a receipt never goes back. Returns false when it is not caught up yet.
+pub async fn activate_if_caught_up(log: &PgPool, pool: &PgPool, generation: i64) -> Result<bool, ReadModelError> {
+    // Two transactions even in one database: the head's lock is held until the switch has committed.
+    let mut head_lock = log.begin().await?;
     let head: i64 = sqlx::query_scalar("SELECT position FROM log_head FOR SHARE")
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut *head_lock)
         .await?;
+    let mut tx = pool.begin().await?;
     let checkpoint: i64 = sqlx::query_scalar("SELECT checkpoint FROM projections WHERE generation = $1 FOR UPDATE")
         .bind(generation)
         .fetch_one(&mut *tx)
         .await?;
     if checkpoint < head {
         tx.rollback().await?;
+        head_lock.rollback().await?;
         return Ok(false);
     }
     sqlx::query("UPDATE projections SET status = $1, updated_at = now() WHERE status = $2")
@@ -190,6 +225,7 @@ pub async fn activate_if_caught_up(pool: &PgPool, generation: i64) -> Result<boo
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    head_lock.commit().await?;
     Ok(true)
 }
 

@@ -20,8 +20,8 @@ use thiserror::Error;
 pub use documents::{document, list_documents, DocumentSummary, ProjectedDocument};
 pub use failures::{failures, ParkedFailure};
 pub use generations::{
-    activate_if_caught_up, active, active_for, create_building, drop_retired, load, table_dimension, Generation,
-    GenerationStatus,
+    activate_if_caught_up, active, active_for, claim_for_log, create_building, drop_retired, load, table_dimension,
+    Generation, GenerationStatus,
 };
 pub use status::{status, ProjectionStatus, StatusReport};
 pub use wait::wait_for;
@@ -45,6 +45,12 @@ pub enum ReadModelError {
         generation: i64,
         stored: String,
         offered: String,
+    },
+    #[error("generation {generation} of the read model was projected from another event log ({claimed}, not this one, {log}); point RECALL_READ_MODEL_URL at this log's read model, or at an empty database to project it afresh")]
+    OtherLog {
+        generation: i64,
+        claimed: uuid::Uuid,
+        log: uuid::Uuid,
     },
     #[error("generation {generation} does not exist")]
     NoSuchGeneration { generation: i64 },

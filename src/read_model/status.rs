@@ -37,10 +37,9 @@ impl StatusReport {
     }
 }
 
-pub async fn status(pool: &PgPool) -> Result<StatusReport, ReadModelError> {
-    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
-        .fetch_one(pool)
-        .await?;
+/// The report, from the log's database (`log`: the head, the age of the first unprojected event) and
+/// the read model's (`pool`; the same database or another).
+pub async fn status(log: &PgPool, pool: &PgPool) -> Result<StatusReport, ReadModelError> {
     #[allow(clippy::type_complexity)]
     let rows: Vec<(
         i64,
@@ -49,7 +48,6 @@ pub async fn status(pool: &PgPool) -> Result<StatusReport, ReadModelError> {
         String,
         i32,
         i64,
-        Option<f64>,
         i64,
         i64,
         i64,
@@ -58,7 +56,6 @@ pub async fn status(pool: &PgPool) -> Result<StatusReport, ReadModelError> {
         Option<String>,
     )> = sqlx::query_as(
         "SELECT p.generation, p.status, p.model_name, p.model_revision, p.dimension, p.checkpoint,
-                (SELECT extract(epoch FROM now() - e.recorded_at)::float8 FROM events e WHERE e.position = p.checkpoint + 1),
                 (SELECT count(*) FROM documents d WHERE d.generation = p.generation AND NOT d.removed),
                 (SELECT count(*) FROM chunks c WHERE c.generation = p.generation AND c.valid_to IS NULL),
                 (SELECT count(*) FROM projection_failures f WHERE f.generation = p.generation AND f.resolved_at IS NULL),
@@ -67,6 +64,19 @@ pub async fn status(pool: &PgPool) -> Result<StatusReport, ReadModelError> {
     )
     .fetch_all(pool)
     .await?;
+    // Read after the checkpoints, so that no lag comes out negative.
+    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
+        .fetch_one(log)
+        .await?;
+    let next: Vec<i64> = rows.iter().map(|r| r.5 + 1).collect();
+    let ages: std::collections::HashMap<i64, f64> = sqlx::query_as(
+        "SELECT position, extract(epoch FROM now() - recorded_at)::float8 FROM events WHERE position = ANY($1)",
+    )
+    .bind(&next)
+    .fetch_all(log)
+    .await?
+    .into_iter()
+    .collect();
     let projections = rows
         .into_iter()
         .map(
@@ -77,7 +87,6 @@ pub async fn status(pool: &PgPool) -> Result<StatusReport, ReadModelError> {
                 revision,
                 dimension,
                 checkpoint,
-                lag,
                 documents,
                 chunks,
                 failures,
@@ -93,7 +102,7 @@ pub async fn status(pool: &PgPool) -> Result<StatusReport, ReadModelError> {
                     dimension,
                     checkpoint,
                     lag_events: head - checkpoint,
-                    lag_seconds: lag.unwrap_or(0.0).max(0.0),
+                    lag_seconds: ages.get(&(checkpoint + 1)).copied().unwrap_or(0.0).max(0.0),
                     documents,
                     current_chunks: chunks,
                     parked_failures: failures,

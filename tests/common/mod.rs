@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use recall::postgres::{self, EmbeddedServer};
+use recall::postgres::{self, Databases, EmbeddedServer};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 
@@ -43,6 +43,62 @@ pub async fn fresh_database() -> (PgPool, PgConnectOptions) {
         .await
         .expect("open and migrate");
     (pool, options)
+}
+
+/// Where a test keeps the read model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// In the log's database.
+    One,
+    /// In a database of its own (`RECALL_READ_MODEL_URL`).
+    Split,
+}
+
+/// Fresh databases in `layout`, with the log's and (split) the read model's connection options. Split,
+/// each database loses the other's tables, so that a query sent to the wrong one fails loudly instead of
+/// reading an empty table.
+pub async fn fresh_databases(layout: Layout) -> (Databases, PgConnectOptions, Option<PgConnectOptions>) {
+    let (log, log_options) = fresh_database().await;
+    if layout == Layout::One {
+        return (Databases::one(log), log_options, None);
+    }
+    let (read_model, read_options) = fresh_database().await;
+    sqlx::raw_sql("DROP TABLE events, log_head CASCADE")
+        .execute(&read_model)
+        .await
+        .expect("drop the log's tables from the read model's database");
+    sqlx::raw_sql(
+        "DROP TABLE projections, documents, document_versions, chunks, projection_failures, lexical_stats,
+                    lexeme_stats CASCADE",
+    )
+    .execute(&log)
+    .await
+    .expect("drop the read model's tables from the log's database");
+    (Databases::split(log, read_model), log_options, Some(read_options))
+}
+
+/// Runs each named `async fn name(layout: Layout)` of the calling test file in both layouts, as tests
+/// `one_database::name` and `read_model_apart::name`.
+#[macro_export]
+macro_rules! in_both_layouts {
+    ($($name:ident),* $(,)?) => {
+        mod one_database {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::common::Layout::One).await
+                }
+            )*
+        }
+        mod read_model_apart {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::common::Layout::Split).await
+                }
+            )*
+        }
+    };
 }
 
 /// A libpq URL for the options (for child processes such as the CLI).

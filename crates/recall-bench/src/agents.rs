@@ -11,6 +11,7 @@ use recall::commands::CommandHandler;
 use recall::domain::{DocumentContent, DocumentKey};
 use recall::embed::Embedder;
 use recall::event_store::EventStore;
+use recall::postgres::Databases;
 use recall::read_model;
 use recall::runtime::{CpuPolicy, Priority};
 use recall::server::{self, Model, ServerConfig};
@@ -37,7 +38,7 @@ pub struct AgentsReport {
 }
 
 pub async fn run_agents_bench(
-    store: EventStore,
+    databases: Databases,
     embedder: Arc<Embedder>,
     documents: Vec<(DocumentKey, DocumentContent)>,
     questions: Vec<String>,
@@ -45,6 +46,7 @@ pub async fn run_agents_bench(
     threads: usize,
 ) -> Result<AgentsReport, BenchError> {
     let passages: Vec<String> = documents.iter().map(|(_, c)| c.text.as_str().to_owned()).collect();
+    let store = EventStore::new(databases.log().clone());
     let head = CommandHandler::new(store.clone()).add_all(&documents).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -54,7 +56,7 @@ pub async fn run_agents_bench(
             cpu: CpuPolicy::beside_api(threads, Priority::Normal),
             ..ServerConfig::default()
         },
-        store.clone(),
+        databases.clone(),
         Some(listener),
         Model::Loaded(embedder.clone()),
     )
@@ -62,7 +64,7 @@ pub async fn run_agents_bench(
     server.ready().await?;
     tracing::info!(documents = head, "projecting the corpus");
     let position = store.head().await.map_err(recall::projector::ProjectorError::from)?;
-    read_model::wait_for(store.pool(), position, Duration::from_secs(3600)).await?;
+    read_model::wait_for(databases.read_model(), position, Duration::from_secs(3600)).await?;
     let base = format!("http://{}", server.address().expect("listening"));
 
     let raw = {

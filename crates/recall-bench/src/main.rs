@@ -17,7 +17,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use recall::event_store::EventStore;
-use recall::postgres::{self, DatabaseTarget};
+use recall::postgres::{self, DatabaseTargets, Databases};
 
 use append::{run_append_bench, AppendBenchConfig};
 use embed::run_embed_bench;
@@ -189,29 +189,49 @@ enum BenchCommand {
     },
 }
 
-/// A fresh database beside the user's, so a benchmark never writes into the real log; dropped afterwards.
-async fn scratch_database(name: &str) -> anyhow::Result<(sqlx::PgPool, sqlx::postgres::PgConnectOptions)> {
-    let admin = postgres::connect_options(&DatabaseTarget::from_env()).await?;
-    postgres::create_database_if_missing(&admin, name).await?;
-    let pool = postgres::open_with(admin.clone().database(name), 32).await?;
-    Ok((pool, admin))
+/// Fresh databases beside the user's (the log's, and the read model's where `RECALL_READ_MODEL_URL` puts
+/// it apart), so a benchmark never writes into the real ones; dropped afterwards.
+async fn scratch_databases(name: &str) -> anyhow::Result<(Databases, Vec<sqlx::postgres::PgConnectOptions>)> {
+    let targets = DatabaseTargets::from_env();
+    let mut admins = vec![postgres::connect_options(&targets.log).await?];
+    if let Some(target) = &targets.read_model {
+        admins.push(postgres::connect_options(target).await?);
+    }
+    let mut pools = Vec::new();
+    for admin in &admins {
+        postgres::create_database_if_missing(admin, name).await?;
+        pools.push(postgres::open_with(admin.clone().database(name), 32).await?);
+    }
+    let log = pools.remove(0);
+    let databases = match pools.pop() {
+        Some(read_model) => Databases::split(log, read_model),
+        None => Databases::one(log),
+    };
+    Ok((databases, admins))
 }
 
-/// Runs `work` on a fresh scratch database and drops the database afterwards (unless `keep`), whatever
-/// `work` returned.
+/// Runs `work` on fresh scratch databases and drops them afterwards (unless `keep`), whatever `work`
+/// returned.
 async fn on_scratch_database<T, F, Fut>(keep: bool, work: F) -> anyhow::Result<T>
 where
-    F: FnOnce(sqlx::PgPool) -> Fut,
+    F: FnOnce(Databases) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
     let name = format!("recall_bench_{}", std::process::id());
-    let (pool, admin) = scratch_database(&name).await.context("creating the scratch database")?;
-    let result = work(pool.clone()).await;
-    pool.close().await;
+    let (databases, admins) = scratch_databases(&name)
+        .await
+        .context("creating the scratch database")?;
+    if databases.is_split() {
+        eprintln!("the read model in a database of its own (RECALL_READ_MODEL_URL)");
+    }
+    let result = work(databases.clone()).await;
+    databases.close().await;
     if keep {
         eprintln!("kept the scratch database {name}");
     } else {
-        drop_database(&admin, &name).await?;
+        for admin in &admins {
+            drop_database(admin, &name).await?;
+        }
     }
     result
 }
@@ -254,8 +274,8 @@ async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 threads,
                 query_priority: query_priority.priority(),
             };
-            let report = on_scratch_database(false, |pool| async move {
-                Ok(run_soak(EventStore::new(pool), embedder, config).await?)
+            let report = on_scratch_database(false, |databases| async move {
+                Ok(run_soak(databases, embedder, config).await?)
             })
             .await?;
             if json {
@@ -335,8 +355,8 @@ async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 yield_to_requests: !no_yield,
                 query_priority: query_priority.priority(),
             };
-            let report = on_scratch_database(keep_database, |pool| async move {
-                Ok(run_search_bench(EventStore::new(pool), embedder, base, extra, questions, config).await?)
+            let report = on_scratch_database(keep_database, |databases| async move {
+                Ok(run_search_bench(databases, embedder, base, extra, questions, config).await?)
             })
             .await?;
             if json {
@@ -425,8 +445,8 @@ async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             documents.truncate(limit.unwrap_or(usize::MAX));
             let embedder = tokio::task::spawn_blocking(move || model.load()).await??;
             let backend = std::sync::Arc::new(recall::projector::ModelBackend::new(embedder, 32));
-            let report = on_scratch_database(false, |pool| async move {
-                Ok(run_project_bench(EventStore::new(pool), backend, documents).await?)
+            let report = on_scratch_database(false, |databases| async move {
+                Ok(run_project_bench(databases, backend, documents).await?)
             })
             .await?;
             if json {
@@ -461,11 +481,8 @@ async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             anyhow::ensure!(!questions.is_empty(), "{} holds no queries", queries.display());
             let threads = model.threads();
             let embedder = std::sync::Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
-            let report = on_scratch_database(false, |pool| async move {
-                Ok(
-                    agents::run_agents_bench(EventStore::new(pool), embedder, documents, questions, searches, threads)
-                        .await?,
-                )
+            let report = on_scratch_database(false, |databases| async move {
+                Ok(agents::run_agents_bench(databases, embedder, documents, questions, searches, threads).await?)
             })
             .await?;
             if json {
@@ -498,8 +515,12 @@ async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 bulk_documents: bulk,
                 bulk_batch: batch,
             };
-            let report = on_scratch_database(false, |pool| async move {
-                Ok(run_append_bench(&recall::commands::CommandHandler::new(EventStore::new(pool)), config).await?)
+            let report = on_scratch_database(false, |databases| async move {
+                Ok(run_append_bench(
+                    &recall::commands::CommandHandler::new(EventStore::new(databases.log().clone())),
+                    config,
+                )
+                .await?)
             })
             .await?;
             if json {

@@ -1,6 +1,7 @@
 //! `recall-bench project`: end-to-end projection throughput beside the raw embedder on the same chunks,
 //! and how soon a single new document becomes searchable on an idle system.
 
+use recall::postgres::Databases;
 use recall::read_model;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,10 +31,11 @@ pub struct ProjectBenchReport {
 
 /// `documents` go into the (scratch) database behind `store`, which must be empty.
 pub async fn run_project_bench(
-    store: EventStore,
+    databases: Databases,
     backend: Arc<ModelBackend>,
     documents: Vec<(DocumentKey, DocumentContent)>,
 ) -> Result<ProjectBenchReport, BenchError> {
+    let store = EventStore::new(databases.log().clone());
     let n = documents.len();
     // Raw embedder on exactly the chunks the projector will embed.
     let prepared = {
@@ -67,12 +69,8 @@ pub async fn run_project_bench(
     handler.add_all(&documents).await?;
     let ctx = CommandContext::default();
     // Its own connections, as `recall project` opens them.
-    let background = recall::postgres::open_background_beside(store.pool(), 0, None).await?;
-    let projector = Projector::new(
-        EventStore::new(background),
-        backend.clone(),
-        ProjectorOptions::default(),
-    );
+    let background = databases.background_beside(0, None).await?;
+    let projector = Projector::new(&background, backend.clone(), ProjectorOptions::default());
     let t = Instant::now();
     projector.run_until_caught_up(Target::Active).await?;
     let projection = t.elapsed();
@@ -101,7 +99,7 @@ pub async fn run_project_bench(
         let recall::commands::CommandOutcome::Appended { position, .. } = outcome else {
             continue;
         };
-        read_model::wait_for(store.pool(), position, Duration::from_secs(60)).await?;
+        read_model::wait_for(databases.read_model(), position, Duration::from_secs(60)).await?;
         visible.push(t.elapsed());
         let backend = backend.clone();
         let content = content.clone();

@@ -4,6 +4,7 @@
 //! search latency on an idle system beside the same while the projector saturates the CPU with a
 //! backlog.
 
+use recall::postgres::Databases;
 use recall::read_model;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,15 +86,15 @@ pub struct SearchBenchReport {
 /// `base` is projected and multiplied up to `config.chunks`; `backlog` is appended afterwards to keep the
 /// projector busy while the loaded phase is measured. `queries` are questions (reused round-robin).
 pub async fn run_search_bench(
-    store: EventStore,
+    databases: Databases,
     embedder: Arc<Embedder>,
     base: Vec<(DocumentKey, DocumentContent)>,
     backlog: Vec<(DocumentKey, DocumentContent)>,
     queries: Vec<String>,
     config: SearchBenchConfig,
 ) -> Result<SearchBenchReport, BenchError> {
-    let pool = store.pool().clone();
-    let handler = CommandHandler::new(store.clone());
+    let pool = databases.read_model().clone();
+    let handler = CommandHandler::new(EventStore::new(databases.log().clone()));
     handler.add_all(&base).await?;
     let chunking = ChunkOptions {
         max_tokens: config.chunk_tokens,
@@ -101,9 +102,9 @@ pub async fn run_search_bench(
         title_prefix: false,
     };
     // The base corpus is projected before the service starts, as by a `recall serve` that ran earlier.
-    let background = recall::postgres::open_background_beside(&pool, 0, None).await?;
+    let background = databases.background_beside(0, None).await?;
     let loader = Projector::new(
-        EventStore::new(background.clone()),
+        &background,
         Arc::new(ModelBackend::shared(
             embedder.clone(),
             embedder.chunker_with(chunking),
@@ -143,18 +144,18 @@ pub async fn run_search_bench(
             }),
             cpu: CpuPolicy::beside_api(config.threads, config.query_priority),
         },
-        store,
+        databases.clone(),
         Some(listener),
         Model::Loaded(embedder),
     )
     .await?;
     server.ready().await?;
     let (state, address) = (server.state().clone(), server.address().expect("listening"));
-    let idle = phase(&pool, &state, handler.store(), address, &queries, &config).await?;
+    let idle = phase(&databases, &state, handler.store(), address, &queries, &config).await?;
     handler.add_all(&backlog).await?;
     // Let the projector reach full speed on the backlog before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let under_projection = phase(&pool, &state, handler.store(), address, &queries, &config).await?;
+    let under_projection = phase(&databases, &state, handler.store(), address, &queries, &config).await?;
     server.shutdown().await?;
     Ok(SearchBenchReport {
         documents: base.len(),
@@ -211,19 +212,20 @@ async fn hnsw_recall(
 
 /// One client alternating a search and a command with think time between, over HTTP.
 async fn phase(
-    pool: &sqlx::PgPool,
+    databases: &Databases,
     state: &AppState,
     store: &EventStore,
     address: SocketAddr,
     queries: &[String],
     config: &SearchBenchConfig,
 ) -> Result<Phase, BenchError> {
-    let before = read_model::status(pool).await?;
+    let before = read_model::status(databases.log(), databases.read_model()).await?;
     let embedded_before = state.metrics().query_embed_latency.totals();
     let cpu_before = crate::measure::CpuTimes::now();
     let stages_before = store.command_timings().stages().map(|(name, h)| (name, h.snapshot()));
     let (stop_sampling, sampled) = tokio::sync::oneshot::channel();
-    let sampler = tokio::spawn(sample_wait_events(pool.clone(), sampled));
+    // Where the commands run: the log's database (which may also be the read model's).
+    let sampler = tokio::spawn(sample_wait_events(databases.log().clone(), sampled));
     let base = format!("http://{address}");
     let (queries, requests, pause) = (queries.to_vec(), config.requests, config.pause);
     let (dense, hybrid, command) = tokio::task::spawn_blocking(move || -> Result<_, BenchError> {
@@ -281,7 +283,7 @@ async fn phase(
             }
         })
         .collect();
-    let after = read_model::status(pool).await?;
+    let after = read_model::status(databases.log(), databases.read_model()).await?;
     let embedded_after = state.metrics().query_embed_latency.totals();
     let steal_percent = cpu_before
         .zip(crate::measure::CpuTimes::now())

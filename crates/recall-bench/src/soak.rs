@@ -2,6 +2,7 @@
 //! add, update, remove and search for a set time, then stop; the run checks that every acknowledged
 //! command is in the log and the read model, counts errors by kind, and samples memory and projector lag.
 
+use recall::postgres::Databases;
 use recall::read_model;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -176,11 +177,11 @@ fn client(base: String, id: usize, deadline: Instant, stop: Arc<AtomicBool>) -> 
 }
 
 pub async fn run_soak(
-    store: EventStore,
+    databases: Databases,
     embedder: Arc<Embedder>,
     config: SoakConfig,
 ) -> Result<SoakReport, BenchError> {
-    let pool = store.pool().clone();
+    let store = EventStore::new(databases.log().clone());
     // The service as `recall serve` runs it, on a free loopback port.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -190,7 +191,7 @@ pub async fn run_soak(
             cpu: CpuPolicy::beside_api(config.threads, config.query_priority),
             ..ServerConfig::default()
         },
-        store.clone(),
+        databases.clone(),
         Some(listener),
         Model::Loaded(embedder),
     )
@@ -203,10 +204,10 @@ pub async fn run_soak(
     let stop = Arc::new(AtomicBool::new(false));
     let samples: Arc<Mutex<Vec<(f64, f64, i64)>>> = Arc::default();
     let sampler = {
-        let (samples, pool, stop) = (samples.clone(), pool.clone(), stop.clone());
+        let (samples, databases, stop) = (samples.clone(), databases.clone(), stop.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let lag = read_model::status(&pool)
+                let lag = read_model::status(databases.log(), databases.read_model())
                     .await
                     .ok()
                     .and_then(|r| r.active().map(|p| p.lag_events))
@@ -244,7 +245,7 @@ pub async fn run_soak(
     // Let the projector drain, then check every acknowledged command against the log and the read model.
     let drain = Instant::now();
     let head = store.head().await.map_err(ProjectorError::from)?;
-    read_model::wait_for(&pool, head, Duration::from_secs(1800)).await?;
+    read_model::wait_for(databases.read_model(), head, Duration::from_secs(1800)).await?;
     let drain_seconds = drain.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.await;
@@ -252,13 +253,13 @@ pub async fn run_soak(
     let rows: Vec<(String, i64, bool)> =
         sqlx::query_as("SELECT d.id, d.version, d.removed FROM documents d JOIN projections p USING (generation) WHERE p.status = $1 AND d.scope = 'soak'")
             .bind(read_model::GenerationStatus::Active.as_str())
-            .fetch_all(&pool)
+            .fetch_all(databases.read_model())
             .await?;
     let projected: HashMap<String, (u64, bool)> = rows.into_iter().map(|(id, v, r)| (id, (v as u64, r))).collect();
     let logged: HashMap<String, u64> = sqlx::query_as::<_, (String, i64)>(
         "SELECT stream_id, max(version) FROM events WHERE scope = 'soak' GROUP BY stream_id",
     )
-    .fetch_all(&pool)
+    .fetch_all(databases.log())
     .await?
     .into_iter()
     .map(|(s, v)| (s.split_once(':').map_or(s.clone(), |(_, id)| id.to_owned()), v as u64))
