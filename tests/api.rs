@@ -3,6 +3,7 @@
 
 mod common;
 
+use recall::postgres::Databases;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,6 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use recall::api::{self, ApiConfig, AppState, ProjectorState};
-use recall::commands::CommandHandler;
 use recall::event_store::EventStore;
 use recall::projector::{EmbedBackend, ModelBackend, Projector, ProjectorOptions, Target};
 use recall::runtime::ComputePool;
@@ -33,10 +33,15 @@ impl App {
     /// A fresh database; when `projecting`, the service as `recall serve` assembles it (query path and
     /// projector inside), else the API alone. Requests go through the API's router.
     async fn new(config: ApiConfig, projecting: bool) -> App {
-        let (pool, _) = common::fresh_database().await;
-        let store = EventStore::new(pool);
+        Self::in_layout(common::Layout::One, config, projecting).await
+    }
+
+    /// As `new`, with the read model where `layout` puts it.
+    async fn in_layout(layout: common::Layout, config: ApiConfig, projecting: bool) -> App {
+        let (databases, _, _) = common::fresh_databases(layout).await;
+        let store = EventStore::new(databases.log().clone());
         if !projecting {
-            let state = AppState::new(CommandHandler::new(store.clone()), config);
+            let state = AppState::new(&databases, config);
             return App {
                 router: api::router(state.clone()),
                 state,
@@ -51,7 +56,7 @@ impl App {
                 cpu: recall::runtime::CpuPolicy::beside_api(2, Priority::Normal),
                 ..ServerConfig::default()
             },
-            store.clone(),
+            databases,
             Some(listener),
             Model::Loaded(common::model_backend().embedder().clone()),
         )
@@ -223,9 +228,8 @@ const TOPICS: [(&str, &str); 20] = [
     ),
 ];
 
-#[tokio::test]
-async fn add_wait_search_update_and_replay_an_old_receipt() {
-    let app = App::new(ApiConfig::default(), true).await;
+async fn add_wait_search_update_and_replay_an_old_receipt(layout: common::Layout) {
+    let app = App::in_layout(layout, ApiConfig::default(), true).await;
     let last = app.add_topics().await;
     assert_eq!(last, 20);
 
@@ -650,13 +654,12 @@ async fn tokens_body_limits_and_malformed_requests_get_clear_errors_and_append_n
     assert_eq!(app.head().await, 1);
 }
 
-#[tokio::test]
-async fn readiness_follows_the_model_and_the_projector_and_wait_for_times_out() {
+async fn readiness_follows_the_model_and_the_projector_and_wait_for_times_out(layout: common::Layout) {
     let config = ApiConfig {
         wait_timeout: Duration::from_millis(300),
         ..ApiConfig::default()
     };
-    let app = App::new(config, false).await;
+    let app = App::in_layout(layout, config, false).await;
     let (status, body) = app.call("GET", "/readyz", &[], None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["checks"]["model"], "still loading");
@@ -775,7 +778,7 @@ async fn requests_make_the_projector_yield_a_core_and_it_still_projects_everythi
     };
     let (pool, _) = common::fresh_database().await;
     let store = EventStore::new(pool);
-    let state = AppState::new(CommandHandler::new(store.clone()), config);
+    let state = AppState::new(&Databases::one(store.pool().clone()), config);
     let app = App {
         router: api::router(state.clone()),
         state: state.clone(),
@@ -806,8 +809,12 @@ async fn requests_make_the_projector_yield_a_core_and_it_still_projects_everythi
         embedder.clone(),
         ComputePool::new("test-query", 1, Priority::Normal, None).unwrap(),
     )));
-    let projector = Projector::new(store.clone(), backend.clone(), ProjectorOptions::default())
-        .yielding_to(state.foreground().clone());
+    let projector = Projector::new(
+        &Databases::one(store.pool().clone()),
+        backend.clone(),
+        ProjectorOptions::default(),
+    )
+    .yielding_to(state.foreground().clone());
     state.set_projector(ProjectorState::Running(projector.stats()));
     let running = projector.spawn(Target::Active);
 
@@ -859,3 +866,8 @@ async fn requests_make_the_projector_yield_a_core_and_it_still_projects_everythi
     }
     running.stop().await.unwrap();
 }
+
+in_both_layouts!(
+    add_wait_search_update_and_replay_an_old_receipt,
+    readiness_follows_the_model_and_the_projector_and_wait_for_times_out,
+);

@@ -4,6 +4,7 @@
 
 mod common;
 
+use recall::postgres::Databases;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,6 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use recall::api::{self, ApiConfig, AppState};
-use recall::commands::CommandHandler;
 use recall::event_store::{verify_chain, EventStore};
 use recall::projector::{Projector, ProjectorOptions, Target};
 
@@ -78,8 +78,12 @@ async fn two_hundred_waiters_hold_no_connection_and_commands_and_searches_go_on(
         wait_timeout: Duration::from_secs(4),
         ..ApiConfig::default()
     };
-    let router = api::router(AppState::new(CommandHandler::new(store.clone()), config));
-    let projector = Projector::new(store.clone(), common::model_backend(), ProjectorOptions::default());
+    let router = api::router(AppState::new(&Databases::one(store.pool().clone()), config));
+    let projector = Projector::new(
+        &Databases::one(store.pool().clone()),
+        common::model_backend(),
+        ProjectorOptions::default(),
+    );
     let (status, _, _) = call(
         &router,
         "POST",

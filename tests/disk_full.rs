@@ -4,6 +4,7 @@
 
 mod common;
 
+use recall::postgres::Databases;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
@@ -13,7 +14,6 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 
 use recall::api::{self, ApiConfig, AppState};
-use recall::commands::CommandHandler;
 use recall::event_store::{verify_chain, EventStore};
 use recall::postgres::EmbeddedServer;
 
@@ -55,7 +55,10 @@ async fn a_full_disk_fails_commands_cleanly_and_everything_works_once_space_retu
     let server = EmbeddedServer::locate(home).unwrap();
     let pool = common::start_with_database(&server).await;
     let store = EventStore::new(pool.clone());
-    let router = api::router(AppState::new(CommandHandler::new(store.clone()), ApiConfig::default()));
+    let router = api::router(AppState::new(
+        &Databases::one(store.pool().clone()),
+        ApiConfig::default(),
+    ));
 
     let text = "A paragraph that takes room on the disk. ".repeat(2_000);
     let mut acknowledged = BTreeSet::new();

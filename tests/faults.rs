@@ -4,6 +4,7 @@
 
 mod common;
 
+use recall::postgres::Databases;
 use recall::read_model;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,6 @@ use axum::http::StatusCode;
 use serde_json::{json, Value};
 
 use recall::api::{self, ApiConfig, AppState};
-use recall::commands::CommandHandler;
 use recall::event_store::{verify_chain, EventStore};
 use recall::projector::{Projector, ProjectorOptions, Target};
 
@@ -26,9 +26,12 @@ async fn http_ingest_through_a_postgres_kill_loses_nothing_acknowledged_and_answ
     let (_home, server) = common::private_server("recall-http-fault-");
     let pool = common::start_with_database(&server).await;
     let store = EventStore::new(pool.clone());
-    let router = api::router(AppState::new(CommandHandler::new(store.clone()), ApiConfig::default()));
+    let router = api::router(AppState::new(
+        &Databases::one(store.pool().clone()),
+        ApiConfig::default(),
+    ));
     let worker = Projector::new(
-        store.clone(),
+        &Databases::one(store.pool().clone()),
         common::model_backend(),
         ProjectorOptions {
             poll_interval: Duration::from_millis(200),

@@ -4,6 +4,7 @@
 
 mod common;
 
+use recall::postgres::Databases;
 use std::process::Command;
 use std::sync::Arc;
 
@@ -16,7 +17,6 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use recall::api::{self, ApiConfig, AppState};
-use recall::commands::CommandHandler;
 use recall::domain::{Limits, Scope};
 use recall::event_store::EventStore;
 use recall::projector::{Projector, ProjectorOptions, Target};
@@ -59,7 +59,7 @@ async fn a_catalogue_of_bad_http_requests_gets_the_documented_answers_and_leaves
         tokens: vec![TOKEN.into()],
         ..ApiConfig::default()
     };
-    let state = AppState::new(CommandHandler::new(store.clone()), config);
+    let state = AppState::new(&Databases::one(store.pool().clone()), config);
     let backend = common::model_backend();
     state.set_query_encoder(Arc::new(QueryEncoder::new(
         backend.embedder().clone(),
@@ -78,10 +78,14 @@ async fn a_catalogue_of_bad_http_requests_gets_the_documented_answers_and_leaves
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    Projector::new(store.clone(), backend, ProjectorOptions::default())
-        .run_until_caught_up(Target::Active)
-        .await
-        .unwrap();
+    Projector::new(
+        &Databases::one(store.pool().clone()),
+        backend,
+        ProjectorOptions::default(),
+    )
+    .run_until_caught_up(Target::Active)
+    .await
+    .unwrap();
     let head = store.head().await.unwrap();
 
     let big_text = json!({"text": "x".repeat(Limits::DEFAULT_MAX_TEXT_BYTES + 1)}).to_string();
@@ -475,7 +479,10 @@ fn no_request_body_makes_the_api_panic_answer_5xx_or_append_when_it_rejects() {
     let (store, router) = rt.block_on(async {
         let (pool, _) = common::fresh_database().await;
         let store = EventStore::new(pool);
-        let router = api::router(AppState::new(CommandHandler::new(store.clone()), ApiConfig::default()));
+        let router = api::router(AppState::new(
+            &Databases::one(store.pool().clone()),
+            ApiConfig::default(),
+        ));
         (store, router)
     });
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
@@ -516,7 +523,7 @@ async fn every_route_answers_malformed_paths_methods_and_headers_with_the_json_e
         tokens: vec![TOKEN.into()],
         ..ApiConfig::default()
     };
-    let router = api::router(AppState::new(CommandHandler::new(EventStore::new(pool)), config));
+    let router = api::router(AppState::new(&Databases::one(pool), config));
     let auth = ("authorization", "Bearer catalogue-token");
     let paths = [
         "/v1/documents",
@@ -583,7 +590,7 @@ async fn the_scheme_is_case_insensitive_and_a_weak_etag_never_matches() {
         tokens: vec![TOKEN.into()],
         ..ApiConfig::default()
     };
-    let router = api::router(AppState::new(CommandHandler::new(store.clone()), config));
+    let router = api::router(AppState::new(&Databases::one(store.pool().clone()), config));
     let json_type = ("content-type", "application/json");
     for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
         let token = format!("{scheme} {TOKEN}");

@@ -4,6 +4,7 @@
 
 mod common;
 
+use recall::postgres::Databases;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -37,7 +38,7 @@ async fn add(handler: &CommandHandler, scope: &str, id: &str, text: &str) -> boo
 /// Projects everything, within a deadline: a projector that retries forever fails the test.
 async fn project_all(pool: &PgPool) {
     let projector = Projector::new(
-        EventStore::new(pool.clone()),
+        &Databases::one(pool.clone()),
         common::model_backend(),
         ProjectorOptions::default(),
     );
@@ -172,7 +173,7 @@ async fn refuse_poison(pool: &PgPool) {
 async fn under_on_error_stop_a_refused_write_stops_just_before_its_event() {
     let (pool, _) = poisoned_log().await;
     let projector = Projector::new(
-        EventStore::new(pool.clone()),
+        &Databases::one(pool.clone()),
         common::model_backend(),
         ProjectorOptions {
             on_error: recall::projector::OnError::Stop,
@@ -301,14 +302,14 @@ async fn a_retrying_projector_says_so_and_recovers() {
     .unwrap();
     assert!(add(&handler, "plain", "doc", "The lighthouse keeper polished the lantern.").await);
     let projector = Projector::new(
-        EventStore::new(pool.clone()),
+        &Databases::one(pool.clone()),
         common::model_backend(),
         ProjectorOptions::default(),
     );
     let stats = projector.stats();
     let running = projector.spawn(Target::Active);
     let report = loop {
-        let report = read_model::status(&pool).await.unwrap();
+        let report = read_model::status(&pool, &pool).await.unwrap();
         if report.active().is_some_and(|p| p.retry_attempts >= 3) {
             break report;
         }
@@ -341,7 +342,7 @@ async fn a_retrying_projector_says_so_and_recovers() {
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let report = read_model::status(&pool).await.unwrap();
+        let report = read_model::status(&pool, &pool).await.unwrap();
         let active = report.active().unwrap();
         if active.checkpoint == report.head {
             assert_eq!(active.retry_attempts, 0);

@@ -14,11 +14,16 @@ use recall::event_store::EventStore;
 use recall::projector::{Projector, ProjectorOptions, Target};
 use sqlx::PgPool;
 
-fn project(url: &str, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_recall"))
+/// `recall project` on the log at `urls.0`, the read model at `urls.1` (or beside the log).
+fn project(urls: &(String, Option<String>), args: &[&str]) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_recall"));
+    if let Some(read_model) = &urls.1 {
+        command.env("RECALL_READ_MODEL_URL", read_model);
+    }
+    command
         .arg("project")
         .args(args)
-        .env("DATABASE_URL", url)
+        .env("DATABASE_URL", &urls.0)
         .env("RECALL_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -99,11 +104,11 @@ async fn snapshot(pool: &PgPool, generation: i64) -> Snapshot {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkilled_projection_restarts_into_exactly_the_clean_read_model() {
-    let (pool, options) = common::fresh_database().await;
-    let url = common::url_of(&options);
-    let head = fill(&pool, 1000).await;
+async fn sigkilled_projection_restarts_into_exactly_the_clean_read_model(layout: common::Layout) {
+    let (db, options, read_options) = common::fresh_databases(layout).await;
+    let url = (common::url_of(&options), read_options.as_ref().map(common::url_of));
+    let pool = db.read_model().clone();
+    let head = fill(db.log(), 1000).await;
     assert!(head > 1000);
 
     let mut mid_way_kills = 0;
@@ -135,11 +140,7 @@ async fn sigkilled_projection_restarts_into_exactly_the_clean_read_model() {
     let clean = read_model::create_building(&pool, common::model_backend().embedder().identity())
         .await
         .unwrap();
-    let p = Projector::new(
-        EventStore::new(pool.clone()),
-        common::model_backend(),
-        ProjectorOptions::default(),
-    );
+    let p = Projector::new(&db, common::model_backend(), ProjectorOptions::default());
     p.run_until_caught_up(Target::Generation(clean.generation))
         .await
         .unwrap();
@@ -175,11 +176,11 @@ async fn sigkilled_projection_restarts_into_exactly_the_clean_read_model() {
     assert_eq!(docs(crashed.generation).await, docs(clean.generation).await);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn of_two_projector_processes_one_projects_and_the_other_waits_then_takes_over() {
-    let (pool, options) = common::fresh_database().await;
-    let url = common::url_of(&options);
-    let head = fill(&pool, 600).await;
+async fn of_two_projector_processes_one_projects_and_the_other_waits_then_takes_over(layout: common::Layout) {
+    let (db, options, read_options) = common::fresh_databases(layout).await;
+    let url = (common::url_of(&options), read_options.as_ref().map(common::url_of));
+    let pool = db.read_model().clone();
+    let head = fill(db.log(), 600).await;
     let mut first = project(&url, &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while checkpoint(&pool).await == 0 && Instant::now() < deadline {
@@ -196,3 +197,8 @@ async fn of_two_projector_processes_one_projects_and_the_other_waits_then_takes_
     assert!(stderr.contains("this one is now active"), "{stderr}");
     assert_eq!(checkpoint(&pool).await, head);
 }
+
+in_both_layouts!(
+    sigkilled_projection_restarts_into_exactly_the_clean_read_model,
+    of_two_projector_processes_one_projects_and_the_other_waits_then_takes_over,
+);

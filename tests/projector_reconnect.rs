@@ -3,6 +3,7 @@
 
 mod common;
 
+use recall::postgres::Databases;
 use recall::read_model;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ async fn the_projector_recovers_on_its_own_after_the_database_restarts() {
     let ctx = CommandContext::default();
 
     let p = Projector::new(
-        store.clone(),
+        &Databases::one(store.pool().clone()),
         common::model_backend(),
         ProjectorOptions {
             poll_interval: Duration::from_millis(200),

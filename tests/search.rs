@@ -41,10 +41,10 @@ fn embed(q: &str) -> Vec<f32> {
     common::model_backend().embedder().encode(&[q]).unwrap().remove(0)
 }
 
-#[tokio::test]
-async fn search_finds_the_right_document_respects_scopes_and_replays_as_of_receipts() {
-    let (pool, _) = common::fresh_database().await;
-    let store = EventStore::new(pool.clone());
+async fn search_finds_the_right_document_respects_scopes_and_replays_as_of_receipts(layout: common::Layout) {
+    let (db, _, _) = common::fresh_databases(layout).await;
+    let pool = db.read_model().clone();
+    let store = EventStore::new(db.log().clone());
     let h = CommandHandler::new(store.clone());
     let ctx = CommandContext::default();
     let docs = [
@@ -88,7 +88,7 @@ async fn search_finds_the_right_document_respects_scopes_and_replays_as_of_recei
         .await
         .unwrap();
     }
-    let p = Projector::new(store.clone(), common::model_backend(), ProjectorOptions::default());
+    let p = Projector::new(&db, common::model_backend(), ProjectorOptions::default());
     p.run_until_caught_up(Target::Active).await.unwrap();
 
     let q = embed("how do I sort a list in python");
@@ -241,10 +241,9 @@ async fn search_finds_the_right_document_respects_scopes_and_replays_as_of_recei
     ));
 }
 
-#[tokio::test]
-async fn the_search_command_answers_beir_style_query_files_one_line_each() {
-    let (pool, options) = common::fresh_database().await;
-    let store = EventStore::new(pool.clone());
+async fn the_search_command_answers_beir_style_query_files_one_line_each(layout: common::Layout) {
+    let (db, options, read_options) = common::fresh_databases(layout).await;
+    let store = EventStore::new(db.log().clone());
     let h = CommandHandler::new(store.clone());
     for (id, text) in [
         ("a", "The mitochondria is the powerhouse of the cell."),
@@ -260,18 +259,21 @@ async fn the_search_command_answers_beir_style_query_files_one_line_each() {
         .await
         .unwrap();
     }
-    Projector::new(store, common::model_backend(), ProjectorOptions::default())
+    Projector::new(&db, common::model_backend(), ProjectorOptions::default())
         .run_until_caught_up(Target::Active)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let queries = dir.path().join("queries.jsonl");
     std::fs::write(&queries, "{\"_id\": \"q1\", \"text\": \"what produces energy in cells\"}\n{\"_id\": \"q2\", \"text\": \"memory safety without garbage collection\"}\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recall"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_recall"));
+    command
         .args(["search", "--queries", queries.to_str().unwrap(), "-k", "2"])
-        .env("DATABASE_URL", common::url_of(&options))
-        .output()
-        .unwrap();
+        .env("DATABASE_URL", common::url_of(&options));
+    if let Some(read) = &read_options {
+        command.env("RECALL_READ_MODEL_URL", common::url_of(read));
+    }
+    let out = command.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
@@ -308,10 +310,10 @@ fn words(text: &str) -> Query<'_> {
     Query { text, vector: None }
 }
 
-#[tokio::test]
-async fn lexical_and_hybrid_search_rank_by_bm25_fuse_and_keep_scopes_filters_and_receipts() {
-    let (pool, _) = common::fresh_database().await;
-    let store = EventStore::new(pool.clone());
+async fn lexical_and_hybrid_search_rank_by_bm25_fuse_and_keep_scopes_filters_and_receipts(layout: common::Layout) {
+    let (db, _, _) = common::fresh_databases(layout).await;
+    let pool = db.read_model().clone();
+    let store = EventStore::new(db.log().clone());
     let h = CommandHandler::new(store.clone());
     let ctx = CommandContext::default();
     let docs = [
@@ -362,7 +364,7 @@ async fn lexical_and_hybrid_search_rank_by_bm25_fuse_and_keep_scopes_filters_and
         .await
         .unwrap();
     }
-    let p = Projector::new(store.clone(), common::model_backend(), ProjectorOptions::default());
+    let p = Projector::new(&db, common::model_backend(), ProjectorOptions::default());
     p.run_until_caught_up(Target::Active).await.unwrap();
     let kb = |r: SearchRequest| SearchRequest {
         scope: Some(Scope::parse("kb").unwrap()),
@@ -486,3 +488,9 @@ async fn lexical_and_hybrid_search_rank_by_bm25_fuse_and_keep_scopes_filters_and
     assert_eq!(replay.results[0].text, code.results[0].text);
     assert!((replay.results[0].score - code.results[0].score).abs() < 1e-9);
 }
+
+in_both_layouts!(
+    search_finds_the_right_document_respects_scopes_and_replays_as_of_receipts,
+    the_search_command_answers_beir_style_query_files_one_line_each,
+    lexical_and_hybrid_search_rank_by_bm25_fuse_and_keep_scopes_filters_and_receipts,
+);
