@@ -178,6 +178,11 @@ impl AppState {
         &self.inner.shutdown
     }
 
+    /// Where this service's commands spent their time (what `/metrics` shows).
+    pub fn command_timings(&self) -> &crate::event_store::CommandTimings {
+        self.inner.handler.store().command_timings()
+    }
+
     pub(crate) fn handler(&self) -> &CommandHandler {
         &self.inner.handler
     }

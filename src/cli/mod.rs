@@ -92,8 +92,12 @@ enum DbAction {
     Start,
     /// Stop the embedded server.
     Stop,
-    /// Print a connection string for psql.
-    Url,
+    /// Print a connection string for psql: the log's database (where commands append).
+    Url {
+        /// The read model's database instead (the same one when the home has a single cluster).
+        #[arg(long)]
+        read_model: bool,
+    },
 }
 
 /// Settings shared by the commands that write documents.
@@ -131,20 +135,9 @@ async fn open_databases() -> anyhow::Result<Databases> {
 
 /// Both on the projector's own kind of connections (see `postgres::open_background`).
 async fn open_projector_databases() -> anyhow::Result<Databases> {
-    let targets = DatabaseTargets::from_env();
-    let background = |options| postgres::open_background(options, 16, 0);
-    let log = background(postgres::connect_options(&targets.log).await?)
+    Databases::open_background(&DatabaseTargets::from_env(), 16)
         .await
-        .context("opening the event store")?;
-    Ok(match &targets.read_model {
-        None => Databases::one(log),
-        Some(target) => Databases::split(
-            log,
-            background(postgres::connect_options(target).await?)
-                .await
-                .context("opening the read model's database")?,
-        ),
-    })
+        .context("opening the databases")
 }
 
 async fn open_handler() -> anyhow::Result<CommandHandler> {
@@ -198,33 +191,54 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn db(action: DbAction) -> anyhow::Result<ExitCode> {
     let server = embedded_server()?;
+    // The home's second cluster, for its read model, where it has one.
+    let read_model = match postgres::EmbeddedServer::read_model_apart(server.home()) {
+        Some(home) => Some(postgres::EmbeddedServer::locate(home)?),
+        None => None,
+    };
+    let clusters = std::iter::once(("log", &server)).chain(read_model.as_ref().map(|r| ("read model", r)));
     match action {
         DbAction::Status { json } => {
-            let status = server.status();
+            let statuses: Vec<_> = clusters.map(|(role, s)| (role, s.status())).collect();
             if json {
-                println!("{}", serde_json::to_string(&status)?);
+                // The log's cluster as before, and the read model's beside it.
+                let mut value = serde_json::to_value(&statuses[0].1)?;
+                value["read_model"] = serde_json::to_value(statuses.get(1).map(|s| &s.1))?;
+                println!("{value}");
             } else {
-                println!("home:        {}", status.home.display());
-                println!("binaries:    {}", status.bin_dir.display());
-                println!("initialised: {}", status.initialised);
-                println!(
-                    "running:     {}{}",
-                    status.running,
-                    status.pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
-                );
+                for (role, status) in &statuses {
+                    println!("{role}:");
+                    println!("  home:        {}", status.home.display());
+                    println!("  binaries:    {}", status.bin_dir.display());
+                    println!("  initialised: {}", status.initialised);
+                    println!(
+                        "  running:     {}{}",
+                        status.running,
+                        status.pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+                    );
+                }
             }
         }
         DbAction::Start => {
-            postgres::open(&DatabaseTarget::from_env(), 1)
+            Databases::open(&DatabaseTargets::from_env(), 1)
                 .await
                 .context("starting the embedded server")?;
-            println!("running: {}", server.url("recall"));
+            for (role, s) in clusters {
+                println!("running ({role}): {}", s.url("recall"));
+            }
         }
         DbAction::Stop => {
-            let stopped = tokio::task::spawn_blocking(move || server.stop()).await??;
-            println!("{}", if stopped { "stopped" } else { "not running" });
+            for (role, s) in clusters {
+                let s = s.clone();
+                let stopped = tokio::task::spawn_blocking(move || s.stop()).await??;
+                println!("{role}: {}", if stopped { "stopped" } else { "not running" });
+            }
         }
-        DbAction::Url => println!("{}", server.url("recall")),
+        DbAction::Url { read_model: false } => println!("{}", server.url("recall")),
+        DbAction::Url { read_model: true } => match &read_model {
+            Some(s) => println!("{}", s.url("recall")),
+            None => println!("{}", server.url("recall")),
+        },
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,9 @@ use thiserror::Error;
 
 const PORT: u16 = 5432;
 const SUPERUSER: &str = "postgres";
+/// The read model's own cluster, inside the log's home.
+const READ_MODEL_HOME: &str = "read-model";
+
 /// Unix socket paths are limited to 107 bytes by the kernel.
 const MAX_SOCKET_PATH: usize = 100;
 
@@ -102,6 +105,20 @@ impl EmbeddedServer {
             None
         };
         Ok(EmbeddedServer { home, bin_dir, run_as })
+    }
+
+    /// The home of the cluster that holds `home`'s read model, if it has one of its own: a home made by
+    /// this build gets one (and keeps it: the folder is made here, before either cluster exists), so that
+    /// the projector's writes, WAL, checkpoints and vacuum share no flush, buffer pool or lock with
+    /// commands; a home made before keeps its one cluster (move it with `RECALL_READ_MODEL_URL`).
+    pub fn read_model_apart(home: &Path) -> Option<PathBuf> {
+        let apart = home.join(READ_MODEL_HOME);
+        if apart.is_dir() {
+            return Some(apart);
+        }
+        let fresh = !home.join("pgdata").exists();
+        // Where the folder cannot be made (a home not ours to write), the log's cluster keeps both.
+        (fresh && fs::create_dir_all(&apart).is_ok()).then_some(apart)
     }
 
     pub fn home(&self) -> &Path {
@@ -372,6 +389,16 @@ impl EmbeddedServer {
         let path = self.data_dir().join("recall.conf");
         let socket_dir = self.socket_dir().display().to_string().replace('\'', "''");
         let shared_buffers = shared_buffers_mb(memory_bytes());
+        let read_model = match self.home.file_name().is_some_and(|n| n == READ_MODEL_HOME) {
+            // The projector commits here without waiting for the flush (see `postgres::derived_writes`);
+            // its WAL is then flushed every wal_writer_delay in one go rather than every megabyte, which
+            // keeps this cluster's flushes from queueing on the disk before the log cluster's commits.
+            true => {
+                "# The read model's own cluster: derived data (see recall's postgres::derived_writes).\n\
+                     wal_writer_flush_after = '64MB'\n"
+            }
+            false => "",
+        };
         let settings = format!(
             "# Written by recall before each start, read after postgresql.conf: override with ALTER SYSTEM.\n\
              listen_addresses = ''\n\
@@ -389,7 +416,7 @@ impl EmbeddedServer {
              # images in the WAL, which every command's commit has to flush past.\n\
              max_wal_size = '4GB'\n\
              checkpoint_timeout = '15min'\n\
-             wal_compression = on\n"
+             wal_compression = on\n{read_model}"
         );
         fs::write(&path, settings).map_err(io("writing recall.conf"))?;
         self.chown(&path)

@@ -151,11 +151,11 @@ pub async fn run_search_bench(
     .await?;
     server.ready().await?;
     let (state, address) = (server.state().clone(), server.address().expect("listening"));
-    let idle = phase(&databases, &state, handler.store(), address, &queries, &config).await?;
+    let idle = phase(&databases, &state, address, &queries, &config).await?;
     handler.add_all(&backlog).await?;
     // Let the projector reach full speed on the backlog before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let under_projection = phase(&databases, &state, handler.store(), address, &queries, &config).await?;
+    let under_projection = phase(&databases, &state, address, &queries, &config).await?;
     server.shutdown().await?;
     Ok(SearchBenchReport {
         documents: base.len(),
@@ -214,7 +214,6 @@ async fn hnsw_recall(
 async fn phase(
     databases: &Databases,
     state: &AppState,
-    store: &EventStore,
     address: SocketAddr,
     queries: &[String],
     config: &SearchBenchConfig,
@@ -222,7 +221,8 @@ async fn phase(
     let before = read_model::status(databases.log(), databases.read_model()).await?;
     let embedded_before = state.metrics().query_embed_latency.totals();
     let cpu_before = crate::measure::CpuTimes::now();
-    let stages_before = store.command_timings().stages().map(|(name, h)| (name, h.snapshot()));
+    // The server's own store: its commands' timings.
+    let stages_before = state.command_timings().stages().map(|(name, h)| (name, h.snapshot()));
     let (stop_sampling, sampled) = tokio::sync::oneshot::channel();
     // Where the commands run: the log's database (which may also be the read model's).
     let sampler = tokio::spawn(sample_wait_events(databases.log().clone(), sampled));
@@ -268,7 +268,7 @@ async fn phase(
     .map_err(|e| ProjectorError::Panicked(e.to_string()))??;
     let _ = stop_sampling.send(());
     let wait_events = sampler.await.map_err(|e| ProjectorError::Panicked(e.to_string()))??;
-    let command_stages = store
+    let command_stages = state
         .command_timings()
         .stages()
         .iter()
