@@ -137,3 +137,95 @@ async fn the_projectors_server_processes_yield_and_keep_off_the_first_cpu() {
         None => assert_eq!(allowed_cpus_of(pid), allowed_cpus_of(api_pid)),
     }
 }
+
+/// The CLI on `home` (the embedded default: no DATABASE_URL), its stdout.
+fn recall_on(home: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recall"))
+        .args(args)
+        .env("RECALL_HOME", home)
+        .env_remove("DATABASE_URL")
+        .env_remove("RECALL_READ_MODEL_URL")
+        .env("RECALL_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "recall {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Rows of `table` in the `recall` database of the cluster whose home is `home`.
+async fn rows_in(home: &std::path::Path, table: &str) -> i64 {
+    let server = recall::postgres::EmbeddedServer::locate(home.to_path_buf()).unwrap();
+    let pool = open_with(server.connect_options("recall"), 1).await.unwrap();
+    let n = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
+/// A home made by this build keeps its read model in a second cluster: the projector writes there, the log
+/// stays in the first, search and status read across both, and `recall db` starts, reports and stops both.
+/// A home made before (one cluster already there) keeps its one database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_home_keeps_its_read_model_in_a_second_cluster_and_an_old_home_keeps_one() {
+    let (home, _) = common::private_server("recall-layout-");
+    let home = home.path();
+    let apart = home.join("read-model");
+    recall_on(home, &["db", "start"]);
+    let status: serde_json::Value = serde_json::from_str(&recall_on(home, &["db", "status", "--json"])).unwrap();
+    assert_eq!(status["running"], true, "{status}");
+    assert_eq!(status["read_model"]["running"], true, "{status}");
+    assert_ne!(
+        recall_on(home, &["db", "url"]),
+        recall_on(home, &["db", "url", "--read-model"])
+    );
+
+    let doc = home.join("lantern.txt");
+    std::fs::write(&doc, "The lighthouse keeper polished the lantern every night.").unwrap();
+    recall_on(home, &["ingest", doc.to_str().unwrap()]);
+    recall_on(home, &["project", "--until-caught-up"]);
+    let found = recall_on(home, &["search", "who polished the lantern", "-k", "1", "--json"]);
+    let found: serde_json::Value = serde_json::from_str(found.lines().next().unwrap()).unwrap();
+    assert_eq!(found["position"], 1, "{found}");
+    assert!(
+        found["results"][0]["text"].as_str().unwrap().contains("lantern"),
+        "{found}"
+    );
+    assert_eq!(rows_in(home, "events").await, 1, "the log is in the first cluster");
+    assert_eq!(rows_in(home, "chunks").await, 0, "no read model beside the log");
+    assert_eq!(rows_in(&apart, "chunks").await, 1, "the read model is in the second");
+    assert_eq!(rows_in(&apart, "events").await, 0);
+    let report: serde_json::Value = serde_json::from_str(&recall_on(home, &["status", "--json"])).unwrap();
+    assert_eq!(
+        (report["head"].as_i64(), report["projections"][0]["checkpoint"].as_i64()),
+        (Some(1), Some(1)),
+        "{report}"
+    );
+
+    let stopped = recall_on(home, &["db", "stop"]);
+    assert!(
+        stopped.contains("log: stopped") && stopped.contains("read model: stopped"),
+        "{stopped}"
+    );
+    let status: serde_json::Value = serde_json::from_str(&recall_on(home, &["db", "status", "--json"])).unwrap();
+    assert_eq!(
+        (status["running"].as_bool(), status["read_model"]["running"].as_bool()),
+        (Some(false), Some(false))
+    );
+
+    // A home whose cluster predates the layout: its read model stays beside the log.
+    let (old, server) = common::private_server("recall-layout-old-");
+    server.ensure_running().unwrap();
+    recall_on(old.path(), &["ingest", doc.to_str().unwrap()]);
+    recall_on(old.path(), &["project", "--until-caught-up"]);
+    assert!(!old.path().join("read-model").exists());
+    assert_eq!(rows_in(old.path(), "chunks").await, 1);
+    let status: serde_json::Value = serde_json::from_str(&recall_on(old.path(), &["db", "status", "--json"])).unwrap();
+    assert!(status["read_model"].is_null(), "{status}");
+    recall_on(old.path(), &["db", "stop"]);
+}

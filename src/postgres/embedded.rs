@@ -390,12 +390,13 @@ impl EmbeddedServer {
         let socket_dir = self.socket_dir().display().to_string().replace('\'', "''");
         let shared_buffers = shared_buffers_mb(memory_bytes());
         let read_model = match self.home.file_name().is_some_and(|n| n == READ_MODEL_HOME) {
-            // The projector commits here without waiting for the flush (see `postgres::derived_writes`);
-            // its WAL is then flushed every wal_writer_delay in one go rather than every megabyte, which
-            // keeps this cluster's flushes from queueing on the disk before the log cluster's commits.
+            // The projector commits without waiting for the flush (the read model is derived; see
+            // `projector::write`), so the WAL writer flushes this cluster's WAL: every wal_writer_delay in
+            // one go rather than every megabyte, which keeps a busy projector's flushes from queueing on
+            // the disk before the log cluster's commits (`recall-bench search`: docs/performance.md).
             true => {
-                "# The read model's own cluster: derived data (see recall's postgres::derived_writes).\n\
-                     wal_writer_flush_after = '64MB'\n"
+                "# The read model's own cluster: its WAL is flushed in one go every wal_writer_delay.\n\
+                 wal_writer_flush_after = '64MB'\n"
             }
             false => "",
         };

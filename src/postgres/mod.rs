@@ -244,11 +244,7 @@ impl Databases {
         let log = open_background_beside(&self.log, niceness, cpus.clone()).await?;
         Ok(match self.split {
             false => Databases::one(log),
-            true => {
-                let options = derived_writes((*self.read_model.connect_options()).clone());
-                let read_model = open_pool(long_statements(options), BACKGROUND_CONNECTIONS, niceness, cpus).await?;
-                Databases::split(log, read_model)
-            }
+            true => Databases::split(log, open_background_beside(&self.read_model, niceness, cpus).await?),
         })
     }
 
@@ -257,10 +253,10 @@ impl Databases {
         let log = open_background(connect_options(&targets.log).await?, max_connections, 0).await?;
         Ok(match &targets.read_model {
             None => Databases::one(log),
-            Some(target) => {
-                let options = derived_writes(connect_options(target).await?);
-                Databases::split(log, open_background(options, max_connections, 0).await?)
-            }
+            Some(target) => Databases::split(
+                log,
+                open_background(connect_options(target).await?, max_connections, 0).await?,
+            ),
         })
     }
 
@@ -278,17 +274,6 @@ pub async fn open(target: &DatabaseTarget, max_connections: u32) -> Result<PgPoo
 
 pub async fn open_with(options: PgConnectOptions, max_connections: u32) -> Result<PgPool, PostgresError> {
     open_pool(options, max_connections, 0, None).await
-}
-
-/// The projector's commits into a read model of its own do not wait for their WAL flush. They are
-/// derived data whose checkpoint commits with them, so a crash of that server can lose only the last
-/// fraction of a second of projection, which the projector then does again from the checkpoint it finds;
-/// meanwhile their flushes would queue on the disk before the commands' (`recall-bench search` measured
-/// the log's commit flush as 80% of a command's time under a busy projector). Receipts from that fraction
-/// of a second answer "ahead of the read model" until it is projected again; nothing reads a wrong answer.
-/// Beside the log, in one database, the commands flush the projector's WAL anyway, so this is not used.
-fn derived_writes(options: PgConnectOptions) -> PgConnectOptions {
-    options.options([("synchronous_commit", "off")])
 }
 
 /// A pool for background work (the projector): when the server is on this machine (a Unix socket), each
@@ -326,13 +311,12 @@ pub async fn open_background_beside(
     niceness: i32,
     cpus: Option<CpuSet>,
 ) -> Result<PgPool, PostgresError> {
+    // The projector holds two for its whole run (its advisory lock and its LISTEN), reads batch N on a
+    // third while batch N-1 is written on a fourth.
+    const CONNECTIONS: u32 = 4;
     let options = long_statements((*pool.connect_options()).clone());
-    open_pool(options, BACKGROUND_CONNECTIONS, niceness, cpus).await
+    open_pool(options, CONNECTIONS, niceness, cpus).await
 }
-
-/// The projector holds two for its whole run (its advisory lock and its LISTEN), reads batch N on a third
-/// while batch N-1 is written on a fourth.
-const BACKGROUND_CONNECTIONS: u32 = 4;
 
 /// How long a caller waits for a connection before the database counts as unavailable.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);

@@ -222,7 +222,9 @@ where
         .await
         .context("creating the scratch database")?;
     if databases.is_split() {
-        eprintln!("the read model in a database of its own (RECALL_READ_MODEL_URL)");
+        eprintln!(
+            "the read model in a database of its own (RECALL_READ_MODEL_URL, or the embedded home's second cluster)"
+        );
     }
     let result = work(databases.clone()).await;
     databases.close().await;
