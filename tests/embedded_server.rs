@@ -140,20 +140,13 @@ async fn the_projectors_server_processes_yield_and_keep_off_the_first_cpu() {
 
 /// The CLI on `home` (the embedded default: no DATABASE_URL), its stdout.
 fn recall_on(home: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recall"))
-        .args(args)
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_recall"));
+    command
         .env("RECALL_HOME", home)
         .env_remove("DATABASE_URL")
         .env_remove("RECALL_READ_MODEL_URL")
-        .env("RECALL_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "recall {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+        .env("RECALL_LOG", "warn");
+    String::from_utf8(common::recall_ok(command, args).stdout).unwrap()
 }
 
 /// Rows of `table` in the `recall` database of the cluster whose home is `home`.

@@ -64,17 +64,9 @@ fn mean_ndcg(rankings: &BTreeMap<String, Ranking>, qrels: &Qrels) -> f64 {
 }
 
 fn recall_cli<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(url: &str, args: &[S]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_recall"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "recall {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    let mut command = Command::new(env!("CARGO_BIN_EXE_recall"));
+    command.env("DATABASE_URL", url);
+    common::recall_ok(command, args)
 }
 
 /// `recall eval`: its report and its TREC run (query -> documents, best first).

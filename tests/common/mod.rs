@@ -101,6 +101,21 @@ macro_rules! in_both_layouts {
     };
 }
 
+/// Runs `recall ARGS` as `command` sets it up (environment); fails the test, with its stderr, unless it
+/// succeeds.
+pub fn recall_ok<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+    mut command: std::process::Command,
+    args: &[S],
+) -> std::process::Output {
+    let out = command.args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "recall {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A libpq URL for the options (for child processes such as the CLI).
 pub fn url_of(options: &PgConnectOptions) -> String {
     let db = options.get_database().unwrap_or("postgres");
