@@ -309,7 +309,7 @@ async fn a_retrying_projector_says_so_and_recovers() {
     let stats = projector.stats();
     let running = projector.spawn(Target::Active);
     let report = loop {
-        let report = read_model::status(&pool, &pool).await.unwrap();
+        let report = read_model::status(&Databases::one(pool.clone())).await.unwrap();
         if report.active().is_some_and(|p| p.retry_attempts >= 3) {
             break report;
         }
@@ -342,7 +342,7 @@ async fn a_retrying_projector_says_so_and_recovers() {
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let report = read_model::status(&pool, &pool).await.unwrap();
+        let report = read_model::status(&Databases::one(pool.clone())).await.unwrap();
         let active = report.active().unwrap();
         if active.checkpoint == report.head {
             assert_eq!(active.retry_attempts, 0);

@@ -154,7 +154,7 @@ async fn adds_updates_and_removes_project_with_their_history(layout: common::Lay
         .remove(0);
     assert!(common::cosine(&stored.to_vec(), &expected) >= 0.9999);
 
-    let status = read_model::status(db.log(), &pool).await.unwrap();
+    let status = read_model::status(&db).await.unwrap();
     assert_eq!(status.head, 5);
     assert_eq!(
         (
@@ -239,10 +239,7 @@ async fn a_poison_event_is_parked_later_events_project_and_retry_applies_it_afte
         "{}",
         parked[1].error
     );
-    assert_eq!(
-        read_model::status(db.log(), &pool).await.unwrap().projections[0].parked_failures,
-        2
-    );
+    assert_eq!(read_model::status(&db).await.unwrap().projections[0].parked_failures, 2);
 
     // Still broken: nothing resolves, attempts are counted.
     let report = p.retry_failures(Target::Active).await.unwrap();

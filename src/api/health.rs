@@ -138,7 +138,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     ));
     let report = {
         let _turn = state.read_turn().await?;
-        read_model::status(state.databases().log(), state.read_model()).await?
+        read_model::status(state.databases()).await?
     };
     text.push_str(&report.to_prometheus());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())

@@ -183,7 +183,7 @@ pub async fn wait(position: Option<i64>, timeout_secs: f64) -> anyhow::Result<Ex
 
 pub async fn status(json: bool, prometheus: bool) -> anyhow::Result<ExitCode> {
     let databases = open_databases().await?;
-    let report = read_model::status(databases.log(), databases.read_model()).await?;
+    let report = read_model::status(&databases).await?;
     if prometheus {
         print!("{}", report.to_prometheus());
     } else if json {

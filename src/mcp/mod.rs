@@ -293,7 +293,7 @@ impl RecallMcp {
     async fn status(&self, Parameters(_): Parameters<StatusArgs>) -> CallToolResult {
         let result = async {
             let _turn = self.state.read_turn().await?;
-            Ok::<_, ApiError>(read_model::status(self.state.databases().log(), self.state.read_model()).await?)
+            Ok::<_, ApiError>(read_model::status(self.state.databases()).await?)
         };
         answer(self.state.within_deadline(result).await, |r: &StatusReport| {
             match r.active() {

@@ -1,7 +1,7 @@
 //! What the read side looks like right now: the log head, each generation's checkpoint and lag, row
 //! counts and parked failures; as a report and in the Prometheus text format.
 
-use sqlx::PgPool;
+use crate::postgres::Databases;
 
 use super::{GenerationStatus, ReadModelError};
 
@@ -37,9 +37,10 @@ impl StatusReport {
     }
 }
 
-/// The report, from the log's database (`log`: the head, the age of the first unprojected event) and
-/// the read model's (`pool`; the same database or another).
-pub async fn status(log: &PgPool, pool: &PgPool) -> Result<StatusReport, ReadModelError> {
+/// The report, from the read model's database (checkpoints and counts) and the log's (the head, the age
+/// of the first unprojected event); the same database or two.
+pub async fn status(databases: &Databases) -> Result<StatusReport, ReadModelError> {
+    let (log, pool) = (databases.log(), databases.read_model());
     #[allow(clippy::type_complexity)]
     let rows: Vec<(
         i64,

@@ -247,6 +247,13 @@ async fn drop_database(admin: &sqlx::postgres::PgConnectOptions, name: &str) -> 
     Ok(())
 }
 
+/// The questions of a BEIR-style queries file; at least one.
+fn read_questions(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let questions: Vec<String> = recall::eval::read_queries(path)?.into_iter().map(|(_, q)| q).collect();
+    anyhow::ensure!(!questions.is_empty(), "{} holds no queries", path.display());
+    Ok(questions)
+}
+
 /// A BEIR-style corpus as documents of one scope; the lines recall refuses are reported and skipped.
 fn read_corpus(
     corpus: &std::path::Path,
@@ -268,8 +275,7 @@ async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             json,
             model,
         } => {
-            let threads = model.threads();
-            let embedder = std::sync::Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
+            let (threads, embedder) = model.load_shared().await?;
             let config = SoakConfig {
                 clients,
                 duration: std::time::Duration::from_secs(seconds),
@@ -341,13 +347,8 @@ async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 extra.extend(again.into_iter().cycle().take(backlog - extra.len()));
             }
             extra.truncate(backlog);
-            let questions: Vec<String> = recall::eval::read_queries(&queries)?
-                .into_iter()
-                .map(|(_, q)| q)
-                .collect();
-            anyhow::ensure!(!questions.is_empty(), "{} holds no queries", queries.display());
-            let threads = model.threads();
-            let embedder = std::sync::Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
+            let questions = read_questions(&queries)?;
+            let (threads, embedder) = model.load_shared().await?;
             let config = SearchBenchConfig {
                 chunk_tokens,
                 requests,
@@ -476,13 +477,8 @@ async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
         } => {
             let mut documents = read_corpus(&corpus, "bench")?;
             documents.truncate(limit);
-            let questions: Vec<String> = recall::eval::read_queries(&queries)?
-                .into_iter()
-                .map(|(_, q)| q)
-                .collect();
-            anyhow::ensure!(!questions.is_empty(), "{} holds no queries", queries.display());
-            let threads = model.threads();
-            let embedder = std::sync::Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
+            let questions = read_questions(&queries)?;
+            let (threads, embedder) = model.load_shared().await?;
             let report = on_scratch_database(false, |databases| async move {
                 Ok(agents::run_agents_bench(databases, embedder, documents, questions, searches, threads).await?)
             })

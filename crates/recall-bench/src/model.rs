@@ -41,6 +41,14 @@ impl ModelArgs {
         self.threads.unwrap_or_else(recall::runtime::available_threads)
     }
 
+    /// The model loaded on a blocking thread, to share between the service and the driver, with the
+    /// thread count it embeds with.
+    pub async fn load_shared(self) -> anyhow::Result<(usize, std::sync::Arc<Embedder>)> {
+        let threads = self.threads();
+        let embedder = tokio::task::spawn_blocking(move || self.load()).await??;
+        Ok((threads, std::sync::Arc::new(embedder)))
+    }
+
     pub fn load(&self) -> anyhow::Result<Embedder> {
         if let Some(threads) = self.threads {
             // Candle's CPU kernels size their pool from this variable when the model first runs.

@@ -218,7 +218,7 @@ async fn phase(
     queries: &[String],
     config: &SearchBenchConfig,
 ) -> Result<Phase, BenchError> {
-    let before = read_model::status(databases.log(), databases.read_model()).await?;
+    let before = read_model::status(databases).await?;
     let embedded_before = state.metrics().query_embed_latency.totals();
     let cpu_before = crate::measure::CpuTimes::now();
     // The server's own store: its commands' timings.
@@ -283,7 +283,7 @@ async fn phase(
             }
         })
         .collect();
-    let after = read_model::status(databases.log(), databases.read_model()).await?;
+    let after = read_model::status(databases).await?;
     let embedded_after = state.metrics().query_embed_latency.totals();
     let steal_percent = cpu_before
         .zip(crate::measure::CpuTimes::now())

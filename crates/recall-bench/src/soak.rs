@@ -207,7 +207,7 @@ pub async fn run_soak(
         let (samples, databases, stop) = (samples.clone(), databases.clone(), stop.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let lag = read_model::status(databases.log(), databases.read_model())
+                let lag = read_model::status(&databases)
                     .await
                     .ok()
                     .and_then(|r| r.active().map(|p| p.lag_events))
