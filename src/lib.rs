@@ -2,6 +2,8 @@
 //!
 //! # Layout (in data-flow order)
 //! - [`domain`]: pure and synchronous: ids, commands, events, the document aggregate.
+//! - [`extract`]: PDF, HTML, Markdown and text files into text with its pages and heading sections,
+//!   the risky parsers in a bounded child process.
 //! - [`ingest`]: files and JSONL turned into document commands, one item at a time.
 //! - [`commands`]: the write path: load a stream, decide, append; no model, no vectors.
 //! - [`event_store`]: the append-only log: expected versions, gapless positions, hash chain, readers, NOTIFY.
@@ -27,6 +29,7 @@ pub mod domain;
 pub mod embed;
 pub mod eval;
 pub mod event_store;
+pub mod extract;
 pub mod ingest;
 pub mod mcp;
 pub mod postgres;

@@ -6,6 +6,9 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
+    if let Some(code) = cli::run_without_runtime(&args) {
+        return code;
+    }
     recall::runtime::keep_large_allocations_in_the_heap();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RECALL_LOG").unwrap_or_else(|_| "warn".into()))

@@ -850,7 +850,7 @@ async fn requests_make_the_projector_yield_a_core_and_it_still_projects_everythi
         .iter()
         .cycle()
         .take(400)
-        .flat_map(|(title, text)| backend.chunk(title, text).unwrap())
+        .flat_map(|(title, text)| backend.chunk(title, text, &[]).unwrap())
         .map(|c| c.input_ids)
         .collect();
     let before = state.foreground().yielded();

@@ -19,6 +19,7 @@ fn content(text: &str) -> DocumentContent {
         title: Title::parse("A title").unwrap(),
         text: Text::parse(text.into(), &Limits::default()).unwrap(),
         metadata: Metadata::parse(serde_json::json!({"source": "test"})).unwrap(),
+        origin: None,
     }
 }
 

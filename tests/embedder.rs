@@ -143,7 +143,7 @@ fn a_long_document_is_chunked_without_losing_a_token() {
         .map(|r| r.text.as_str())
         .collect::<Vec<_>>()
         .join("\n\n");
-    let chunks = chunker(32).chunk("Python docs", &text).unwrap();
+    let chunks = chunker(32).chunk("Python docs", &text, &[]).unwrap();
     assert!(chunks.len() > 10);
     let title_tokens = chunks[0].input_ids.len() - chunks[0].text_tokens - 2;
     assert!(title_tokens >= 2, "the title is embedded with every chunk");
@@ -153,7 +153,7 @@ fn a_long_document_is_chunked_without_losing_a_token() {
     let distinct = total - 32 * (chunks.len() - 1);
     let tokenizer_count = embedder()
         .chunker(0, false)
-        .chunk("", &text)
+        .chunk("", &text, &[])
         .unwrap()
         .iter()
         .map(|c| c.text_tokens)
@@ -174,7 +174,7 @@ fn a_long_document_is_chunked_without_losing_a_token() {
 
 #[test]
 fn a_short_document_embeds_as_title_then_text() {
-    let chunks = chunker(32).chunk("Sorting", "Lists can be sorted in place.").unwrap();
+    let chunks = chunker(32).chunk("Sorting", "Lists can be sorted in place.", &[]).unwrap();
     assert_eq!(chunks.len(), 1);
     let via_chunk = embedder()
         .embed_inputs(&[chunks[0].input_ids.clone()])
@@ -188,7 +188,7 @@ fn a_short_document_embeds_as_title_then_text() {
 }
 
 fn check_chunks(text: &str, overlap: usize, max_tokens: usize) -> Result<(), TestCaseError> {
-    let chunks = chunker(overlap).chunk("", text).unwrap();
+    let chunks = chunker(overlap).chunk("", text, &[]).unwrap();
     check_cover(text, &chunks, max_tokens)?;
     for pair in chunks.windows(2) {
         // The configured overlap, counted in word pieces at the window edge.
@@ -241,7 +241,7 @@ fn check_cover(text: &str, chunks: &[recall::embed::Chunk], max_tokens: usize) -
 /// Whatever the text, its chunks cover it within bounds (the overlap is not checked: a window cut by
 /// characters may be shorter than it).
 fn check_bounds(text: &str) -> Result<(), TestCaseError> {
-    check_cover(text, &chunker(32).chunk("a title", text).unwrap(), 256)
+    check_cover(text, &chunker(32).chunk("a title", text, &[]).unwrap(), 256)
 }
 
 #[test]
@@ -249,7 +249,7 @@ fn text_the_tokenizer_cannot_split_is_cut_by_characters() {
     // Numbers between control characters: the tokenizer drops the separators and makes one unknown word.
     let numbers: String = (0..20_000).map(|i| format!("{i}\u{1}")).collect();
     check_bounds(&numbers).unwrap();
-    assert!(chunker(32).chunk("", &numbers).unwrap().len() >= numbers.chars().count() / recall::embed::MAX_CHUNK_CHARS);
+    assert!(chunker(32).chunk("", &numbers, &[]).unwrap().len() >= numbers.chars().count() / recall::embed::MAX_CHUNK_CHARS);
     check_bounds(&"y".repeat(50_000)).unwrap();
     check_bounds(&format!("a{}b", " ".repeat(50_000))).unwrap();
     check_bounds(&"\u{1}\u{2}".repeat(9_000)).unwrap();

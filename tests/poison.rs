@@ -27,6 +27,7 @@ async fn add(handler: &CommandHandler, scope: &str, id: &str, text: &str) -> boo
         title: Title::parse("").unwrap(),
         text,
         metadata: Metadata::parse(serde_json::json!({})).unwrap(),
+        origin: None,
     };
     handler
         .execute(&key, DocumentCommand::Add { content }, &CommandContext::default())

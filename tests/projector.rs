@@ -28,6 +28,7 @@ fn content(title: &str, text: &str) -> DocumentContent {
         title: Title::parse(title).unwrap(),
         text: Text::parse(text.into(), &Limits::default()).unwrap(),
         metadata: Metadata::parse(serde_json::json!({"lang": "en"})).unwrap(),
+        origin: None,
     }
 }
 
@@ -179,11 +180,11 @@ impl EmbedBackend for Faulty {
     fn identity(&self) -> &ModelIdentity {
         self.inner.identity()
     }
-    fn chunk(&self, title: &str, text: &str) -> Result<Vec<Chunk>, EmbedError> {
+    fn chunk(&self, title: &str, text: &str, section_starts: &[usize]) -> Result<Vec<Chunk>, EmbedError> {
         if self.broken.load(Ordering::SeqCst) && text.contains("POISON") {
             return Err(EmbedError::Tokenizer("injected failure".into()));
         }
-        self.inner.chunk(title, text)
+        self.inner.chunk(title, text, section_starts)
     }
     fn embed(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError> {
         self.inner.embed(inputs)
@@ -290,7 +291,7 @@ impl EmbedBackend for OtherModel {
     fn identity(&self) -> &ModelIdentity {
         &self.identity
     }
-    fn chunk(&self, _: &str, _: &str) -> Result<Vec<Chunk>, EmbedError> {
+    fn chunk(&self, _: &str, _: &str, _: &[usize]) -> Result<Vec<Chunk>, EmbedError> {
         unreachable!("refused before any work")
     }
     fn embed(&self, _: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError> {

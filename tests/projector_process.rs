@@ -41,6 +41,7 @@ fn content(text: String) -> DocumentContent {
         title: Title::parse("Crash test").unwrap(),
         text: Text::parse(text, &Limits::default()).unwrap(),
         metadata: Metadata::default(),
+        origin: None,
     }
 }
 

@@ -17,6 +17,7 @@ fn add(i: usize) -> (DocumentKey, DocumentCommand) {
         title: Title::parse("Reconnect").unwrap(),
         text: Text::parse(format!("Document {i} before and after the outage."), &Limits::default()).unwrap(),
         metadata: Metadata::default(),
+        origin: None,
     };
     (
         DocumentKey::new(Scope::default(), DocumentId::parse(&format!("r{i}")).unwrap()),

@@ -18,6 +18,7 @@ fn content(title: &str, text: &str, topic: &str) -> DocumentContent {
         title: Title::parse(title).unwrap(),
         text: Text::parse(text.into(), &Limits::default()).unwrap(),
         metadata: Metadata::parse(serde_json::json!({ "topic": topic })).unwrap(),
+        origin: None,
     }
 }
 

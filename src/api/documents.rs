@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,6 +18,7 @@ use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::commands::{CommandContext, CommandOutcome};
 use crate::domain::{DocumentCommand, DocumentContent, DocumentId, DocumentKey, Metadata, Scope, Text, Title};
+use crate::extract::{Format, Hint};
 use crate::read_model::{self, ProjectedDocument};
 
 /// A new document.
@@ -89,6 +90,11 @@ pub struct DocumentView {
     pub(crate) text: String,
     #[schema(value_type = Object)]
     pub(crate) metadata: Value,
+    /// The file the text was extracted from: `{media_type, bytes, sha256, pages?, sections?}` (pages and
+    /// sections as character ranges of `text`); absent for text given as text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub(crate) origin: Option<Value>,
     /// Its current chunks.
     pub(crate) chunks: i64,
     /// The log position of the event this state was projected from.
@@ -147,6 +153,7 @@ pub(crate) fn content(
         title: Title::parse(title.as_deref().unwrap_or(""))?,
         text: Text::parse(text, &state.config().limits)?,
         metadata: Metadata::parse(metadata.unwrap_or_else(|| json!({})))?,
+        origin: None,
     })
 }
 
@@ -281,14 +288,19 @@ fn answer(key: &DocumentKey, outcome: CommandOutcome, created: bool) -> Response
         (status = 413, description = "The body or the text is over the size limit.", body = ErrorBody),
         (status = 503, description = "The database is unavailable; nothing was written. Retry after the Retry-After seconds.", body = ErrorBody),
     ))]
-pub async fn add(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Json<AddBody>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    let Json(body) = body?;
-    let key = new_key(body.scope.as_deref(), body.id.as_deref())?;
-    let content = content(&state, body.title, body.text, body.metadata)?;
+pub async fn add(State(state): State<AppState>, headers: HeaderMap, request: Request) -> Result<Response, ApiError> {
+    let (key, content) = match upload_type(&headers)? {
+        None => {
+            let Json(body) = Json::<AddBody>::from_request(request, &state).await?;
+            let key = new_key(body.scope.as_deref(), body.id.as_deref())?;
+            (key, content(&state, body.title, body.text, body.metadata)?)
+        }
+        Some(media_type) => {
+            let query = upload_query(&request)?;
+            let key = new_key(query.scope.as_deref(), query.id.as_deref())?;
+            (key, upload_content(&state, &headers, media_type, query, request).await?)
+        }
+    };
     let ctx = context(&state, &headers)?;
     let outcome = execute(&state, "add", &key, DocumentCommand::Add { content }, &ctx).await?;
     Ok(answer(
@@ -296,6 +308,103 @@ pub async fn add(
         outcome,
         matches!(outcome, CommandOutcome::Appended { .. }),
     ))
+}
+
+/// Where an upload (a file as the body) says who it is: the JSON body's fields, as query parameters.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UploadQuery {
+    /// POST only: the new document's id (generated when absent).
+    id: Option<String>,
+    /// The document's scope (tenant or collection); `default` when absent.
+    scope: Option<String>,
+    /// The title; default: the file's own (an HTML page's title, a PDF's), else the Content-Disposition
+    /// file name.
+    title: Option<String>,
+    /// Metadata as a JSON object (URL-encoded).
+    metadata: Option<String>,
+}
+
+/// The media type of an upload, or `None` for a JSON body (or none declared: the JSON path says what
+/// it expected). A type recall does not read is refused with 415.
+fn upload_type(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(None);
+    };
+    let media_type = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = media_type.split(';').next().unwrap_or("").trim();
+    if essence == "application/json" || essence.ends_with("+json") {
+        return Ok(None);
+    }
+    if Format::from_media_type(essence).is_some() || essence == "application/octet-stream" {
+        return Ok(Some(media_type));
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!(
+            "recall reads application/json documents and application/pdf, text/html, text/markdown or text/plain \
+             files, not {essence:?}; send application/octet-stream to let recall tell from the content"
+        ),
+    ))
+}
+
+fn upload_query(request: &Request) -> Result<UploadQuery, ApiError> {
+    let Query(query) = Query::<UploadQuery>::try_from_uri(request.uri())?;
+    Ok(query)
+}
+
+/// The file in the body as a document: read up to the file limit, extracted in a bounded worker, and
+/// titled (the query's title, else the file's own, else its Content-Disposition name).
+async fn upload_content(
+    state: &AppState,
+    headers: &HeaderMap,
+    media_type: String,
+    query: UploadQuery,
+    request: Request,
+) -> Result<DocumentContent, ApiError> {
+    let extractor = &state.config().extractor;
+    let limit = extractor.limits().max_file_bytes;
+    let bytes = axum::body::to_bytes(request.into_body(), limit as usize).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the file is over the limit of {limit} bytes; split it or raise RECALL_MAX_FILE_BYTES"),
+        )
+    })?;
+    let file_name = headers
+        .get(header::CONTENT_DISPOSITION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(disposition_file_name);
+    let metadata = match query.metadata.as_deref() {
+        Some(raw) => serde_json::from_str(raw)
+            .map_err(|e| ApiError::bad_request(format!("the metadata parameter is not JSON ({e}); give an object")))?,
+        None => match &file_name {
+            Some(name) => json!({ "filename": name }),
+            None => json!({}),
+        },
+    };
+    let hint = Hint {
+        name: file_name.clone(),
+        media_type: Some(media_type).filter(|m| !m.starts_with("application/octet-stream")),
+    };
+    let (_, mut content) = extractor
+        .document(&bytes, &hint, file_name.as_deref().unwrap_or(""), Metadata::parse(metadata)?)
+        .await?;
+    if let Some(title) = query.title {
+        content.title = Title::parse(&title)?;
+    }
+    Ok(content)
+}
+
+/// The file name of `Content-Disposition: attachment; filename="report.pdf"` (the plain form).
+fn disposition_file_name(value: &str) -> Option<String> {
+    value.split(';').map(str::trim).find_map(|part| {
+        let name = part.strip_prefix("filename=")?.trim_matches('"');
+        let name = name.rsplit(['/', '\\']).next().unwrap_or(name);
+        (!name.is_empty()).then(|| name.to_owned())
+    })
 }
 
 /// Replace a document's title, text and metadata.
@@ -316,14 +425,25 @@ pub async fn add(
 pub async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    query: Result<Query<DocumentQuery>, QueryRejection>,
     headers: HeaderMap,
-    body: Result<Json<ReplaceBody>, JsonRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query?;
-    let key = key(query.scope.as_deref(), &id)?;
-    let Json(body) = body?;
-    let content = content(&state, body.title, body.text, body.metadata)?;
+    let (key, content) = match upload_type(&headers)? {
+        None => {
+            let Query(query) = Query::<DocumentQuery>::try_from_uri(request.uri())?;
+            let key = key(query.scope.as_deref(), &id)?;
+            let Json(body) = Json::<ReplaceBody>::from_request(request, &state).await?;
+            (key, content(&state, body.title, body.text, body.metadata)?)
+        }
+        Some(media_type) => {
+            let query = upload_query(&request)?;
+            if query.id.is_some() {
+                return Err(ApiError::bad_request("the id is in the path; drop the id parameter"));
+            }
+            let key = key(query.scope.as_deref(), &id)?;
+            (key, upload_content(&state, &headers, media_type, query, request).await?)
+        }
+    };
     let command = DocumentCommand::Update {
         content,
         expected_version: if_match(&headers)?,
@@ -421,6 +541,7 @@ pub(crate) async fn document(
         title: row.title,
         text: row.text,
         metadata: row.metadata,
+        origin: row.origin,
         chunks: row.chunks,
         projected_at: row.position,
         position: row.checkpoint,

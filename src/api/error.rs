@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::commands::CommandError;
 use crate::domain::DomainError;
+use crate::extract::ExtractError;
 use crate::event_store::EventStoreError;
 use crate::postgres::is_unavailable;
 use crate::projector::ProjectorError;
@@ -258,6 +259,21 @@ impl From<JsonRejection> for ApiError {
             _ => rejection.body_text(),
         };
         ApiError::new(status, code, message)
+    }
+}
+
+impl From<ExtractError> for ApiError {
+    fn from(error: ExtractError) -> Self {
+        let (status, code) = match &error {
+            ExtractError::Invalid(domain) => return domain.clone().into(),
+            ExtractError::TooLarge { .. } | ExtractError::TextTooLong { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            ExtractError::NoWorker { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "extractor_unavailable"),
+            // The file itself is the problem: the same request will fail the same way.
+            _ => (StatusCode::UNPROCESSABLE_ENTITY, "unreadable_file"),
+        };
+        ApiError::new(status, code, error.to_string())
     }
 }
 

@@ -25,6 +25,7 @@ use axum::Router;
 use crate::commands::CommandHandler;
 use crate::domain::Limits;
 use crate::event_store::EventStore;
+use crate::extract::{ExtractLimits, Extractor};
 use crate::postgres::Databases;
 use crate::projector::{Foreground, ProjectorStats};
 use crate::read_model::CheckpointWatch;
@@ -54,6 +55,8 @@ pub struct ApiConfig {
     pub request_deadline: Duration,
     /// Searches waiting for a position (`wait_for`) at once; more get 429.
     pub max_waiters: usize,
+    /// Turns uploaded files (PDF, HTML, Markdown, text) into documents, in bounded worker processes.
+    pub extractor: Extractor,
 }
 
 /// Connections of the pool that reads (searches, document reads, metrics) never take, so that commands
@@ -72,6 +75,7 @@ impl Default for ApiConfig {
             foreground_window: Duration::from_secs(2),
             request_deadline: Duration::from_secs(5),
             max_waiters: 1000,
+            extractor: Extractor::new(Extractor::program_from_env(), ExtractLimits::default(), limits),
         }
     }
 }
@@ -343,11 +347,20 @@ async fn deadline(State(state): State<AppState>, request: Request, next: Next) -
         return next.run(request).await;
     }
     let is_command = request.uri().path().starts_with("/v1/documents") && request.method() != Method::GET;
+    // A file in the body is extracted first, within the extractor's own time bound.
+    let is_upload = is_command
+        && request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| !v.to_ascii_lowercase().contains("json"));
     // A search may wait for a position in its body, a document read in its query string.
     let may_wait =
         request.uri().path() == "/v1/search" || request.uri().query().is_some_and(|q| q.contains("wait_for"));
     let limit = if may_wait {
         config.request_deadline + config.wait_timeout
+    } else if is_upload {
+        config.request_deadline + config.extractor.limits().timeout
     } else {
         config.request_deadline
     };

@@ -12,6 +12,7 @@ use serde_json::json;
 use recall::commands::{CommandContext, CommandHandler, CommandOutcome};
 use recall::domain::{DocumentCommand, DocumentContent, DocumentId, DocumentKey, Metadata, Scope, Text, Title};
 use recall::event_store::{verify_chain, RecordedEvent};
+use recall::extract::{ExtractLimits, Extractor};
 use recall::ingest::{self, IngestItem};
 
 use super::{open_handler, open_store, read_input, WriteSettings};
@@ -21,7 +22,8 @@ const INGEST_BATCH: usize = 1000;
 
 #[derive(Args)]
 pub struct IngestArgs {
-    /// Files or directories (.txt and .md, recursively).
+    /// Files or directories (recursively: .pdf, .html/.htm, .md/.markdown, .txt; a file named here is
+    /// read whatever its extension, by its content).
     #[arg(required_unless_present = "jsonl")]
     paths: Vec<PathBuf>,
     /// Read JSONL documents ({"id"|"_id", "title", "text", "metadata"}) from FILE, or stdin for `-`.
@@ -106,7 +108,34 @@ struct IngestSummary {
     rejected: u64,
     /// Entries of directories that are not regular files (pipes, sockets, devices, unfollowed links).
     skipped: u64,
+    /// Files read, by format (absent for JSONL).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    formats: std::collections::BTreeMap<&'static str, FormatCount>,
 }
+
+/// What the files of one format came to, and how fast they were extracted.
+#[derive(Default, serde::Serialize)]
+struct FormatCount {
+    files: u64,
+    pages: u64,
+    bytes: u64,
+    seconds: f64,
+}
+
+impl FormatCount {
+    fn rate(&self) -> String {
+        let seconds = self.seconds.max(1e-9);
+        if self.pages > 0 {
+            format!("{} pages, {:.0} pages/s", self.pages, self.pages as f64 / seconds)
+        } else {
+            format!("{:.1} MB/s", self.bytes as f64 / 1e6 / seconds)
+        }
+    }
+}
+
+/// Text held before a batch is appended: with documents of up to the text limit each, a count alone
+/// would not bound the memory of an ingest.
+const INGEST_BATCH_BYTES: usize = 32 * 1024 * 1024;
 
 fn progress(total: Option<u64>) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
@@ -257,18 +286,34 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
             summary.rejected += 1;
             report_rejection(args.json, "path", &error.to_string());
         }
+        let extractor = Extractor::new(
+            Extractor::program_from_env(),
+            ExtractLimits::from_env().map_err(anyhow::Error::msg)?,
+            limits,
+        );
         let bar = progress(Some(files.len() as u64));
+        let mut batch_bytes = 0usize;
         for file in &files {
-            match ingest::read_file_item(file, args.id.as_deref(), &scope, &limits) {
-                Ok(item) => batch.push(item),
+            let started = std::time::Instant::now();
+            match ingest::read_file_item(file, args.id.as_deref(), &scope, &extractor).await {
+                Ok(read) => {
+                    let count = summary.formats.entry(read.format.name()).or_default();
+                    count.files += 1;
+                    count.pages += read.pages as u64;
+                    count.bytes += read.bytes;
+                    count.seconds += started.elapsed().as_secs_f64();
+                    batch_bytes += read.item.content.text.as_str().len();
+                    batch.push(read.item);
+                }
                 Err(e) => {
                     summary.rejected += 1;
                     report_rejection(args.json, &file.display().to_string(), &e.to_string());
                     bar.inc(1);
                 }
             }
-            if batch.len() >= INGEST_BATCH {
+            if batch.len() >= INGEST_BATCH || batch_bytes >= INGEST_BATCH_BYTES {
                 flush(&handler, &mut batch, &ctx, &mut summary, args.json, &bar).await?;
+                batch_bytes = 0;
             }
         }
         flush(&handler, &mut batch, &ctx, &mut summary, args.json, &bar).await?;
@@ -282,6 +327,14 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
             "appended {}, unchanged {}, rejected {}, skipped {}",
             summary.appended, summary.unchanged, summary.rejected, summary.skipped
         );
+        for (format, count) in &summary.formats {
+            eprintln!(
+                "  {format}: {} files, {:.1} MB, {}",
+                count.files,
+                count.bytes as f64 / 1e6,
+                count.rate()
+            );
+        }
     }
     Ok(if summary.rejected > 0 {
         ExitCode::FAILURE
@@ -325,7 +378,7 @@ pub async fn update(args: UpdateArgs) -> anyhow::Result<ExitCode> {
         None => current.map(|c| c.metadata).unwrap_or_default(),
     };
     let command = DocumentCommand::Update {
-        content: DocumentContent { title, text, metadata },
+        content: DocumentContent { title, text, metadata, origin: None },
         expected_version: args.expected_version,
     };
     let ctx = CommandContext {

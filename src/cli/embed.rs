@@ -129,7 +129,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
             let mut rows = Vec::new();
             let mut inputs = Vec::new();
             for input in block.iter() {
-                for chunk in chunker.chunk(&input.title, &input.text)? {
+                for chunk in chunker.chunk(&input.title, &input.text, &[])? {
                     inputs.push(chunk.input_ids.clone());
                     rows.push((input.id.clone(), chunk));
                 }

@@ -4,6 +4,7 @@
 mod documents;
 mod embed;
 mod eval;
+mod extract;
 mod projection;
 mod search;
 mod serve;
@@ -28,7 +29,7 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Add .txt/.md files (directories recursively) or JSONL documents to the log.
+    /// Add files (PDF, HTML, Markdown, text; directories recursively) or JSONL documents to the log.
     Ingest(documents::IngestArgs),
     /// Replace a document's text (and optionally title and metadata).
     Update(documents::UpdateArgs),
@@ -67,6 +68,8 @@ enum Command {
     Search(search::SearchArgs),
     /// Retrieval quality on a BEIR dataset (corpus, queries, qrels): nDCG@10, Recall@100, MRR@10.
     Eval(eval::EvalArgs),
+    /// Show what ingest would store for a file: its text, PDF pages and heading sections.
+    Extract(extract::ExtractArgs),
     /// Embed JSONL or plain lines with the model; one JSON object a line out.
     Embed(embed::EmbedArgs),
     /// Recompute the hash chain and name the first position that does not match.
@@ -167,6 +170,14 @@ impl QueryPriority {
     }
 }
 
+/// What runs before the async runtime starts: the extraction worker, bounded on its own.
+pub fn run_without_runtime(cli: &Cli) -> Option<ExitCode> {
+    match &cli.command {
+        Command::Extract(args) => extract::worker(args),
+        _ => None,
+    }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Ingest(args) => documents::ingest(args).await,
@@ -183,6 +194,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mcp(args) => serve::mcp(args).await,
         Command::Search(args) => search::run(args).await,
         Command::Eval(args) => eval::run(args).await,
+        Command::Extract(args) => extract::run(args).await,
         Command::Embed(args) => tokio::task::spawn_blocking(move || embed::run(args)).await?,
         Command::Verify { json } => documents::verify(json).await,
         Command::Db { action } => db(action).await,

@@ -135,8 +135,9 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
             );
             for (rank, hit) in response.results.iter().enumerate() {
                 let snippet: String = hit.text.chars().take(160).collect();
+                let cited = hit.citation().map(|c| format!("  [{c}]")).unwrap_or_default();
                 println!(
-                    "{:>2}. {:.4}  {}:{} #{}  {}\n    {}",
+                    "{:>2}. {:.4}  {}:{} #{}  {}{cited}\n    {}",
                     rank + 1,
                     hit.score,
                     hit.scope,

@@ -144,6 +144,7 @@ mod tests {
             title: Title::parse("title").unwrap(),
             text: Text::parse(text.into(), &Limits::default()).unwrap(),
             metadata: Metadata::default(),
+            origin: None,
         }
     }
 

@@ -33,4 +33,6 @@ pub enum DomainError {
     MetadataNotObject { found: &'static str },
     #[error("metadata is {bytes} bytes of JSON, over the limit of {limit} bytes; keep large data in the text")]
     MetadataTooLarge { bytes: usize, limit: usize },
+    #[error("the document's origin does not describe its text: {reason}")]
+    InvalidOrigin { reason: String },
 }

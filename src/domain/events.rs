@@ -62,9 +62,14 @@ impl DocumentEvent {
         }
     }
 
-    /// Every event type is at schema version 1; bump it with an upcaster in `decode` when a shape changes.
+    /// Schema version 2 adds the extracted file's origin (media type, size, SHA-256, pages, sections) to
+    /// a content event; an event without one is written as version 1, byte for byte as before, so that
+    /// older builds still read it. A build that meets a version it does not know says to upgrade.
     pub fn schema_version(&self) -> i32 {
-        1
+        match self.content() {
+            Some(DocumentContent { origin: Some(_), .. }) => 2,
+            _ => 1,
+        }
     }
 
     pub fn content(&self) -> Option<&DocumentContent> {
@@ -91,10 +96,20 @@ impl DocumentEvent {
             schema_version,
             reason,
         };
-        if schema_version != 1 {
+        if !(1..=2).contains(&schema_version) {
             return Err(fail("unknown schema version; upgrade recall".into()));
         }
-        let content = || serde_json::from_str::<ContentPayload>(payload).map_err(|e| fail(e.to_string()));
+        let content = || {
+            let p = serde_json::from_str::<ContentPayload>(payload).map_err(|e| fail(e.to_string()))?;
+            match &p.content.origin {
+                Some(_) if schema_version < 2 => Err(fail("an origin in a version 1 event".into())),
+                Some(origin) => origin
+                    .check(p.content.text.as_str().chars().count())
+                    .map(|()| p)
+                    .map_err(|e| fail(e.to_string())),
+                None => Ok(p),
+            }
+        };
         match event_type {
             Self::ADDED => content().map(|p| DocumentEvent::Added {
                 scope: p.scope,
@@ -128,6 +143,7 @@ mod tests {
             title: Title::parse("T").unwrap(),
             text: Text::parse("body".into(), &Limits::default()).unwrap(),
             metadata: Metadata::parse(serde_json::json!({"lang": "en"})).unwrap(),
+            origin: None,
         };
         let scope = Scope::default();
         let id = DocumentId::parse("d1").unwrap();
@@ -146,13 +162,49 @@ mod tests {
         ] {
             let back = DocumentEvent::decode(event.event_type(), 1, &event.encode()).unwrap();
             assert_eq!(back, event);
+            assert_eq!(event.schema_version(), 1);
         }
+    }
+
+    #[test]
+    fn an_extracted_document_is_a_version_2_event_and_a_plain_one_is_unchanged() {
+        let text = Text::parse("# A\nbody".into(), &Limits::default()).unwrap();
+        let origin = crate::domain::Origin {
+            media_type: "text/markdown".into(),
+            bytes: 9,
+            sha256: "0".repeat(64),
+            pages: vec![],
+            sections: vec![crate::domain::SectionSpan {
+                path: vec!["A".into()],
+                start: 0,
+                end: 9,
+            }],
+        };
+        let content =
+            DocumentContent::extracted(Title::parse("A").unwrap(), text.clone(), Metadata::default(), origin).unwrap();
+        let event = DocumentEvent::Added {
+            scope: Scope::default(),
+            id: DocumentId::parse("d").unwrap(),
+            content,
+        };
+        assert_eq!(event.schema_version(), 2);
+        assert_eq!(DocumentEvent::decode(event.event_type(), 2, &event.encode()).unwrap(), event);
+        assert!(DocumentEvent::decode(event.event_type(), 1, &event.encode()).is_err());
+        // A page past the text's end is refused on the way in and on the way back.
+        let bad = event.encode().replace("\"end\":9", "\"end\":99");
+        assert!(DocumentEvent::decode(event.event_type(), 2, &bad).is_err());
+        let plain = DocumentContent::plain(Title::default(), text, Metadata::default());
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            "{\"title\":\"\",\"text\":\"# A\\nbody\",\"metadata\":{}}",
+            "a plain document's payload is what older builds wrote"
+        );
     }
 
     #[test]
     fn undecodable_payloads_are_errors_not_panics() {
         assert!(DocumentEvent::decode("DocumentAdded", 1, "{}").is_err());
-        assert!(DocumentEvent::decode("DocumentAdded", 2, "{}").is_err());
+        assert!(DocumentEvent::decode("DocumentAdded", 3, "{}").is_err());
         assert!(DocumentEvent::decode("Nope", 1, "{}").is_err());
         let bad_id = r#"{"scope":"default","id":"bad id","title":"","text":"x","metadata":{}}"#;
         assert!(DocumentEvent::decode("DocumentAdded", 1, bad_id).is_err());

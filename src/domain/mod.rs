@@ -5,9 +5,11 @@
 mod aggregate;
 mod error;
 mod events;
+mod origin;
 mod values;
 
 pub use aggregate::{decide, Decision, DocumentCommand, DocumentState};
 pub use error::DomainError;
 pub use events::{DocumentEvent, EventDecodeError};
+pub use origin::{Origin, PageSpan, SectionSpan, MAX_HEADING_BYTES, MAX_HEADING_DEPTH, MEDIA_TYPES};
 pub use values::{DocumentContent, DocumentId, DocumentKey, Limits, Metadata, Scope, Text, Title};

@@ -257,6 +257,33 @@ pub struct DocumentContent {
     pub title: Title,
     pub text: Text,
     pub metadata: Metadata,
+    /// The file the text was extracted from, when it was (absent for text given as text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<super::Origin>,
+}
+
+impl DocumentContent {
+    /// Text given as text: no original file.
+    pub fn plain(title: Title, text: Text, metadata: Metadata) -> Self {
+        DocumentContent {
+            title,
+            text,
+            metadata,
+            origin: None,
+        }
+    }
+
+    /// Text extracted from a file, with where its pages and sections lie; refused when the origin
+    /// does not fit the text.
+    pub fn extracted(title: Title, text: Text, metadata: Metadata, origin: super::Origin) -> Result<Self, DomainError> {
+        origin.check(text.as_str().chars().count())?;
+        Ok(DocumentContent {
+            title,
+            text,
+            metadata,
+            origin: Some(origin),
+        })
+    }
 }
 
 #[cfg(test)]

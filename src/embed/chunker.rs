@@ -1,6 +1,11 @@
 //! Token-aware chunking. A text is tokenised once; windows of word pieces that fit the model's sequence
-//! length (with [CLS], the title and [SEP]) are cut with a fixed token overlap, and each maps back to
-//! exact character offsets. Every token of the text lands in some chunk: nothing is silently truncated.
+//! length (with [CLS], the title and [SEP]) are cut with a token overlap, and each maps back to exact
+//! character offsets. Every token of the text lands in some chunk: nothing is silently truncated.
+//!
+//! A window that cannot hold the rest of the text ends at the most natural place inside it: at a
+//! section's heading (then the next chunk starts there, with no overlap across the heading), else in
+//! its second half at a paragraph break, a sentence's end or a line break, and only then between two
+//! word pieces.
 
 use std::sync::Arc;
 
@@ -54,7 +59,9 @@ impl Chunker {
         self.options
     }
 
-    pub fn chunk(&self, title: &str, text: &str) -> Result<Vec<Chunk>, EmbedError> {
+    /// The chunks of `text`; `section_starts` are the character offsets where its sections begin
+    /// (ascending; empty for text without headings), the first places a chunk ends at.
+    pub fn chunk(&self, title: &str, text: &str, section_starts: &[usize]) -> Result<Vec<Chunk>, EmbedError> {
         let encoding = self
             .tokenizer
             .encode(text, false)
@@ -119,12 +126,28 @@ impl Chunker {
             }
             return Ok(chunks);
         }
+        // The tokens that open a section: a chunk ending just before one ends at the heading.
+        let heading_tokens: Vec<usize> = section_starts
+            .iter()
+            .map(|&h| char_starts[..ids.len()].partition_point(|&c| c < h))
+            .filter(|&j| j > 0 && j < ids.len())
+            .collect();
+        let boundary = Boundaries {
+            text,
+            offsets,
+            byte_starts: &byte_starts,
+            heading_tokens: &heading_tokens,
+        };
         let mut start = 0usize;
         loop {
             // As many tokens as fit the budget in word pieces and in characters.
             let mut end = start;
             while end < ids.len() && end - start < budget && char_at(end + 1) - char_at(start) <= MAX_CHUNK_CHARS {
                 end += 1;
+            }
+            let mut at_heading = false;
+            if end < ids.len() && end > start + 1 {
+                (end, at_heading) = boundary.natural_end(start, end);
             }
             if end == start {
                 // One word piece (with the text up to the next) spans more characters than a chunk may
@@ -140,10 +163,52 @@ impl Chunker {
             if end == ids.len() {
                 break;
             }
-            // The overlap, unless the window was too short (cut by characters) to step past it.
-            start = if end - start > overlap { end - overlap } else { end };
+            // The overlap, unless the window was too short (cut by characters) to step past it, or it
+            // ended at a heading: a new section starts clean.
+            start = if end - start > overlap && !at_heading { end - overlap } else { end };
         }
         Ok(chunks)
+    }
+}
+
+/// Where a window of tokens may end: token `j` ends a chunk `[start, j)`, and the text between token
+/// `j - 1` and token `j` says how natural a place that is.
+struct Boundaries<'a> {
+    text: &'a str,
+    offsets: &'a [(usize, usize)],
+    byte_starts: &'a [usize],
+    heading_tokens: &'a [usize],
+}
+
+impl Boundaries<'_> {
+    /// The end for a full window `[start, end)` (`end` is before the text's last token), and whether
+    /// it is at a heading. A heading wins anywhere past the window's first eighth (a short section
+    /// before it is a chunk of its own); a paragraph break, a sentence's end or a line break win in its
+    /// second half, so that chunks stay at least half full.
+    fn natural_end(&self, start: usize, end: usize) -> (usize, bool) {
+        let len = end - start;
+        let earliest_heading = start + (len / 8).max(1);
+        if let Some(&j) = self.heading_tokens.iter().rev().find(|&&j| j >= earliest_heading && j <= end) {
+            return (j, true);
+        }
+        let earliest = start + (len / 2).max(1);
+        let gap = |j: usize| {
+            let from = self.offsets[j - 1].1.clamp(self.byte_starts[j - 1], self.byte_starts[j]);
+            &self.text[from..self.byte_starts[j]]
+        };
+        let paragraph = |j: usize| gap(j).matches('\n').count() >= 2;
+        let sentence = |j: usize| {
+            let g = gap(j);
+            let before = &self.text[self.byte_starts[j - 1]..self.byte_starts[j] - g.len()];
+            !g.is_empty() && before.ends_with(['.', '!', '?', '。', '！', '？'])
+        };
+        let line = |j: usize| gap(j).contains('\n');
+        for natural in [&paragraph as &dyn Fn(usize) -> bool, &sentence, &line] {
+            if let Some(j) = (earliest..=end).rev().find(|&j| natural(j)) {
+                return (j, false);
+            }
+        }
+        (end, false)
     }
 }
 

@@ -8,6 +8,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::domain::{DocumentContent, DocumentId, DocumentKey, DomainError, Limits, Metadata, Scope, Text, Title};
+use crate::extract::{ExtractError, Extractor, Format, Hint};
 
 /// One document ready to add, and where it came from (for error reports).
 #[derive(Debug, Clone)]
@@ -28,6 +29,8 @@ pub enum IngestError {
     Invalid { source_name: String, error: DomainError },
     #[error("{source_name}: cannot read: {error}")]
     Unreadable { source_name: String, error: std::io::Error },
+    #[error("{source_name}: {error}")]
+    Extract { source_name: String, error: ExtractError },
 }
 
 #[derive(Deserialize)]
@@ -98,6 +101,7 @@ pub fn parse_jsonl_line(
         text: Text::parse(text, limits).map_err(invalid)?,
         metadata: Metadata::parse(record.metadata.unwrap_or_else(|| Value::Object(Default::default())))
             .map_err(invalid)?,
+        origin: None,
     };
     Ok(IngestItem {
         source: source_name.clone(),
@@ -115,8 +119,8 @@ pub struct Discovered {
     pub skipped: Vec<String>,
 }
 
-/// The .txt and .md files under the given paths (directories recursively), and any file named
-/// explicitly whatever its extension. Only regular files are read: a named pipe would block the reader
+/// The files of the formats recall reads (.pdf, .html, .htm, .md, .markdown, .txt ...) under the given
+/// paths (directories recursively), and any file named explicitly whatever its extension. Only regular files are read: a named pipe would block the reader
 /// forever. Symlinked directories are followed only when `follow_symlinks` (then a loop is reported and
 /// not entered); a file reached by two ways (links, overlapping paths) is listed once.
 pub fn discover_files(paths: &[PathBuf], follow_symlinks: bool) -> Discovered {
@@ -184,9 +188,10 @@ pub fn discover_files(paths: &[PathBuf], follow_symlinks: bool) -> Discovered {
                 }
                 continue;
             }
-            // A file named on the command line is taken whatever its extension; inside directories only
-            // .txt and .md are, so that a repository's binaries are not swept in.
-            let wanted = named || matches!(entry.path().extension().and_then(|e| e.to_str()), Some("txt" | "md"));
+            // A file named on the command line is taken whatever its extension (its content says what
+            // it is); inside directories only the formats recall reads are, so that a repository's
+            // binaries are not swept in.
+            let wanted = named || Format::from_name(&entry.file_name().to_string_lossy()).is_some();
             if wanted && seen.insert((meta.dev(), meta.ino())) {
                 found.files.push(entry.path().to_path_buf());
             }
@@ -220,6 +225,11 @@ pub fn without_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
+/// Bytes without the UTF-8 byte order mark.
+pub fn without_bom_bytes(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
+}
+
 /// Reads a whole regular file as UTF-8 text, without a leading byte order mark.
 pub fn read_text_file(path: &Path) -> std::io::Result<String> {
     let mut text = String::new();
@@ -242,13 +252,26 @@ fn kind(file_type: &std::fs::FileType) -> &'static str {
     }
 }
 
-/// Reads one file as a document whose id is its path (or `id` when given) and whose title is its file name.
-pub fn read_file_item(
+/// One file read as a document, with what it was.
+#[derive(Debug, Clone)]
+pub struct FileItem {
+    pub item: IngestItem,
+    pub format: Format,
+    /// Its PDF pages (0 for other formats).
+    pub pages: usize,
+    /// The original's size.
+    pub bytes: u64,
+}
+
+/// Reads one file as a document whose id is its path (or `id` when given), extracted by its format
+/// (PDF, HTML, Markdown, text): titled by the file's own title or its file name, with `{"path": ...}`
+/// as metadata. A file over the extractor's size limit is refused before it is read.
+pub async fn read_file_item(
     path: &Path,
     id: Option<&str>,
     scope: &Scope,
-    limits: &Limits,
-) -> Result<IngestItem, IngestError> {
+    extractor: &Extractor,
+) -> Result<FileItem, IngestError> {
     let source_name = path.display().to_string();
     let invalid = |error| IngestError::Invalid {
         source_name: source_name.clone(),
@@ -263,35 +286,45 @@ pub fn read_file_item(
         source_name: source_name.clone(),
         error,
     };
+    let limit = extractor.limits().max_file_bytes;
+    let extract_error = |error| IngestError::Extract {
+        source_name: source_name.clone(),
+        error,
+    };
     let file = open_regular_file(path).map_err(unreadable)?;
-    let meta = file.metadata().map_err(unreadable)?;
-    let len = meta.len();
-    if len as usize > limits.max_text_bytes {
-        return Err(invalid(DomainError::TextTooLong {
-            bytes: len as usize,
-            limit: limits.max_text_bytes,
-        }));
+    let len = file.metadata().map_err(unreadable)?.len();
+    if len > limit {
+        return Err(extract_error(ExtractError::TooLarge { bytes: len, limit }));
     }
     let mut bytes = Vec::with_capacity(len as usize);
     // At most one byte past the limit: a file that grows while it is read is still bounded.
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(&file, limits.max_text_bytes as u64 + 1),
-        &mut bytes,
-    )
-    .map_err(unreadable)?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(&file, limit + 1), &mut bytes).map_err(unreadable)?;
     let title = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let content = DocumentContent {
-        title: Title::parse(&title).map_err(invalid)?,
-        text: Text::from_bytes(bytes, limits).map_err(invalid)?,
-        metadata: Metadata::parse(serde_json::json!({ "path": path.to_string_lossy() })).map_err(invalid)?,
+    let metadata = Metadata::parse(serde_json::json!({ "path": path.to_string_lossy() })).map_err(invalid)?;
+    let hint = Hint {
+        name: Some(title.clone()),
+        media_type: None,
     };
-    Ok(IngestItem {
-        source: source_name,
-        key: DocumentKey::new(scope.clone(), doc_id),
-        content,
+    let (format, content) = extractor
+        .document(&bytes, &hint, &title, metadata)
+        .await
+        .map_err(|error| match error {
+            ExtractError::Invalid(error) => invalid(error),
+            other => extract_error(other),
+        })?;
+    let pages = content.origin.as_ref().map_or(0, |o| o.pages.len());
+    Ok(FileItem {
+        item: IngestItem {
+            source: source_name,
+            key: DocumentKey::new(scope.clone(), doc_id),
+            content,
+        },
+        format,
+        pages,
+        bytes: bytes.len() as u64,
     })
 }
 
@@ -345,12 +378,18 @@ mod tests {
         assert!(err.contains("must be a JSON object"), "{err}");
     }
 
+    fn read(path: &Path, id: Option<&str>) -> Result<FileItem, IngestError> {
+        let extractor = Extractor::new(None, Default::default(), Limits::default());
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(read_file_item(path, id, &Scope::default(), &extractor))
+    }
+
     #[test]
     fn binary_files_are_refused_as_not_utf8() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blob.txt");
         std::fs::write(&path, [0x89, b'P', b'N', b'G', 0xff, 0xfe]).unwrap();
-        let err = read_file_item(&path, Some("blob"), &Scope::default(), &Limits::default()).unwrap_err();
+        let err = read(&path, Some("blob")).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -364,14 +403,16 @@ mod tests {
     }
 
     #[test]
-    fn directories_yield_text_and_markdown_only() {
+    fn directories_yield_the_formats_recall_reads_only() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(dir.path().join("a.txt"), "a").unwrap();
         std::fs::write(dir.path().join("sub/b.md"), "b").unwrap();
+        std::fs::write(dir.path().join("sub/d.PDF"), "d").unwrap();
+        std::fs::write(dir.path().join("e.htm"), "e").unwrap();
         std::fs::write(dir.path().join("c.bin"), "c").unwrap();
         let found = discover_files(&[dir.path().to_path_buf(), dir.path().join("missing")], false);
-        assert_eq!(found.files.len(), 2);
+        assert_eq!(found.files.len(), 4, "{:?}", found.files);
         assert_eq!(found.errors.len(), 1);
         assert!(found.errors[0].to_string().contains("missing"));
     }
@@ -395,13 +436,7 @@ mod tests {
             .to_string()
             .contains("not a regular file (a named pipe)"));
         // Read directly (a path swapped for a pipe after the walk): refused at once.
-        let err = read_file_item(
-            &dir.path().join("pipe.txt"),
-            None,
-            &Scope::default(),
-            &Limits::default(),
-        )
-        .unwrap_err();
+        let err = read(&dir.path().join("pipe.txt"), None).unwrap_err();
         assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 

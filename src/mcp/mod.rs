@@ -349,8 +349,9 @@ fn render_search(response: &SearchResponse) -> String {
     );
     for (rank, hit) in response.results.iter().enumerate() {
         let passage: String = hit.text.chars().take(300).collect();
+        let cited = hit.citation().map(|c| format!(" ({c})")).unwrap_or_default();
         text.push_str(&format!(
-            "\n\n{}. {}/{} \"{}\" characters {}..{} (score {:.4})\n{}",
+            "\n\n{}. {}/{} \"{}\"{cited} characters {}..{} (score {:.4})\n{}",
             rank + 1,
             hit.scope,
             hit.document_id,

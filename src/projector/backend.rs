@@ -14,7 +14,7 @@ const PIECE_TOKENS: usize = 4096;
 
 pub trait EmbedBackend: Send + Sync + 'static {
     fn identity(&self) -> &ModelIdentity;
-    fn chunk(&self, title: &str, text: &str) -> Result<Vec<Chunk>, EmbedError>;
+    fn chunk(&self, title: &str, text: &str, section_starts: &[usize]) -> Result<Vec<Chunk>, EmbedError>;
     /// One L2-normalised vector per input, in input order.
     fn embed(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError>;
 }
@@ -76,11 +76,11 @@ impl EmbedBackend for ModelBackend {
         self.embedder.identity()
     }
 
-    fn chunk(&self, title: &str, text: &str) -> Result<Vec<Chunk>, EmbedError> {
+    fn chunk(&self, title: &str, text: &str, section_starts: &[usize]) -> Result<Vec<Chunk>, EmbedError> {
         // Tokenising is the projector's other CPU work. On the caller's thread (the runtime's blocking
         // pool: normal priority, any CPU) it would take the CPU kept free for requests, so it runs on the
         // model's threads, as the embedding does.
-        run_on(self.current_pool().0, || self.chunker.chunk(title, text))
+        run_on(self.current_pool().0, || self.chunker.chunk(title, text, section_starts))
     }
 
     fn embed(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError> {

@@ -14,6 +14,10 @@ pub(crate) struct PreparedChunk {
     pub text: String,
     pub tokens: i32,
     pub embedding: Vec<f32>,
+    /// The first and last page of the original it lies on (PDF).
+    pub pages: Option<(i32, i32)>,
+    /// The heading path of the section holding most of it (HTML, Markdown).
+    pub section: Option<Vec<String>>,
 }
 
 /// The event an effect comes from, to park it by if its write is refused.
@@ -46,6 +50,8 @@ pub(crate) enum Effect {
         metadata: serde_json::Value,
         /// The whole text of this version, for the read model's readers.
         text: String,
+        /// The original file's media type, size, SHA-256, pages and sections, when it had one.
+        origin: Option<serde_json::Value>,
         chunks: Vec<PreparedChunk>,
     },
     Remove {
@@ -136,7 +142,9 @@ pub(crate) fn panicked(event: &RecordedEvent, panic: &tokio::task::JoinError) ->
 pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> PreparedBatch {
     let mut effects = Vec::with_capacity(events.len());
     // (effect index, chunk inputs) for the events that need embeddings.
-    let mut pending: Vec<(usize, &RecordedEvent, Vec<crate::embed::Chunk>)> = Vec::new();
+    // (effect, event, chunks, the original's structure for their citations)
+    let mut pending: Vec<(usize, &RecordedEvent, Vec<crate::embed::Chunk>, Option<crate::domain::Origin>)> =
+        Vec::new();
     for event in events {
         let decoded = match DocumentEvent::decode(&event.event_type, event.schema_version, &event.payload) {
             Ok(d) => d,
@@ -147,9 +155,10 @@ pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> P
         };
         match decoded {
             DocumentEvent::Added { scope, id, content } | DocumentEvent::Updated { scope, id, content } => {
-                match backend.chunk(content.title.as_str(), content.text.as_str()) {
+                let section_starts = content.origin.as_ref().map(|o| o.section_starts()).unwrap_or_default();
+                match backend.chunk(content.title.as_str(), content.text.as_str(), &section_starts) {
                     Ok(chunks) => {
-                        pending.push((effects.len(), event, chunks));
+                        pending.push((effects.len(), event, chunks, content.origin.clone()));
                         effects.push(Effect::Upsert {
                             source: Source::of(event),
                             scope: scope.to_string(),
@@ -159,6 +168,7 @@ pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> P
                             title: content.title.as_str().to_owned(),
                             metadata: serde_json::Value::Object(content.metadata.as_map().clone()),
                             text: content.text.as_str().to_owned(),
+                            origin: content.origin.as_ref().map(|o| serde_json::to_value(o).expect("an origin serialises")),
                             chunks: Vec::new(),
                         });
                     }
@@ -177,7 +187,7 @@ pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> P
 
     let inputs: Vec<Vec<u32>> = pending
         .iter()
-        .flat_map(|(_, _, chunks)| chunks.iter().map(|c| c.input_ids.clone()))
+        .flat_map(|(_, _, chunks, _)| chunks.iter().map(|c| c.input_ids.clone()))
         .collect();
     let tokens = inputs.iter().map(Vec::len).sum();
     let vectors = match backend.embed(&inputs) {
@@ -188,7 +198,7 @@ pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> P
         }
     };
     let mut next = 0;
-    for (effect_index, event, chunks) in pending {
+    for (effect_index, event, chunks, origin) in pending {
         let embedded = match &vectors {
             Some(all) => Ok(all[next..next + chunks.len()].to_vec()),
             None => backend.embed(&chunks.iter().map(|c| c.input_ids.clone()).collect::<Vec<_>>()),
@@ -201,6 +211,14 @@ pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> P
                         .into_iter()
                         .zip(vectors)
                         .map(|(c, embedding)| PreparedChunk {
+                            pages: origin
+                                .as_ref()
+                                .and_then(|o| o.pages_of(c.char_start, c.char_end))
+                                .map(|(first, last)| (first as i32, last as i32)),
+                            section: origin
+                                .as_ref()
+                                .and_then(|o| o.section_of(c.char_start, c.char_end))
+                                .map(<[String]>::to_vec),
                             index: c.index as i32,
                             char_start: c.char_start as i32,
                             char_end: c.char_end as i32,

@@ -24,6 +24,10 @@ struct ChunkRows {
     tokens: Vec<i32>,
     embedding: Vec<Vector>,
     title: Vec<String>,
+    page_start: Vec<Option<i32>>,
+    page_end: Vec<Option<i32>>,
+    /// Heading paths as JSON arrays: an array of arrays cannot be unnested row by row.
+    section: Vec<Option<serde_json::Value>>,
 }
 
 /// What each version said (migrations/0007), for as-of searches and document reads.
@@ -35,6 +39,7 @@ struct VersionRows {
     title: Vec<String>,
     metadata: Vec<serde_json::Value>,
     text: Vec<String>,
+    origin: Vec<Option<serde_json::Value>>,
 }
 
 #[derive(Default)]
@@ -94,6 +99,7 @@ pub(crate) async fn apply_effects(
                 title,
                 metadata,
                 text,
+                origin,
                 chunks,
                 ..
             } => {
@@ -103,6 +109,7 @@ pub(crate) async fn apply_effects(
                 versions.title.push(title.clone());
                 versions.metadata.push(metadata.clone());
                 versions.text.push(text.clone());
+                versions.origin.push(origin.clone());
                 let open = open_rows.get_mut(&key).expect("inserted above");
                 for c in chunks {
                     open.push(rows.scope.len());
@@ -117,6 +124,9 @@ pub(crate) async fn apply_effects(
                     rows.tokens.push(c.tokens);
                     rows.embedding.push(Vector::from(c.embedding.clone()));
                     rows.title.push(title.clone());
+                    rows.page_start.push(c.pages.map(|p| p.0));
+                    rows.page_end.push(c.pages.map(|p| p.1));
+                    rows.section.push(c.section.as_ref().map(|s| serde_json::json!(s)));
                 }
                 (
                     scope.clone(),
@@ -164,9 +174,14 @@ pub(crate) async fn apply_effects(
     if !rows.scope.is_empty() {
         sqlx::query(
             "INSERT INTO chunks (generation, scope, document_id, valid_from, chunk_index, valid_to, char_start,
-                                 char_end, text, tokens, embedding, title)
-             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::int[], $6::bigint[], $7::int[],
-                                      $8::int[], $9::text[], $10::int[], $11::vector[], $12::text[])",
+                                 char_end, text, tokens, embedding, title, page_start, page_end, section)
+             SELECT $1, u.scope, u.document_id, u.valid_from, u.chunk_index, u.valid_to, u.char_start, u.char_end,
+                    u.text, u.tokens, u.embedding, u.title, u.page_start, u.page_end,
+                    CASE WHEN u.section IS NOT NULL THEN ARRAY(SELECT jsonb_array_elements_text(u.section)) END
+             FROM unnest($2::text[], $3::text[], $4::bigint[], $5::int[], $6::bigint[], $7::int[], $8::int[],
+                         $9::text[], $10::int[], $11::vector[], $12::text[], $13::int[], $14::int[], $15::jsonb[])
+                  AS u(scope, document_id, valid_from, chunk_index, valid_to, char_start, char_end, text, tokens,
+                       embedding, title, page_start, page_end, section)",
         )
         .bind(generation)
         .bind(rows.scope)
@@ -180,14 +195,18 @@ pub(crate) async fn apply_effects(
         .bind(rows.tokens)
         .bind(rows.embedding)
         .bind(rows.title)
+        .bind(rows.page_start)
+        .bind(rows.page_end)
+        .bind(rows.section)
         .execute(&mut *tx)
         .await?;
     }
     if !versions.position.is_empty() {
         // A parked event retried later may be applied again: its version is already there.
         sqlx::query(
-            "INSERT INTO document_versions (generation, scope, id, position, title, metadata, text)
-             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::jsonb[], $7::text[])
+            "INSERT INTO document_versions (generation, scope, id, position, title, metadata, text, origin)
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::jsonb[], $7::text[],
+                                      $8::jsonb[])
              ON CONFLICT (generation, position) DO NOTHING",
         )
         .bind(generation)
@@ -197,6 +216,7 @@ pub(crate) async fn apply_effects(
         .bind(versions.title)
         .bind(versions.metadata)
         .bind(versions.text)
+        .bind(versions.origin)
         .execute(&mut *tx)
         .await?;
     }

@@ -14,6 +14,8 @@ pub struct ProjectedDocument {
     /// The log position of the event this state was projected from.
     pub position: i64,
     pub text: String,
+    /// The original file it was extracted from (media type, size, SHA-256, pages, sections), if any.
+    pub origin: Option<serde_json::Value>,
     /// Current chunks of the document.
     pub chunks: i64,
     /// The active generation's checkpoint: the receipt of this read.
@@ -55,7 +57,7 @@ pub async fn list_documents(
 
 pub async fn document(pool: &PgPool, key: &DocumentKey) -> Result<Option<ProjectedDocument>, ReadModelError> {
     Ok(sqlx::query_as(
-        "SELECT d.title, d.metadata, d.version, d.removed, d.position, coalesce(v.text, '') AS text,
+        "SELECT d.title, d.metadata, d.version, d.removed, d.position, coalesce(v.text, '') AS text, v.origin,
                 (SELECT count(*) FROM chunks c WHERE c.generation = d.generation AND c.scope = d.scope
                     AND c.document_id = d.id AND c.valid_to IS NULL) AS chunks,
                 p.checkpoint

@@ -169,12 +169,36 @@ pub struct SearchHit {
     /// Where the chunk lies in the document's text, in characters (Unicode scalar values), end exclusive.
     pub char_start: i32,
     pub char_end: i32,
+    /// The first and last page of the original PDF the chunk lies on (absent for other documents).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page_start: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page_end: Option<i32>,
+    /// The heading path of the section holding most of the chunk (`["Runbook", "Rollback"]`), for
+    /// documents extracted from HTML or Markdown with headings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub section: Option<Vec<String>>,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     /// With `distinct_documents` and `other_chunks`: the document's other matching chunks, best first.
     #[sqlx(skip)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub other_chunks: Option<Vec<ChunkMatch>>,
+}
+
+impl SearchHit {
+    /// Where to check the chunk in the original, in words: `page 7, Runbook > Rollback`; `None` for a
+    /// document given as text.
+    pub fn citation(&self) -> Option<String> {
+        let pages = match (self.page_start, self.page_end) {
+            (Some(a), Some(b)) if a == b => Some(format!("page {a}")),
+            (Some(a), Some(b)) => Some(format!("pages {a}-{b}")),
+            _ => None,
+        };
+        let section = self.section.as_ref().map(|s| s.join(" > "));
+        let parts: Vec<String> = pages.into_iter().chain(section).collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
 }
 
 /// Where another matching chunk of a document lies, and how well it matched.
@@ -397,6 +421,9 @@ mod tests {
             text: String::new(),
             char_start: 0,
             char_end: 0,
+            page_start: None,
+            page_end: None,
+            section: None,
             metadata: serde_json::json!({}),
             other_chunks: None,
         }

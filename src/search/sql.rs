@@ -11,7 +11,7 @@ use super::SearchMode;
 fn candidates(as_of: bool) -> &'static str {
     if as_of {
         "SELECT c.scope, c.document_id, c.chunk_index, c.embedding, c.lexemes, c.text, c.char_start, c.char_end,
-                v.title, v.metadata
+                c.page_start, c.page_end, c.section, v.title, v.metadata
          FROM chunks c
          JOIN document_versions v ON v.generation = c.generation AND v.position = c.valid_from
          WHERE c.generation = $2 AND c.valid_from <= $7 AND (c.valid_to IS NULL OR c.valid_to > $7)
@@ -20,7 +20,7 @@ fn candidates(as_of: bool) -> &'static str {
            AND (NOT $6::boolean OR c.chunk_index = 0)"
     } else {
         "SELECT c.scope, c.document_id, c.chunk_index, c.embedding, c.lexemes, c.text, c.char_start, c.char_end,
-                d.title, d.metadata
+                c.page_start, c.page_end, c.section, d.title, d.metadata
          FROM chunks c
          JOIN documents d ON d.generation = c.generation AND d.scope = c.scope AND d.id = c.document_id
          WHERE c.valid_to IS NULL AND c.generation = $2
@@ -36,7 +36,7 @@ fn dense(as_of: bool) -> String {
     // A plain subquery, which the planner flattens, so that the live ORDER BY reaches the index.
     format!(
         "SELECT c.scope, c.document_id, c.chunk_index, 1 - (c.embedding <=> $1::vector) AS score, c.title, c.text,
-                c.char_start, c.char_end, c.metadata
+                c.char_start, c.char_end, c.page_start, c.page_end, c.section, c.metadata
          FROM ({candidates}) c
          ORDER BY c.embedding <=> $1::vector
          LIMIT $5",
@@ -86,13 +86,14 @@ fn lexical(as_of: bool) -> String {
     };
     let details = if as_of {
         "SELECT c.scope, c.document_id, c.chunk_index, top.score, v.title, c.text, c.char_start, c.char_end,
-                v.metadata
+                c.page_start, c.page_end, c.section, v.metadata
          FROM top
          JOIN chunks c ON c.generation = $2 AND c.scope = top.scope AND c.document_id = top.document_id
                       AND c.valid_from = top.valid_from AND c.chunk_index = top.chunk_index
          JOIN document_versions v ON v.generation = c.generation AND v.position = c.valid_from"
     } else {
-        "SELECT c.scope, c.document_id, c.chunk_index, top.score, d.title, c.text, c.char_start, c.char_end, d.metadata
+        "SELECT c.scope, c.document_id, c.chunk_index, top.score, d.title, c.text, c.char_start, c.char_end,
+                c.page_start, c.page_end, c.section, d.metadata
          FROM top
          JOIN chunks c ON c.generation = $2 AND c.scope = top.scope AND c.document_id = top.document_id
                       AND c.valid_from = top.valid_from AND c.chunk_index = top.chunk_index

@@ -48,6 +48,7 @@ fn document(prefix: &str, i: usize) -> (DocumentKey, DocumentCommand) {
         title: Title::parse(&format!("Benchmark document {i}")).expect("short title"),
         text: Text::parse(text, &Limits::default()).expect("valid text"),
         metadata: Metadata::parse(serde_json::json!({"bench": true, "i": i})).expect("small object"),
+        origin: None,
     };
     (key, DocumentCommand::Add { content })
 }

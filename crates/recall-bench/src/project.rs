@@ -46,7 +46,7 @@ pub async fn run_project_bench(
                 .iter()
                 .flat_map(|(_, c)| {
                     backend
-                        .chunk(c.title.as_str(), c.text.as_str())
+                        .chunk(c.title.as_str(), c.text.as_str(), &[])
                         .expect("chunking")
                         .into_iter()
                         .map(|c| c.input_ids)
@@ -105,7 +105,7 @@ pub async fn run_project_bench(
         let content = content.clone();
         let e = tokio::task::spawn_blocking(move || {
             let inputs: Vec<Vec<u32>> = backend
-                .chunk(content.title.as_str(), content.text.as_str())
+                .chunk(content.title.as_str(), content.text.as_str(), &[])
                 .expect("chunking")
                 .into_iter()
                 .map(|c| c.input_ids)
