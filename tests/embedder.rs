@@ -205,6 +205,53 @@ fn unicode_text_is_chunked_with_exact_character_offsets() {
     check_chunks(&text, 16, 256).unwrap();
 }
 
+#[test]
+fn a_full_window_ends_at_a_heading_else_a_paragraph_else_a_sentence() {
+    let paragraph = |n: usize, tag: &str| {
+        (0..n)
+            .map(|i| format!("Sentence {i} of {tag} says one short thing."))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // Paragraphs of about 110 word pieces: a 254-piece window holds two, and ends between them.
+    let text = ["alpha", "beta", "gamma", "delta"].map(|t| paragraph(10, t)).join("\n\n");
+    let chunks = chunker(16).chunk("", &text, &[]).unwrap();
+    assert!(chunks.len() >= 2);
+    for c in &chunks[..chunks.len() - 1] {
+        assert!(c.text.ends_with("thing.\n\n"), "ends at a paragraph: {:?}", &c.text[c.text.len() - 30..]);
+    }
+    // One paragraph: the window ends after a sentence.
+    let text = paragraph(60, "one");
+    let chunks = chunker(16).chunk("", &text, &[]).unwrap();
+    for c in &chunks[..chunks.len() - 1] {
+        assert!(c.text.ends_with("thing. "), "ends at a sentence: {:?}", &c.text[c.text.len() - 30..]);
+    }
+    // A heading a third of the way in: the first chunk ends before it, the next starts at it, and the
+    // overlap does not reach back across it.
+    let intro = paragraph(5, "intro");
+    let text = format!("{intro}\n\n## Rollback\n\n{}", paragraph(40, "rollback"));
+    let heading = intro.chars().count() + 2;
+    let chunks = chunker(16).chunk("", &text, &[heading]).unwrap();
+    assert_eq!(chunks[0].char_end, heading);
+    assert_eq!(chunks[1].char_start, heading);
+    assert!(chunks[1].text.starts_with("## Rollback"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #[test]
+    fn chunks_cut_at_sections_still_cover_the_text(
+        words in proptest::collection::vec("[a-z]{1,12}|[.!?]|\n\n|#", 1..1200),
+        starts in proptest::collection::vec(0usize..6000, 0..20),
+    ) {
+        let text: String = words.iter().map(|w| format!("{w} ")).collect();
+        let mut starts: Vec<usize> = starts.into_iter().filter(|&s| s < text.len()).collect();
+        starts.sort_unstable();
+        let chunks = chunker(32).chunk("", &text, &starts).unwrap();
+        check_cover(&text, &chunks, 256)?;
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
     #[test]

@@ -152,7 +152,7 @@ pub enum ExtractError {
     TooComplex { format: String, what: String, limit: u64 },
     #[error("extracting the {format} took longer than {seconds} s; raise RECALL_EXTRACT_TIMEOUT if the file is sound")]
     TimedOut { format: String, seconds: u64 },
-    #[error("extracting the {format} needed more than {mib} MiB of memory (a decompression bomb?); raise RECALL_EXTRACT_MEMORY_MB if the file is sound")]
+    #[error("extracting the {format} needed more than {mib} MiB of memory (a decompression bomb, or a page of millions of operations?); raise RECALL_EXTRACT_MEMORY_MB if the file is sound")]
     OutOfMemory { format: String, mib: u64 },
     #[error("the {format} parser failed on this file ({detail}); it is probably corrupt")]
     ParserFailed { format: String, detail: String },

@@ -165,3 +165,4 @@ impl OutputDev for Bounded<'_> {
         self.plain.fill(ctm, colorspace, color, path)
     }
 }
+
