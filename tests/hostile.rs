@@ -229,7 +229,7 @@ async fn a_catalogue_of_bad_http_requests_gets_the_documented_answers_and_leaves
         (
             "POST",
             "/v1/documents",
-            vec![auth, ("content-type", "text/plain")],
+            vec![auth, ("content-type", "image/png")],
             br#"{"text": "t"}"#.to_vec(),
             415,
             "unsupported_media_type",

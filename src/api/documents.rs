@@ -277,15 +277,25 @@ fn answer(key: &DocumentKey, outcome: CommandOutcome, created: bool) -> Response
 
 /// Add a document.
 #[utoipa::path(post, path = "/v1/documents",
-    params(("Idempotency-Key" = Option<Uuid>, Header, description = "Makes a retried command a no-op: the same key and content is appended once.")),
-    request_body = AddBody,
+    params(("Idempotency-Key" = Option<Uuid>, Header, description = "Makes a retried command a no-op: the same key and content is appended once."), UploadQuery),
+    request_body(description = "The document as JSON, or a file as the body (PDF, HTML, Markdown or text; `application/octet-stream` to let recall tell from the content) with id, scope, title and metadata as query parameters (see UploadQuery). A file is extracted with its pages and heading sections; the event keeps the text, that structure and the file's media type, size and SHA-256, not the file.",
+        content(
+            (AddBody = "application/json"),
+            ("application/pdf"),
+            ("text/html"),
+            ("text/markdown"),
+            ("text/plain"),
+            ("application/octet-stream")
+        )),
     responses(
         (status = 201, description = "Appended; `position` is the event's log position (pass it as wait_for).", body = CommandResult),
         (status = 200, description = "The same content was already there; nothing appended.", body = CommandResult),
         (status = 400, description = "Invalid JSON, an unknown field or an invalid document (the message names it).", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
         (status = 409, description = "The document already exists with other content.", body = ErrorBody),
-        (status = 413, description = "The body or the text is over the size limit.", body = ErrorBody),
+        (status = 413, description = "The body, the file or the text is over the size limit.", body = ErrorBody),
+        (status = 415, description = "A media type recall does not read.", body = ErrorBody),
+        (status = 422, description = "The file cannot be read (encrypted, no text layer, corrupt, over its time or memory bound); the message says what to do.", body = ErrorBody),
         (status = 503, description = "The database is unavailable; nothing was written. Retry after the Retry-After seconds.", body = ErrorBody),
     ))]
 pub async fn add(State(state): State<AppState>, headers: HeaderMap, request: Request) -> Result<Response, ApiError> {
@@ -410,7 +420,15 @@ fn disposition_file_name(value: &str) -> Option<String> {
 /// Replace a document's title, text and metadata.
 #[utoipa::path(put, path = "/v1/documents/{id}",
     params(("id" = String, Path, description = "The document id; percent-encode `/` as %2F."), DocumentQuery, ("If-Match" = Option<String>, Header, description = "The version the document must be at (its ETag); 409 when it is not."), ("Idempotency-Key" = Option<Uuid>, Header, description = "Makes a retried command a no-op: the same key and content is appended once.")),
-    request_body = ReplaceBody,
+    request_body(description = "The document as JSON, or a file as the body (PDF, HTML, Markdown or text; `application/octet-stream` to let recall tell from the content) with scope, title and metadata as query parameters (see UploadQuery). A file is extracted with its pages and heading sections; the event keeps the text, that structure and the file's media type, size and SHA-256, not the file.",
+        content(
+            (ReplaceBody = "application/json"),
+            ("application/pdf"),
+            ("text/html"),
+            ("text/markdown"),
+            ("text/plain"),
+            ("application/octet-stream")
+        )),
     responses(
         (status = 200, description = "Appended (or unchanged).", body = CommandResult),
         (status = 400, description = "Invalid JSON, an unknown field or an invalid document (the message names it).", body = ErrorBody),
@@ -419,7 +437,9 @@ fn disposition_file_name(value: &str) -> Option<String> {
         (status = 409, description = "Version conflict (If-Match).", body = ErrorBody),
         (status = 410, description = "The document was removed; add it again.", body = ErrorBody),
         (status = 412, description = "If-Match is not a version (a weak ETag, or not a number).", body = ErrorBody),
-        (status = 413, description = "The body or the text is over the size limit.", body = ErrorBody),
+        (status = 413, description = "The body, the file or the text is over the size limit.", body = ErrorBody),
+        (status = 415, description = "A media type recall does not read.", body = ErrorBody),
+        (status = 422, description = "The file cannot be read; the message says why and what to do.", body = ErrorBody),
         (status = 503, description = "The database is unavailable; nothing was written.", body = ErrorBody),
     ))]
 pub async fn update(

@@ -5,6 +5,7 @@
 mod agents;
 mod append;
 mod embed;
+mod extract;
 mod measure;
 mod model;
 mod project;
@@ -77,6 +78,20 @@ enum BenchCommand {
         /// The timed query (a SciFact question is about twice as long as the default).
         #[arg(long, default_value = "how do I sort a list of dictionaries by a key")]
         query: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Extraction throughput (pages/s for PDF, MB/s for HTML and Markdown) beside the embedder's on the
+    /// same text: which side bounds an ingest of such files.
+    Extract {
+        /// A folder of PDF, HTML, Markdown and text files (`benches/documents`).
+        #[arg(long, default_value = "benches/documents")]
+        corpus: std::path::PathBuf,
+        /// Passes over each file; the fastest counts.
+        #[arg(long, default_value_t = 3)]
+        passes: usize,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -435,6 +450,23 @@ async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                     "{} passages, {} tokens, {} threads on {}: {:.1} passages/s, {:.0} tokens/s (median of {} passes); one query of {} word pieces p50 {:.2} ms, p99 {:.2} ms ({} ms idle before each)",
                     report.passages, report.tokens, report.threads, report.device, report.passages_per_s, report.tokens_per_s, report.passes, report.query_tokens, report.query_latency.p50_ms, report.query_latency.p99_ms, report.query_pause_ms
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Extract {
+            corpus,
+            passes,
+            json,
+            model,
+        } => {
+            let (_, embedder) = model.load_shared().await?;
+            let report = extract::run_extract_bench(&corpus, embedder, passes).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                for line in report.lines() {
+                    println!("{line}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
