@@ -23,7 +23,9 @@ use recall::extract::{ExtractError, ExtractLimits, Extracted, Extractor, Format,
 use recall::projector::{Projector, ProjectorOptions, Target};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/documents").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/documents")
+        .join(name)
 }
 
 fn read(name: &str) -> Vec<u8> {
@@ -64,24 +66,44 @@ async fn a_pdf_keeps_its_pages_and_title() {
     assert!(page(1).contains("redeploy the previous release tag"), "{}", page(1));
     assert!(!page(0).contains("redeploy"));
     // The table's cells are text too, on the page they are printed on.
-    assert!(page(2).contains("Database on-call") && page(2).contains("SecOps"), "{}", page(2));
+    assert!(
+        page(2).contains("Database on-call") && page(2).contains("SecOps"),
+        "{}",
+        page(2)
+    );
 }
 
 #[tokio::test]
 async fn a_web_page_keeps_its_article_and_heading_tree_without_the_boilerplate() {
     let html = extract("caching.html").await;
     assert_eq!(html.format, Format::Html);
-    assert!(html.title.as_deref().unwrap().starts_with("Caching guide"), "{:?}", html.title);
+    assert!(
+        html.title.as_deref().unwrap().starts_with("Caching guide"),
+        "{:?}",
+        html.title
+    );
     for boilerplate in ["Sign in", "Pricing", "Copyright", "More guides"] {
-        assert!(!html.text.contains(boilerplate), "{boilerplate} is navigation, not content: {}", html.text);
+        assert!(
+            !html.text.contains(boilerplate),
+            "{boilerplate} is navigation, not content: {}",
+            html.text
+        );
     }
     assert!(html.text.contains("surrogate key tag"));
-    let paths: Vec<Vec<&str>> = html.sections.iter().map(|s| s.path.iter().map(String::as_str).collect()).collect();
+    let paths: Vec<Vec<&str>> = html
+        .sections
+        .iter()
+        .map(|s| s.path.iter().map(String::as_str).collect())
+        .collect();
     // The article's h1 repeats the page's title, which Readability keeps as the title: the tree starts
     // below it.
     assert!(paths.contains(&vec!["Invalidation", "Purging by tag"]), "{paths:?}");
     assert!(paths.contains(&vec!["Limits"]), "{paths:?}");
-    let purge = html.sections.iter().find(|s| s.path.last().unwrap() == "Purging by tag").unwrap();
+    let purge = html
+        .sections
+        .iter()
+        .find(|s| s.path.last().unwrap() == "Purging by tag")
+        .unwrap();
     assert!(span(&html.text, purge.start, purge.end).contains("rate limited to ten a minute"));
 }
 
@@ -97,9 +119,15 @@ async fn markdown_keeps_its_text_as_written_and_its_heading_tree() {
 
 #[tokio::test]
 async fn the_content_says_what_a_file_is_whatever_its_name() {
-    let disguised = extractor().extract(&read("runbook.pdf"), &named("notes.txt")).await.unwrap();
+    let disguised = extractor()
+        .extract(&read("runbook.pdf"), &named("notes.txt"))
+        .await
+        .unwrap();
     assert_eq!(disguised.format, Format::Pdf);
-    let unnamed = extractor().extract(&read("caching.html"), &Hint::default()).await.unwrap();
+    let unnamed = extractor()
+        .extract(&read("caching.html"), &Hint::default())
+        .await
+        .unwrap();
     assert_eq!(unnamed.format, Format::Html);
 }
 
@@ -123,7 +151,12 @@ async fn hostile_files_get_a_clear_error_within_their_bounds() {
 
     assert_eq!(run("encrypted.pdf").await.unwrap_err(), ExtractError::Encrypted);
     let scanned = extractor()
-        .document(&read("scanned.pdf"), &named("scanned.pdf"), "scanned.pdf", Default::default())
+        .document(
+            &read("scanned.pdf"),
+            &named("scanned.pdf"),
+            "scanned.pdf",
+            Default::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(scanned, ExtractError::NoTextLayer { pages: 2 });
@@ -140,7 +173,11 @@ async fn hostile_files_get_a_clear_error_within_their_bounds() {
         ),
         "{runs}"
     );
-    assert!(started.elapsed() < Duration::from_secs(45), "bounded: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "bounded: {:?}",
+        started.elapsed()
+    );
 
     // Truncated and corrupt files.
     let whole = read("runbook.pdf");
@@ -153,26 +190,44 @@ async fn hostile_files_get_a_clear_error_within_their_bounds() {
         }
     }
     let garbage = extractor()
-        .extract(b"%PDF-1.7\n1 0 obj << /Type /Catalog /Pages 9 0 R >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF", &named("x.pdf"))
+        .extract(
+            b"%PDF-1.7\n1 0 obj << /Type /Catalog /Pages 9 0 R >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF",
+            &named("x.pdf"),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(garbage, ExtractError::Corrupt { .. } | ExtractError::ParserFailed { .. }), "{garbage}");
+    assert!(
+        matches!(
+            garbage,
+            ExtractError::Corrupt { .. } | ExtractError::ParserFailed { .. }
+        ),
+        "{garbage}"
+    );
 
     // Size: refused before any parsing.
     let tiny = extractor_with(ExtractLimits {
         max_file_bytes: 1000,
         ..ExtractLimits::default()
     });
-    let err = tiny.extract(&read("runbook.pdf"), &named("runbook.pdf")).await.unwrap_err();
+    let err = tiny
+        .extract(&read("runbook.pdf"), &named("runbook.pdf"))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("RECALL_MAX_FILE_BYTES"), "{err}");
 
     // HTML: a page of boilerplate only, and one with more elements than any real page.
     let empty = extractor()
-        .extract(b"<html><head><script>var a = 1;</script></head><body>  </body></html>", &named("e.html"))
+        .extract(
+            b"<html><head><script>var a = 1;</script></head><body>  </body></html>",
+            &named("e.html"),
+        )
         .await;
     assert!(matches!(empty, Err(ExtractError::NoContent)), "{empty:?}");
     let dense = "<html><body>".to_string() + &"<p>a</p>".repeat(600_000) + "</body></html>";
-    let err = extractor().extract(dense.as_bytes(), &named("d.html")).await.unwrap_err();
+    let err = extractor()
+        .extract(dense.as_bytes(), &named("d.html"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ExtractError::TooComplex { .. }), "{err}");
 
     // A worker that never answers is killed at the deadline.
@@ -186,7 +241,10 @@ async fn hostile_files_get_a_clear_error_within_their_bounds() {
         Limits::default(),
     );
     let started = Instant::now();
-    let err = hanging.extract(&read("runbook.pdf"), &named("r.pdf")).await.unwrap_err();
+    let err = hanging
+        .extract(&read("runbook.pdf"), &named("r.pdf"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ExtractError::TimedOut { seconds: 1, .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
     // And without a recall binary to run, the message says how to name one.
@@ -248,18 +306,48 @@ async fn the_api_takes_files_as_the_body_and_refuses_bad_ones_appending_nothing(
     let router = api::router(AppState::new(&databases, config));
     let call = |request| async { body_json(router.clone().oneshot(request).await.unwrap()).await };
 
-    let (status, body) = call(upload("POST", "/v1/documents?id=runbook&scope=ops", "application/pdf", read("runbook.pdf"))).await;
+    let (status, body) = call(upload(
+        "POST",
+        "/v1/documents?id=runbook&scope=ops",
+        "application/pdf",
+        read("runbook.pdf"),
+    ))
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let head = store.head().await.unwrap();
 
     for (media_type, file, status, code) in [
-        ("application/pdf", "encrypted.pdf", StatusCode::UNPROCESSABLE_ENTITY, "unreadable_file"),
-        ("application/pdf", "scanned.pdf", StatusCode::UNPROCESSABLE_ENTITY, "unreadable_file"),
-        ("application/octet-stream", "encrypted.pdf", StatusCode::UNPROCESSABLE_ENTITY, "unreadable_file"),
-        ("image/png", "runbook.pdf", StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        (
+            "application/pdf",
+            "encrypted.pdf",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unreadable_file",
+        ),
+        (
+            "application/pdf",
+            "scanned.pdf",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unreadable_file",
+        ),
+        (
+            "application/octet-stream",
+            "encrypted.pdf",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unreadable_file",
+        ),
+        (
+            "image/png",
+            "runbook.pdf",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
     ] {
         let (got, body) = call(upload("POST", "/v1/documents?id=bad", media_type, read(file))).await;
-        assert_eq!((got, body["error"]["code"].as_str()), (status, Some(code)), "{file}: {body}");
+        assert_eq!(
+            (got, body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{file}: {body}"
+        );
     }
     let (status, body) = call(upload("POST", "/v1/documents?colour=red", "text/plain", b"x".to_vec())).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
@@ -280,7 +368,13 @@ async fn the_api_takes_files_as_the_body_and_refuses_bad_ones_appending_nothing(
     assert_eq!(payload["title"], "Ops guide");
     // Octet-stream without a name that says Markdown is read as text: the file name here is upload.bin.
     assert_eq!(payload.get("origin"), None, "{payload}");
-    let (status, body) = call(upload("PUT", "/v1/documents/runbook?scope=ops", "text/markdown", read("operations.md"))).await;
+    let (status, body) = call(upload(
+        "PUT",
+        "/v1/documents/runbook?scope=ops",
+        "text/markdown",
+        read("operations.md"),
+    ))
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let events = store.read_stream("ops:runbook", 0).await.unwrap();
     let payload: Value = serde_json::from_str(&events[2].payload).unwrap();
@@ -293,7 +387,10 @@ async fn the_api_takes_files_as_the_body_and_refuses_bad_ones_appending_nothing(
         hex::encode(sha2::Sha256::digest(read("runbook.pdf"))),
         "the event names the original by its hash"
     );
-    assert!(first.get("original").is_none() && !events[0].payload.contains("%PDF"), "not the binary");
+    assert!(
+        first.get("original").is_none() && !events[0].payload.contains("%PDF"),
+        "not the binary"
+    );
 }
 
 #[tokio::test]
@@ -310,7 +407,11 @@ async fn an_ingested_directory_is_searchable_with_pages_and_sections_cited() {
     ] {
         std::fs::copy(fixture(name), dir.path().join(to)).unwrap();
     }
-    std::fs::write(dir.path().join("notes.txt"), "Plain notes: the staging cluster is rebuilt every night.").unwrap();
+    std::fs::write(
+        dir.path().join("notes.txt"),
+        "Plain notes: the staging cluster is rebuilt every night.",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_recall"))
         .current_dir(dir.path())
         .args(["ingest", ".", "--scope", "docs", "--json"])
@@ -324,7 +425,11 @@ async fn an_ingested_directory_is_searchable_with_pages_and_sections_cited() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let summary = &lines.last().unwrap()["summary"];
-    assert_eq!((summary["appended"].as_u64(), summary["rejected"].as_u64()), (Some(4), Some(2)), "{lines:?}");
+    assert_eq!(
+        (summary["appended"].as_u64(), summary["rejected"].as_u64()),
+        (Some(4), Some(2)),
+        "{lines:?}"
+    );
     assert_eq!(summary["formats"]["pdf"]["files"], 1);
     assert_eq!(summary["formats"]["pdf"]["pages"], 3);
     assert_eq!(summary["formats"]["html"]["files"], 1);
@@ -335,8 +440,18 @@ async fn an_ingested_directory_is_searchable_with_pages_and_sections_cited() {
         .filter(|l| l["status"] == "rejected")
         .map(|l| format!("{} {}", l["source"], l["error"]))
         .collect();
-    assert!(rejected.iter().any(|r| r.contains("encrypted.pdf") && r.contains("password")), "{rejected:?}");
-    assert!(rejected.iter().any(|r| r.contains("scanned.pdf") && r.contains("run OCR first")), "{rejected:?}");
+    assert!(
+        rejected
+            .iter()
+            .any(|r| r.contains("encrypted.pdf") && r.contains("password")),
+        "{rejected:?}"
+    );
+    assert!(
+        rejected
+            .iter()
+            .any(|r| r.contains("scanned.pdf") && r.contains("run OCR first")),
+        "{rejected:?}"
+    );
 
     Projector::new(&databases, common::model_backend(), ProjectorOptions::default())
         .run_until_caught_up(Target::Active)
@@ -349,17 +464,25 @@ async fn an_ingested_directory_is_searchable_with_pages_and_sections_cited() {
                 c.env("DATABASE_URL", common::url_of(&options));
                 c
             },
-            &["search", query, "--scope", "docs", "--mode", "dense", "-k", "3", "--json"],
+            &[
+                "search", query, "--scope", "docs", "--mode", "dense", "-k", "3", "--json",
+            ],
         );
         serde_json::from_slice::<Value>(&out.stdout).unwrap()["results"][0].clone()
     };
     let hit = search("how do I roll back a failed release?");
     assert_eq!(hit["document_id"], "runbook.pdf", "{hit}");
     let (first, last) = (hit["page_start"].as_i64().unwrap(), hit["page_end"].as_i64().unwrap());
-    assert!(first <= 2 && 2 <= last && last - first <= 1, "the rollback page, cited: {hit}");
+    assert!(
+        first <= 2 && 2 <= last && last - first <= 1,
+        "the rollback page, cited: {hit}"
+    );
     let hit = search("how often can operators purge responses by surrogate key");
     assert_eq!(hit["document_id"], "nested/caching.html", "{hit}");
-    assert!(hit["section"].as_array().is_some_and(|s| !s.is_empty()), "a heading path: {hit}");
+    assert!(
+        hit["section"].as_array().is_some_and(|s| !s.is_empty()),
+        "a heading path: {hit}"
+    );
     let hit = search("what happens when I do not acknowledge a page in time");
     assert_eq!(hit["document_id"], "operations.md", "{hit}");
     assert!(hit.get("page_start").is_none(), "no pages outside PDFs: {hit}");

@@ -174,7 +174,9 @@ fn a_long_document_is_chunked_without_losing_a_token() {
 
 #[test]
 fn a_short_document_embeds_as_title_then_text() {
-    let chunks = chunker(32).chunk("Sorting", "Lists can be sorted in place.", &[]).unwrap();
+    let chunks = chunker(32)
+        .chunk("Sorting", "Lists can be sorted in place.", &[])
+        .unwrap();
     assert_eq!(chunks.len(), 1);
     let via_chunk = embedder()
         .embed_inputs(&[chunks[0].input_ids.clone()])
@@ -214,17 +216,27 @@ fn a_full_window_ends_at_a_heading_else_a_paragraph_else_a_sentence() {
             .join(" ")
     };
     // Paragraphs of about 110 word pieces: a 254-piece window holds two, and ends between them.
-    let text = ["alpha", "beta", "gamma", "delta"].map(|t| paragraph(10, t)).join("\n\n");
+    let text = ["alpha", "beta", "gamma", "delta"]
+        .map(|t| paragraph(10, t))
+        .join("\n\n");
     let chunks = chunker(16).chunk("", &text, &[]).unwrap();
     assert!(chunks.len() >= 2);
     for c in &chunks[..chunks.len() - 1] {
-        assert!(c.text.ends_with("thing.\n\n"), "ends at a paragraph: {:?}", &c.text[c.text.len() - 30..]);
+        assert!(
+            c.text.ends_with("thing.\n\n"),
+            "ends at a paragraph: {:?}",
+            &c.text[c.text.len() - 30..]
+        );
     }
     // One paragraph: the window ends after a sentence.
     let text = paragraph(60, "one");
     let chunks = chunker(16).chunk("", &text, &[]).unwrap();
     for c in &chunks[..chunks.len() - 1] {
-        assert!(c.text.ends_with("thing. "), "ends at a sentence: {:?}", &c.text[c.text.len() - 30..]);
+        assert!(
+            c.text.ends_with("thing. "),
+            "ends at a sentence: {:?}",
+            &c.text[c.text.len() - 30..]
+        );
     }
     // A heading a third of the way in: the first chunk ends before it, the next starts at it, and the
     // overlap does not reach back across it.
@@ -296,7 +308,9 @@ fn text_the_tokenizer_cannot_split_is_cut_by_characters() {
     // Numbers between control characters: the tokenizer drops the separators and makes one unknown word.
     let numbers: String = (0..20_000).map(|i| format!("{i}\u{1}")).collect();
     check_bounds(&numbers).unwrap();
-    assert!(chunker(32).chunk("", &numbers, &[]).unwrap().len() >= numbers.chars().count() / recall::embed::MAX_CHUNK_CHARS);
+    assert!(
+        chunker(32).chunk("", &numbers, &[]).unwrap().len() >= numbers.chars().count() / recall::embed::MAX_CHUNK_CHARS
+    );
     check_bounds(&"y".repeat(50_000)).unwrap();
     check_bounds(&format!("a{}b", " ".repeat(50_000))).unwrap();
     check_bounds(&"\u{1}\u{2}".repeat(9_000)).unwrap();

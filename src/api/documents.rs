@@ -376,13 +376,15 @@ async fn upload_content(
 ) -> Result<DocumentContent, ApiError> {
     let extractor = &state.config().extractor;
     let limit = extractor.limits().max_file_bytes;
-    let bytes = axum::body::to_bytes(request.into_body(), limit as usize).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the file is over the limit of {limit} bytes; split it or raise RECALL_MAX_FILE_BYTES"),
-        )
-    })?;
+    let bytes = axum::body::to_bytes(request.into_body(), limit as usize)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the file is over the limit of {limit} bytes; split it or raise RECALL_MAX_FILE_BYTES"),
+            )
+        })?;
     let file_name = headers
         .get(header::CONTENT_DISPOSITION)
         .and_then(|v| v.to_str().ok())
@@ -400,7 +402,12 @@ async fn upload_content(
         media_type: Some(media_type).filter(|m| !m.starts_with("application/octet-stream")),
     };
     let (_, mut content) = extractor
-        .document(&bytes, &hint, file_name.as_deref().unwrap_or(""), Metadata::parse(metadata)?)
+        .document(
+            &bytes,
+            &hint,
+            file_name.as_deref().unwrap_or(""),
+            Metadata::parse(metadata)?,
+        )
         .await?;
     if let Some(title) = query.title {
         content.title = Title::parse(&title)?;

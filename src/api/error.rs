@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 
 use crate::commands::CommandError;
 use crate::domain::DomainError;
-use crate::extract::ExtractError;
 use crate::event_store::EventStoreError;
+use crate::extract::ExtractError;
 use crate::postgres::is_unavailable;
 use crate::projector::ProjectorError;
 use crate::read_model::ReadModelError;

@@ -378,7 +378,12 @@ pub async fn update(args: UpdateArgs) -> anyhow::Result<ExitCode> {
         None => current.map(|c| c.metadata).unwrap_or_default(),
     };
     let command = DocumentCommand::Update {
-        content: DocumentContent { title, text, metadata, origin: None },
+        content: DocumentContent {
+            title,
+            text,
+            metadata,
+            origin: None,
+        },
         expected_version: args.expected_version,
     };
     let ctx = CommandContext {

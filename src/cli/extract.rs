@@ -79,7 +79,12 @@ pub async fn run(args: ExtractArgs) -> anyhow::Result<ExitCode> {
             println!("pages:    {}", origin.pages.len());
         }
         for section in &origin.sections {
-            println!("section:  {} [{}..{})", section.path.join(" > "), section.start, section.end);
+            println!(
+                "section:  {} [{}..{})",
+                section.path.join(" > "),
+                section.start,
+                section.end
+            );
         }
     }
     println!("text:     {} characters\n", content.text.as_str().chars().count());

@@ -188,7 +188,10 @@ mod tests {
             content,
         };
         assert_eq!(event.schema_version(), 2);
-        assert_eq!(DocumentEvent::decode(event.event_type(), 2, &event.encode()).unwrap(), event);
+        assert_eq!(
+            DocumentEvent::decode(event.event_type(), 2, &event.encode()).unwrap(),
+            event
+        );
         assert!(DocumentEvent::decode(event.event_type(), 1, &event.encode()).is_err());
         // A page past the text's end is refused on the way in and on the way back.
         let bad = event.encode().replace("\"end\":9", "\"end\":99");

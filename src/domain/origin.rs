@@ -67,7 +67,12 @@ impl Origin {
                 MEDIA_TYPES.join(", ")
             )));
         }
-        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if self.sha256.len() != 64
+            || !self
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(bad("the sha256 must be 64 lowercase hex digits".into()));
         }
         if self.pages.len() > MAX_SPANS || self.sections.len() > MAX_SPANS {
@@ -97,7 +102,11 @@ impl Origin {
                     section.path.len()
                 )));
             }
-            if section.path.iter().any(|h| h.len() > MAX_HEADING_BYTES || h.contains('\0')) {
+            if section
+                .path
+                .iter()
+                .any(|h| h.len() > MAX_HEADING_BYTES || h.contains('\0'))
+            {
                 return Err(bad(format!(
                     "a heading is over {MAX_HEADING_BYTES} bytes or holds a NUL"
                 )));
@@ -145,12 +154,28 @@ mod tests {
             bytes: 10,
             sha256: "a".repeat(64),
             pages: vec![
-                PageSpan { page: 1, start: 0, end: 10 },
-                PageSpan { page: 2, start: 12, end: 30 },
+                PageSpan {
+                    page: 1,
+                    start: 0,
+                    end: 10,
+                },
+                PageSpan {
+                    page: 2,
+                    start: 12,
+                    end: 30,
+                },
             ],
             sections: vec![
-                SectionSpan { path: vec!["A".into()], start: 0, end: 8 },
-                SectionSpan { path: vec!["A".into(), "B".into()], start: 8, end: 30 },
+                SectionSpan {
+                    path: vec!["A".into()],
+                    start: 0,
+                    end: 8,
+                },
+                SectionSpan {
+                    path: vec!["A".into(), "B".into()],
+                    start: 8,
+                    end: 30,
+                },
             ],
         }
     }

@@ -259,7 +259,8 @@ pub struct DocumentContent {
     pub metadata: Metadata,
     /// The file the text was extracted from, when it was (absent for text given as text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub origin: Option<super::Origin>,
+    // Boxed: most documents have none, and the aggregate's decisions stay small.
+    pub origin: Option<Box<super::Origin>>,
 }
 
 impl DocumentContent {
@@ -281,7 +282,7 @@ impl DocumentContent {
             title,
             text,
             metadata,
-            origin: Some(origin),
+            origin: Some(Box::new(origin)),
         })
     }
 }

@@ -165,7 +165,11 @@ impl Chunker {
             }
             // The overlap, unless the window was too short (cut by characters) to step past it, or it
             // ended at a heading: a new section starts clean.
-            start = if end - start > overlap && !at_heading { end - overlap } else { end };
+            start = if end - start > overlap && !at_heading {
+                end - overlap
+            } else {
+                end
+            };
         }
         Ok(chunks)
     }
@@ -188,12 +192,19 @@ impl Boundaries<'_> {
     fn natural_end(&self, start: usize, end: usize) -> (usize, bool) {
         let len = end - start;
         let earliest_heading = start + (len / 8).max(1);
-        if let Some(&j) = self.heading_tokens.iter().rev().find(|&&j| j >= earliest_heading && j <= end) {
+        if let Some(&j) = self
+            .heading_tokens
+            .iter()
+            .rev()
+            .find(|&&j| j >= earliest_heading && j <= end)
+        {
             return (j, true);
         }
         let earliest = start + (len / 2).max(1);
         let gap = |j: usize| {
-            let from = self.offsets[j - 1].1.clamp(self.byte_starts[j - 1], self.byte_starts[j]);
+            let from = self.offsets[j - 1]
+                .1
+                .clamp(self.byte_starts[j - 1], self.byte_starts[j]);
             &self.text[from..self.byte_starts[j]]
         };
         let paragraph = |j: usize| gap(j).matches('\n').count() >= 2;

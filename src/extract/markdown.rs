@@ -45,7 +45,14 @@ pub fn sections(text: &str) -> Vec<SectionSpan> {
         while path.last().is_some_and(|(l, _)| *l >= level) {
             path.pop();
         }
-        path.push((level, if heading.is_empty() { "(untitled)".into() } else { heading }));
+        path.push((
+            level,
+            if heading.is_empty() {
+                "(untitled)".into()
+            } else {
+                heading
+            },
+        ));
         out.push(SectionSpan {
             path: path.iter().map(|(_, h)| h.clone()).take(MAX_HEADING_DEPTH).collect(),
             start: at[i],

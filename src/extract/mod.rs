@@ -114,8 +114,23 @@ fn looks_like_html(bytes: &[u8]) -> bool {
     let start = head.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(head.len());
     let head = head[start..].to_ascii_lowercase();
     const TAGS: [&[u8]; 17] = [
-        b"<!doctype html", b"<html", b"<head", b"<script", b"<iframe", b"<h1", b"<div", b"<font", b"<table",
-        b"<a", b"<style", b"<title", b"<b", b"<body", b"<br", b"<p", b"<!--",
+        b"<!doctype html",
+        b"<html",
+        b"<head",
+        b"<script",
+        b"<iframe",
+        b"<h1",
+        b"<div",
+        b"<font",
+        b"<table",
+        b"<a",
+        b"<style",
+        b"<title",
+        b"<b",
+        b"<body",
+        b"<br",
+        b"<p",
+        b"<!--",
     ];
     TAGS.iter().any(|tag| {
         head.starts_with(tag)
@@ -283,8 +298,14 @@ mod tests {
         assert_eq!(Format::sniff(b"%PDF-1.7\n...", &hint(Some("a.txt"), None)), Format::Pdf);
         assert_eq!(Format::sniff(b"  <!DOCTYPE html><p>x", &hint(None, None)), Format::Html);
         assert_eq!(Format::sniff(b"<p>hello</p>", &hint(None, None)), Format::Html);
-        assert_eq!(Format::sniff(b"<bold>not a tag we know", &hint(None, None)), Format::Text);
-        assert_eq!(Format::sniff(b"<div>in markdown</div>", &hint(Some("a.md"), None)), Format::Markdown);
+        assert_eq!(
+            Format::sniff(b"<bold>not a tag we know", &hint(None, None)),
+            Format::Text
+        );
+        assert_eq!(
+            Format::sniff(b"<div>in markdown</div>", &hint(Some("a.md"), None)),
+            Format::Markdown
+        );
         assert_eq!(
             Format::sniff(b"# Title", &hint(None, Some("text/markdown; charset=utf-8"))),
             Format::Markdown

@@ -63,7 +63,10 @@ fn extract_unguarded(bytes: &[u8], limits: &Limits) -> Result<Extracted, Extract
             counts: &mut counts,
         };
         if let Err(e) = pdf_extract::output_doc_page(&doc, &mut out, number) {
-            return Err(counts.over.take().unwrap_or_else(|| corrupt(format!("page {number}: {e}"))));
+            return Err(counts
+                .over
+                .take()
+                .unwrap_or_else(|| corrupt(format!("page {number}: {e}"))));
         }
         let page = page.trim();
         if !page.is_empty() && !text.is_empty() {
@@ -127,13 +130,25 @@ impl Bounded<'_> {
 }
 
 impl OutputDev for Bounded<'_> {
-    fn begin_page(&mut self, page_num: u32, media_box: &MediaBox, art_box: Option<(f64, f64, f64, f64)>) -> Result<(), OutputError> {
+    fn begin_page(
+        &mut self,
+        page_num: u32,
+        media_box: &MediaBox,
+        art_box: Option<(f64, f64, f64, f64)>,
+    ) -> Result<(), OutputError> {
         self.plain.begin_page(page_num, media_box, art_box)
     }
     fn end_page(&mut self) -> Result<(), OutputError> {
         self.plain.end_page()
     }
-    fn output_character(&mut self, trm: &Transform, width: f64, spacing: f64, font_size: f64, char: &str) -> Result<(), OutputError> {
+    fn output_character(
+        &mut self,
+        trm: &Transform,
+        width: f64,
+        spacing: f64,
+        font_size: f64,
+        char: &str,
+    ) -> Result<(), OutputError> {
         self.counts.text_bytes += char.len();
         if self.counts.text_bytes > self.counts.limit_bytes {
             let limit = self.counts.limit_bytes;
@@ -158,11 +173,22 @@ impl OutputDev for Bounded<'_> {
     fn end_line(&mut self) -> Result<(), OutputError> {
         self.plain.end_line()
     }
-    fn stroke(&mut self, ctm: &Transform, colorspace: &ColorSpace, color: &[f64], path: &Path) -> Result<(), OutputError> {
+    fn stroke(
+        &mut self,
+        ctm: &Transform,
+        colorspace: &ColorSpace,
+        color: &[f64],
+        path: &Path,
+    ) -> Result<(), OutputError> {
         self.plain.stroke(ctm, colorspace, color, path)
     }
-    fn fill(&mut self, ctm: &Transform, colorspace: &ColorSpace, color: &[f64], path: &Path) -> Result<(), OutputError> {
+    fn fill(
+        &mut self,
+        ctm: &Transform,
+        colorspace: &ColorSpace,
+        color: &[f64],
+        path: &Path,
+    ) -> Result<(), OutputError> {
         self.plain.fill(ctm, colorspace, color, path)
     }
 }
-

@@ -57,11 +57,15 @@ impl ExtractLimits {
         let d = ExtractLimits::default();
         Ok(ExtractLimits {
             max_file_bytes: var("RECALL_MAX_FILE_BYTES")?.unwrap_or(d.max_file_bytes),
-            timeout: var("RECALL_EXTRACT_TIMEOUT")?.map(Duration::from_secs).unwrap_or(d.timeout),
+            timeout: var("RECALL_EXTRACT_TIMEOUT")?
+                .map(Duration::from_secs)
+                .unwrap_or(d.timeout),
             memory_bytes: var("RECALL_EXTRACT_MEMORY_MB")?
                 .map(|mb| mb.saturating_mul(1024 * 1024))
                 .unwrap_or(d.memory_bytes),
-            max_workers: var("RECALL_EXTRACT_WORKERS")?.map(|n| n as usize).unwrap_or(d.max_workers),
+            max_workers: var("RECALL_EXTRACT_WORKERS")?
+                .map(|n| n as usize)
+                .unwrap_or(d.max_workers),
         })
     }
 }
@@ -125,7 +129,10 @@ impl Extractor {
     ) -> Result<(Format, DocumentContent), ExtractError> {
         let extracted = self.extract(bytes, hint).await?;
         let format = extracted.format;
-        Ok((format, extracted.into_content(bytes, fallback_title, metadata, &self.text)?))
+        Ok((
+            format,
+            extracted.into_content(bytes, fallback_title, metadata, &self.text)?,
+        ))
     }
 
     async fn in_worker(&self, bytes: &[u8], format: Format) -> Result<Extracted, ExtractError> {

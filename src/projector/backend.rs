@@ -80,7 +80,9 @@ impl EmbedBackend for ModelBackend {
         // Tokenising is the projector's other CPU work. On the caller's thread (the runtime's blocking
         // pool: normal priority, any CPU) it would take the CPU kept free for requests, so it runs on the
         // model's threads, as the embedding does.
-        run_on(self.current_pool().0, || self.chunker.chunk(title, text, section_starts))
+        run_on(self.current_pool().0, || {
+            self.chunker.chunk(title, text, section_starts)
+        })
     }
 
     fn embed(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError> {

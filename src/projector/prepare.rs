@@ -20,6 +20,15 @@ pub(crate) struct PreparedChunk {
     pub section: Option<Vec<String>>,
 }
 
+/// An event's chunks waiting for their embeddings: the effect they fill, and the original's structure
+/// that their citations come from.
+struct Pending<'a> {
+    effect: usize,
+    event: &'a RecordedEvent,
+    chunks: Vec<crate::embed::Chunk>,
+    origin: Option<Box<crate::domain::Origin>>,
+}
+
 /// The event an effect comes from, to park it by if its write is refused.
 #[derive(Debug, Clone)]
 pub(crate) struct Source {
@@ -142,9 +151,7 @@ pub(crate) fn panicked(event: &RecordedEvent, panic: &tokio::task::JoinError) ->
 pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> PreparedBatch {
     let mut effects = Vec::with_capacity(events.len());
     // (effect index, chunk inputs) for the events that need embeddings.
-    // (effect, event, chunks, the original's structure for their citations)
-    let mut pending: Vec<(usize, &RecordedEvent, Vec<crate::embed::Chunk>, Option<crate::domain::Origin>)> =
-        Vec::new();
+    let mut pending: Vec<Pending> = Vec::new();
     for event in events {
         let decoded = match DocumentEvent::decode(&event.event_type, event.schema_version, &event.payload) {
             Ok(d) => d,
@@ -158,7 +165,12 @@ pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> P
                 let section_starts = content.origin.as_ref().map(|o| o.section_starts()).unwrap_or_default();
                 match backend.chunk(content.title.as_str(), content.text.as_str(), &section_starts) {
                     Ok(chunks) => {
-                        pending.push((effects.len(), event, chunks, content.origin.clone()));
+                        pending.push(Pending {
+                            effect: effects.len(),
+                            event,
+                            chunks,
+                            origin: content.origin.clone(),
+                        });
                         effects.push(Effect::Upsert {
                             source: Source::of(event),
                             scope: scope.to_string(),
@@ -168,7 +180,10 @@ pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> P
                             title: content.title.as_str().to_owned(),
                             metadata: serde_json::Value::Object(content.metadata.as_map().clone()),
                             text: content.text.as_str().to_owned(),
-                            origin: content.origin.as_ref().map(|o| serde_json::to_value(o).expect("an origin serialises")),
+                            origin: content
+                                .origin
+                                .as_ref()
+                                .map(|o| serde_json::to_value(o).expect("an origin serialises")),
                             chunks: Vec::new(),
                         });
                     }
@@ -187,7 +202,7 @@ pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> P
 
     let inputs: Vec<Vec<u32>> = pending
         .iter()
-        .flat_map(|(_, _, chunks, _)| chunks.iter().map(|c| c.input_ids.clone()))
+        .flat_map(|p| p.chunks.iter().map(|c| c.input_ids.clone()))
         .collect();
     let tokens = inputs.iter().map(Vec::len).sum();
     let vectors = match backend.embed(&inputs) {
@@ -198,7 +213,13 @@ pub(crate) fn prepare(backend: &dyn EmbedBackend, events: &[RecordedEvent]) -> P
         }
     };
     let mut next = 0;
-    for (effect_index, event, chunks, origin) in pending {
+    for Pending {
+        effect: effect_index,
+        event,
+        chunks,
+        origin,
+    } in pending
+    {
         let embedded = match &vectors {
             Some(all) => Ok(all[next..next + chunks.len()].to_vec()),
             None => backend.embed(&chunks.iter().map(|c| c.input_ids.clone()).collect::<Vec<_>>()),

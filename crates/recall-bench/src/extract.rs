@@ -91,7 +91,9 @@ pub async fn run_extract_bench(
     embedder: std::sync::Arc<Embedder>,
     passes: usize,
 ) -> anyhow::Result<ExtractBenchReport> {
-    let program = std::env::var_os("RECALL_EXTRACT_PROGRAM").map(PathBuf::from).or_else(sibling_recall);
+    let program = std::env::var_os("RECALL_EXTRACT_PROGRAM")
+        .map(PathBuf::from)
+        .or_else(sibling_recall);
     anyhow::ensure!(
         program.is_some(),
         "no recall binary beside recall-bench: build it (cargo build --release) or set RECALL_EXTRACT_PROGRAM"
@@ -103,7 +105,11 @@ pub async fn run_extract_bench(
     };
     let extractor = Extractor::new(program, limits, Limits::default());
     let found = recall::ingest::discover_files(&[corpus.to_path_buf()], false);
-    anyhow::ensure!(!found.files.is_empty(), "no PDF, HTML, Markdown or text files under {}", corpus.display());
+    anyhow::ensure!(
+        !found.files.is_empty(),
+        "no PDF, HTML, Markdown or text files under {}",
+        corpus.display()
+    );
     let mut formats: BTreeMap<&'static str, FormatReport> = BTreeMap::new();
     let mut texts: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
     for path in &found.files {
