@@ -11,7 +11,7 @@ pub const MAX_ELEMENTS: usize = 500_000;
 
 pub fn extract(bytes: &[u8], _limits: &Limits) -> Result<Extracted, ExtractError> {
     // Pages in a legacy encoding keep their ASCII; the rest becomes U+FFFD rather than a refusal.
-    let html = String::from_utf8_lossy(crate::ingest::without_bom_bytes(bytes));
+    let html = String::from_utf8_lossy(super::without_bom(bytes));
     let config = Config {
         max_elements_to_parse: MAX_ELEMENTS,
         text_mode: TextMode::Markdown,

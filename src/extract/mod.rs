@@ -215,10 +215,15 @@ pub fn extract_in_process(bytes: &[u8], format: Format, limits: &Limits) -> Resu
 }
 
 fn utf8(bytes: &[u8]) -> Result<String, ExtractError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| DomainError::NotUtf8 {
+    let text = std::str::from_utf8(without_bom(bytes)).map_err(|e| DomainError::NotUtf8 {
         offset: e.valid_up_to(),
     })?;
-    Ok(crate::ingest::without_bom(text).to_owned())
+    Ok(text.to_owned())
+}
+
+/// Bytes without the UTF-8 byte order mark some editors put at the start.
+fn without_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
 }
 
 impl Extracted {

@@ -5,7 +5,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use pdf_extract::{ColorSpace, MediaBox, OutputDev, OutputError, Path, PlainTextOutput, Transform};
+use pdf_extract::{MediaBox, OutputDev, OutputError, PlainTextOutput, Transform};
 
 use super::{ExtractError, Extracted, Format};
 use crate::domain::{Limits, PageSpan};
@@ -173,22 +173,5 @@ impl OutputDev for Bounded<'_> {
     fn end_line(&mut self) -> Result<(), OutputError> {
         self.plain.end_line()
     }
-    fn stroke(
-        &mut self,
-        ctm: &Transform,
-        colorspace: &ColorSpace,
-        color: &[f64],
-        path: &Path,
-    ) -> Result<(), OutputError> {
-        self.plain.stroke(ctm, colorspace, color, path)
-    }
-    fn fill(
-        &mut self,
-        ctm: &Transform,
-        colorspace: &ColorSpace,
-        color: &[f64],
-        path: &Path,
-    ) -> Result<(), OutputError> {
-        self.plain.fill(ctm, colorspace, color, path)
-    }
+    // Strokes and fills carry no text: the trait's defaults ignore them, as the plain-text output does.
 }

@@ -225,11 +225,6 @@ pub fn without_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
-/// Bytes without the UTF-8 byte order mark.
-pub fn without_bom_bytes(bytes: &[u8]) -> &[u8] {
-    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
-}
-
 /// Reads a whole regular file as UTF-8 text, without a leading byte order mark.
 pub fn read_text_file(path: &Path) -> std::io::Result<String> {
     let mut text = String::new();
