@@ -177,7 +177,7 @@ mod tests {
             sections: vec![crate::domain::SectionSpan {
                 path: vec!["A".into()],
                 start: 0,
-                end: 9,
+                end: 8,
             }],
         };
         let content =
@@ -194,7 +194,8 @@ mod tests {
         );
         assert!(DocumentEvent::decode(event.event_type(), 1, &event.encode()).is_err());
         // A page past the text's end is refused on the way in and on the way back.
-        let bad = event.encode().replace("\"end\":9", "\"end\":99");
+        let bad = event.encode().replace("\"end\":8", "\"end\":99");
+        assert_ne!(bad, event.encode());
         assert!(DocumentEvent::decode(event.event_type(), 2, &bad).is_err());
         let plain = DocumentContent::plain(Title::default(), text, Metadata::default());
         assert_eq!(
