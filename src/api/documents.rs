@@ -149,12 +149,11 @@ pub(crate) fn content(
     text: String,
     metadata: Option<Value>,
 ) -> Result<DocumentContent, ApiError> {
-    Ok(DocumentContent {
-        title: Title::parse(title.as_deref().unwrap_or(""))?,
-        text: Text::parse(text, &state.config().limits)?,
-        metadata: Metadata::parse(metadata.unwrap_or_else(|| json!({})))?,
-        origin: None,
-    })
+    Ok(DocumentContent::plain(
+        Title::parse(title.as_deref().unwrap_or(""))?,
+        Text::parse(text, &state.config().limits)?,
+        Metadata::parse(metadata.unwrap_or_else(|| json!({})))?,
+    ))
 }
 
 fn uuid_header(headers: &HeaderMap, name: &str) -> Result<Option<Uuid>, ApiError> {
@@ -338,7 +337,7 @@ pub struct UploadQuery {
 
 /// The media type of an upload, or `None` for a JSON body (or none declared: the JSON path says what
 /// it expected). A type recall does not read is refused with 415.
-fn upload_type(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(super) fn upload_type(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(None);
     };

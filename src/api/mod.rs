@@ -348,12 +348,7 @@ async fn deadline(State(state): State<AppState>, request: Request, next: Next) -
     }
     let is_command = request.uri().path().starts_with("/v1/documents") && request.method() != Method::GET;
     // A file in the body is extracted first, within the extractor's own time bound.
-    let is_upload = is_command
-        && request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| !v.to_ascii_lowercase().contains("json"));
+    let is_upload = is_command && matches!(documents::upload_type(request.headers()), Ok(Some(_)));
     // A search may wait for a position in its body, a document read in its query string.
     let may_wait =
         request.uri().path() == "/v1/search" || request.uri().query().is_some_and(|q| q.contains("wait_for"));

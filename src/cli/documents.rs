@@ -12,7 +12,7 @@ use serde_json::json;
 use recall::commands::{CommandContext, CommandHandler, CommandOutcome};
 use recall::domain::{DocumentCommand, DocumentContent, DocumentId, DocumentKey, Metadata, Scope, Text, Title};
 use recall::event_store::{verify_chain, RecordedEvent};
-use recall::extract::{ExtractLimits, Extractor};
+use recall::extract::Extractor;
 use recall::ingest::{self, IngestItem};
 
 use super::{open_handler, open_store, read_input, WriteSettings};
@@ -286,11 +286,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
             summary.rejected += 1;
             report_rejection(args.json, "path", &error.to_string());
         }
-        let extractor = Extractor::new(
-            Extractor::program_from_env(),
-            ExtractLimits::from_env().map_err(anyhow::Error::msg)?,
-            limits,
-        );
+        let extractor = Extractor::from_env(limits).map_err(anyhow::Error::msg)?;
         let bar = progress(Some(files.len() as u64));
         let mut batch_bytes = 0usize;
         for file in &files {
@@ -378,12 +374,7 @@ pub async fn update(args: UpdateArgs) -> anyhow::Result<ExitCode> {
         None => current.map(|c| c.metadata).unwrap_or_default(),
     };
     let command = DocumentCommand::Update {
-        content: DocumentContent {
-            title,
-            text,
-            metadata,
-            origin: None,
-        },
+        content: DocumentContent::plain(title, text, metadata),
         expected_version: args.expected_version,
     };
     let ctx = CommandContext {

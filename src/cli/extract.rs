@@ -49,11 +49,10 @@ pub fn worker(args: &ExtractArgs) -> Option<ExitCode> {
 
 pub async fn run(args: ExtractArgs) -> anyhow::Result<ExitCode> {
     let path = args.path.expect("clap requires a path outside worker mode");
-    let limits = recall::extract::ExtractLimits::from_env().map_err(anyhow::Error::msg)?;
     let text_limits = Limits {
         max_text_bytes: args.max_text_bytes,
     };
-    let extractor = Extractor::new(Extractor::program_from_env(), limits, text_limits);
+    let extractor = Extractor::from_env(text_limits).map_err(anyhow::Error::msg)?;
     let bytes = read_input(&path)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     let hint = Hint {

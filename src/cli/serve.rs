@@ -145,11 +145,7 @@ impl ServiceArgs {
             foreground_window: seconds("--foreground-window", self.foreground_window)?,
             request_deadline: seconds("--request-deadline", self.request_deadline)?,
             max_waiters: self.max_waiters,
-            extractor: recall::extract::Extractor::new(
-                recall::extract::Extractor::program_from_env(),
-                recall::extract::ExtractLimits::from_env().map_err(anyhow::Error::msg)?,
-                limits,
-            ),
+            extractor: recall::extract::Extractor::from_env(limits).map_err(anyhow::Error::msg)?,
         };
         Ok(ServerConfig {
             api,

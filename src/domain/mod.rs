@@ -11,5 +11,6 @@ mod values;
 pub use aggregate::{decide, Decision, DocumentCommand, DocumentState};
 pub use error::DomainError;
 pub use events::{DocumentEvent, EventDecodeError};
+pub(crate) use origin::CharIndex;
 pub use origin::{Origin, PageSpan, SectionSpan, MAX_HEADING_BYTES, MAX_HEADING_DEPTH, MEDIA_TYPES};
 pub use values::{DocumentContent, DocumentId, DocumentKey, Limits, Metadata, Scope, Text, Title};

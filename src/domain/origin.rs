@@ -117,10 +117,14 @@ impl Origin {
 
     /// The first and last page that characters `[start, end)` fall on, if the original had pages.
     pub fn pages_of(&self, start: usize, end: usize) -> Option<(u32, u32)> {
-        let touching = |p: &&PageSpan| p.start < end.max(start + 1) && p.end > start;
-        let first = self.pages.iter().find(touching)?;
-        let last = self.pages.iter().rev().find(touching)?;
-        Some((first.page, last.page))
+        // Pages are in order (checked): skip those that end before the range, stop at the first after it.
+        let from = self.pages.partition_point(|p| p.end <= start);
+        let mut touching = self.pages[from..]
+            .iter()
+            .take_while(|p| p.start < end.max(start + 1))
+            .filter(|p| p.end > start);
+        let first = touching.next()?;
+        Some((first.page, touching.last().unwrap_or(first).page))
     }
 
     /// The heading path of the section holding most of characters `[start, end)`: the one to cite.
@@ -141,6 +145,34 @@ impl Origin {
     /// Where the sections begin (character offsets): the first places a chunk should end at.
     pub fn section_starts(&self) -> Vec<usize> {
         self.sections.iter().map(|s| s.start).collect()
+    }
+}
+
+/// Byte offset to character offset (what chunks and origins count in), for offsets that arrive in
+/// increasing order (with restarts): one pass over the text however many are asked.
+pub(crate) struct CharIndex<'a> {
+    text: &'a str,
+    byte: usize,
+    chars: usize,
+}
+
+impl<'a> CharIndex<'a> {
+    pub(crate) fn new(text: &'a str) -> Self {
+        CharIndex {
+            text,
+            byte: 0,
+            chars: 0,
+        }
+    }
+
+    pub(crate) fn at(&mut self, byte: usize) -> usize {
+        if byte < self.byte {
+            self.byte = 0;
+            self.chars = 0;
+        }
+        self.chars += self.text[self.byte..byte].chars().count();
+        self.byte = byte;
+        self.chars
     }
 }
 
@@ -190,6 +222,14 @@ mod tests {
         assert_eq!(o.section_of(6, 30).unwrap(), ["A", "B"]);
         assert_eq!(o.section_of(0, 16).unwrap(), ["A"], "equal overlaps go to the first");
         assert_eq!(o.check(30), Ok(()));
+    }
+
+    #[test]
+    fn character_offsets_follow_multibyte_text() {
+        let mut index = CharIndex::new("aé€b");
+        let at: Vec<usize> = [0, 1, 3, 6, 7].iter().map(|&b| index.at(b)).collect();
+        assert_eq!(at, vec![0, 1, 2, 3, 4]);
+        assert_eq!(index.at(1), 1, "an earlier offset starts again");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokenizers::Tokenizer;
 
 use super::EmbedError;
+use crate::domain::CharIndex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkOptions {
@@ -243,31 +244,4 @@ fn pieces(text: &str, from: usize, to: usize, char_from: usize) -> Vec<(usize, u
     }
     out.push((piece_start, to, piece_char));
     out
-}
-
-/// Byte offset to character offset, for offsets that arrive in increasing order (with restarts).
-struct CharIndex<'a> {
-    text: &'a str,
-    byte: usize,
-    chars: usize,
-}
-
-impl<'a> CharIndex<'a> {
-    fn new(text: &'a str) -> Self {
-        CharIndex {
-            text,
-            byte: 0,
-            chars: 0,
-        }
-    }
-
-    fn at(&mut self, byte: usize) -> usize {
-        if byte < self.byte {
-            self.byte = 0;
-            self.chars = 0;
-        }
-        self.chars += self.text[self.byte..byte].chars().count();
-        self.byte = byte;
-        self.chars
-    }
 }

@@ -4,8 +4,8 @@
 
 use pulldown_cmark::{Event, HeadingLevel, Options, Parser, Tag, TagEnd};
 
-use super::{chars_at, truncate};
-use crate::domain::{SectionSpan, MAX_HEADING_BYTES, MAX_HEADING_DEPTH};
+use super::truncate;
+use crate::domain::{CharIndex, SectionSpan, MAX_HEADING_BYTES, MAX_HEADING_DEPTH};
 
 /// The sections of `text` in order (character offsets); text before the first heading is in none.
 pub fn sections(text: &str) -> Vec<SectionSpan> {
@@ -38,7 +38,8 @@ pub fn sections(text: &str) -> Vec<SectionSpan> {
     }
     let mut bounds: Vec<usize> = headings.iter().map(|h| h.1).collect();
     bounds.push(text.len());
-    let at = chars_at(text, &bounds);
+    let mut chars = CharIndex::new(text);
+    let at: Vec<usize> = bounds.iter().map(|&b| chars.at(b)).collect();
     let mut path: Vec<(usize, String)> = Vec::new();
     let mut out = Vec::with_capacity(headings.len());
     for (i, (level, _, heading)) in headings.into_iter().enumerate() {

@@ -270,23 +270,6 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
     s[..end].to_owned()
 }
 
-/// Byte offsets (ascending) to character offsets in `text`, in one pass.
-pub(crate) fn chars_at(text: &str, byte_offsets: &[usize]) -> Vec<usize> {
-    let mut out = Vec::with_capacity(byte_offsets.len());
-    let (mut byte, mut chars) = (0usize, 0usize);
-    for &target in byte_offsets {
-        let target = target.min(text.len());
-        if target < byte {
-            byte = 0;
-            chars = 0;
-        }
-        chars += text[byte..target].chars().count();
-        byte = target;
-        out.push(chars);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,10 +300,5 @@ mod tests {
         );
         assert_eq!(Format::sniff(b"# Title", &hint(Some("notes"), None)), Format::Text);
         assert_eq!(Format::from_name("Page.HTM"), Some(Format::Html));
-    }
-
-    #[test]
-    fn character_offsets_follow_multibyte_text() {
-        assert_eq!(chars_at("aé€b", &[0, 1, 3, 6, 7]), vec![0, 1, 2, 3, 4]);
     }
 }

@@ -91,6 +91,15 @@ impl Extractor {
         }
     }
 
+    /// The extractor the environment configures: `program_from_env` and `ExtractLimits::from_env`.
+    pub fn from_env(text: Limits) -> Result<Self, String> {
+        Ok(Extractor::new(
+            Self::program_from_env(),
+            ExtractLimits::from_env()?,
+            text,
+        ))
+    }
+
     /// `RECALL_EXTRACT_PROGRAM`, else this process's own binary when it is `recall`.
     pub fn program_from_env() -> Option<PathBuf> {
         if let Some(p) = std::env::var_os("RECALL_EXTRACT_PROGRAM") {
@@ -137,6 +146,10 @@ impl Extractor {
 
     async fn in_worker(&self, bytes: &[u8], format: Format) -> Result<Extracted, ExtractError> {
         let label = format.name().to_uppercase();
+        let timed_out = |format: String| ExtractError::TimedOut {
+            format,
+            seconds: self.limits.timeout.as_secs(),
+        };
         let Some(program) = &self.program else {
             return Err(ExtractError::NoWorker {
                 program: String::new(),
@@ -186,20 +199,14 @@ impl Extractor {
             Ok(answer) => answer,
             Err(_) => {
                 let _ = child.kill().await;
-                return Err(ExtractError::TimedOut {
-                    format: label,
-                    seconds: self.limits.timeout.as_secs(),
-                });
+                return Err(timed_out(label));
             }
         };
         let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
             Ok(Ok(status)) => status,
             _ => {
                 let _ = child.kill().await;
-                return Err(ExtractError::TimedOut {
-                    format: label,
-                    seconds: self.limits.timeout.as_secs(),
-                });
+                return Err(timed_out(label));
             }
         };
         if status.success() {
@@ -213,10 +220,7 @@ impl Extractor {
         let stderr = String::from_utf8_lossy(&err);
         use std::os::unix::process::ExitStatusExt;
         Err(match status.signal() {
-            Some(libc::SIGXCPU) | Some(libc::SIGKILL) => ExtractError::TimedOut {
-                format: label,
-                seconds: self.limits.timeout.as_secs(),
-            },
+            Some(libc::SIGXCPU) | Some(libc::SIGKILL) => timed_out(label),
             _ if stderr.contains("memory allocation") || stderr.contains("out of memory") => {
                 ExtractError::OutOfMemory {
                     format: label,

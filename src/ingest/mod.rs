@@ -96,13 +96,11 @@ pub fn parse_jsonl_line(
             detail: "the \"text\" field is missing".into(),
         });
     };
-    let content = DocumentContent {
-        title: Title::parse(record.title.as_deref().unwrap_or("")).map_err(invalid)?,
-        text: Text::parse(text, limits).map_err(invalid)?,
-        metadata: Metadata::parse(record.metadata.unwrap_or_else(|| Value::Object(Default::default())))
-            .map_err(invalid)?,
-        origin: None,
-    };
+    let content = DocumentContent::plain(
+        Title::parse(record.title.as_deref().unwrap_or("")).map_err(invalid)?,
+        Text::parse(text, limits).map_err(invalid)?,
+        Metadata::parse(record.metadata.unwrap_or_else(|| Value::Object(Default::default()))).map_err(invalid)?,
+    );
     Ok(IngestItem {
         source: source_name.clone(),
         key: DocumentKey::new(scope, id),
