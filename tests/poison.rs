@@ -196,7 +196,7 @@ async fn under_on_error_stop_a_refused_write_stops_just_before_its_event() {
         other => panic!("expected a stop, got {other}"),
     }
     let (checkpoint, parked): (i64, i64) = sqlx::query_as(
-        "SELECT checkpoint, (SELECT count(*) FROM projection_failures) FROM projections WHERE status = 'active'",
+        "SELECT projection_watermark(generation), (SELECT count(*) FROM projection_failures) FROM projections WHERE status = 'active'",
     )
     .fetch_one(&pool)
     .await
@@ -223,7 +223,7 @@ async fn a_write_the_database_refuses_parks_that_event_and_projects_the_rest() {
     assert!(error.contains("value too odd to index"), "{error}");
     assert!(unresolved);
     let (head, checkpoint, attempts): (i64, i64, i32) = sqlx::query_as(
-        "SELECT (SELECT position FROM log_head), checkpoint, retry_attempts FROM projections WHERE status = 'active'",
+        "SELECT (SELECT position FROM log_head), projection_watermark(generation), retry_attempts FROM projections WHERE status = 'active'",
     )
     .fetch_one(&pool)
     .await

@@ -138,7 +138,7 @@ async fn sigkilled_projection_restarts_into_exactly_the_clean_read_model(layout:
     assert_eq!(crashed.checkpoint, head);
 
     // A clean, single run of the same log into a generation of its own.
-    let clean = read_model::create_building(&pool, common::model_backend().embedder().identity())
+    let clean = read_model::create_building(&pool, common::model_backend().embedder().identity(), 16)
         .await
         .unwrap();
     let p = Projector::new(&db, common::model_backend(), ProjectorOptions::default());

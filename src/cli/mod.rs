@@ -39,7 +39,9 @@ enum Command {
     History(documents::HistoryArgs),
     /// Show the global event log.
     Log(documents::LogArgs),
-    /// Project the event log into the pgvector read model (a long-running worker).
+    /// Project the event log into the pgvector read model (a long-running worker; run one per machine
+    /// or GPU, with the same DATABASE_URL, and they share the generation's shards).
+    #[command(visible_alias = "worker")]
     Project(projection::ProjectArgs),
     /// Re-embed the whole log into a new read-model generation, then switch to it.
     Rebuild(projection::ProjectArgs),

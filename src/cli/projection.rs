@@ -32,6 +32,14 @@ pub struct ProjectArgs {
     /// Word pieces shared by consecutive chunks.
     #[arg(long, default_value_t = 32)]
     overlap: usize,
+    /// Shards of a generation this creates (the first one, or a rebuild's); fixed for its life
+    /// [env: RECALL_SHARDS, default 16].
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
+    shards: Option<i32>,
+    /// Seconds a shard stays this worker's without a heartbeat; others take a crashed worker's shards
+    /// over after it [env: RECALL_LEASE_SECONDS, default 10].
+    #[arg(long)]
+    lease_seconds: Option<f64>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -103,10 +111,18 @@ fn spawn_progress(projector: &Projector, head: i64, start: i64) -> Option<tokio:
 
 impl ProjectArgs {
     async fn projector(&self) -> anyhow::Result<Projector> {
+        let defaults = ProjectorOptions::from_env();
+        let lease = match self.lease_seconds {
+            Some(s) if s.is_finite() && s >= 0.5 => Duration::from_secs_f64(s),
+            Some(s) => anyhow::bail!("--lease-seconds must be 0.5 or more, not {s}"),
+            None => defaults.lease,
+        };
         let options = ProjectorOptions {
             batch_events: self.batch.max(1),
             on_error: self.on_error.into(),
-            ..Default::default()
+            shards: self.shards.unwrap_or(defaults.shards),
+            lease,
+            ..defaults
         };
         projector(&self.model, self.overlap, options).await
     }

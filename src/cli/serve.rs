@@ -157,7 +157,7 @@ impl ServiceArgs {
                 },
                 options: ProjectorOptions {
                     batch_events: self.batch.max(1),
-                    ..Default::default()
+                    ..ProjectorOptions::from_env()
                 },
                 yield_to_requests: true,
             }),

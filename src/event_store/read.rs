@@ -43,6 +43,32 @@ impl EventStore {
         .map_err(EventStoreError::classify)
     }
 
+    /// Up to `limit` events with `after < position <= head` of the shards a projector holds, in position
+    /// order: `checkpoints[s]` is shard `s`'s checkpoint (an event of shard s must lie past it), `i64::MAX`
+    /// for a shard it does not hold. An event's shard is its stream's hash modulo the number of shards
+    /// (migrations/0010), so a document's events stay in one shard, in order.
+    pub async fn read_shards(
+        &self,
+        after: i64,
+        head: i64,
+        checkpoints: &[i64],
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, EventStoreError> {
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM events
+             WHERE position > $1 AND position <= $2
+               AND position > ($3::bigint[])[stream_hash % cardinality($3::bigint[]) + 1]
+             ORDER BY position LIMIT $4"
+        ))
+        .bind(after)
+        .bind(head)
+        .bind(checkpoints)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+        .map_err(EventStoreError::classify)
+    }
+
     /// The position of the last committed event (0 for an empty log).
     pub async fn head(&self) -> Result<i64, EventStoreError> {
         sqlx::query_scalar("SELECT position FROM log_head")

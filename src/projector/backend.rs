@@ -17,6 +17,10 @@ pub trait EmbedBackend: Send + Sync + 'static {
     fn chunk(&self, title: &str, text: &str, section_starts: &[usize]) -> Result<Vec<Chunk>, EmbedError>;
     /// One L2-normalised vector per input, in input order.
     fn embed(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError>;
+    /// Where the model runs (`cpu`, `cuda`), for the roll of workers.
+    fn device(&self) -> &str {
+        "cpu"
+    }
 }
 
 /// The real model with its token-aware chunker.
@@ -74,6 +78,10 @@ impl ModelBackend {
 impl EmbedBackend for ModelBackend {
     fn identity(&self) -> &ModelIdentity {
         self.embedder.identity()
+    }
+
+    fn device(&self) -> &str {
+        self.embedder.device_name()
     }
 
     fn chunk(&self, title: &str, text: &str, section_starts: &[usize]) -> Result<Vec<Chunk>, EmbedError> {

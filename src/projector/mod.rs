@@ -1,12 +1,15 @@
 //! The projector: tails the event log from its checkpoint and keeps the pgvector read model of document
 //! chunks up to date. Embedding happens outside any transaction, on a blocking thread; each batch's
 //! read-model changes and its checkpoint commit together, so every event's effect lands exactly once.
-//! While batch N embeds, batch N-1 is written. One projector is active per generation (an advisory lock);
-//! it wakes on the append NOTIFY, polls as a fallback, and starts over from its checkpoint after errors.
+//! While batch N embeds, batch N-1 is written. A generation's log is split into shards (by the hash of
+//! each document's stream) that any number of projectors, on this machine or others, share through leases
+//! in PostgreSQL (`shards`); one projector alone holds them all. Each wakes on the append NOTIFY, polls as
+//! a fallback, and starts over from its shards' checkpoints after errors.
 
 mod backend;
 mod foreground;
 mod prepare;
+mod shards;
 mod write;
 
 use std::future::Future;
@@ -22,9 +25,10 @@ use tokio::task::JoinHandle;
 use crate::event_store::{EventStore, EventStoreError, NOTIFY_CHANNEL};
 use crate::postgres::Databases;
 use crate::read_model::{
-    activate_if_caught_up, active, active_for, claim_for_log, create_building, drop_retired, load, Generation,
-    GenerationStatus, ReadModelError,
+    activate_if_caught_up, active, active_for, claim_for_log, create_building, drop_retired, load, watermark,
+    Generation, GenerationStatus, ReadModelError,
 };
+use shards::{Advance, Worker};
 
 pub use backend::{EmbedBackend, ModelBackend};
 pub use foreground::Foreground;
@@ -38,7 +42,7 @@ pub enum ProjectorError {
     #[error(transparent)]
     ReadModel(#[from] ReadModelError),
     #[error(
-        "generation {generation} moved past checkpoint {expected} under this projector (another instance wrote it)"
+        "generation {generation}: a shard moved past checkpoint {expected} under this projector, or its lease passed to another"
     )]
     LostCheckpoint { generation: i64, expected: i64 },
     #[error("stopped at position {position} ({event_type} on {stream_id}): {error}; fix the cause and restart, or run with --on-error park")]
@@ -102,6 +106,39 @@ pub struct ProjectorOptions {
     pub on_error: OnError,
     /// How long to sleep when no NOTIFY arrives.
     pub poll_interval: Duration,
+    /// How long a shard stays this projector's without a heartbeat: after a crash, others take its
+    /// shards over within this.
+    pub lease: Duration,
+    /// Shards of a generation this projector creates (fixed for the generation's life).
+    pub shards: i32,
+}
+
+/// Shards a new generation gets unless `RECALL_SHARDS` says otherwise: enough for 16 workers.
+pub const DEFAULT_SHARDS: i32 = 16;
+
+impl ProjectorOptions {
+    /// `RECALL_SHARDS` (for generations created from now on) and `RECALL_LEASE_SECONDS` over the defaults.
+    pub fn from_env() -> Self {
+        let mut options = ProjectorOptions::default();
+        if let Some(n) = env_number("RECALL_SHARDS").filter(|n| (1.0..=1024.0).contains(n)) {
+            options.shards = n as i32;
+        }
+        if let Some(s) = env_number("RECALL_LEASE_SECONDS").filter(|s| *s >= 0.5) {
+            options.lease = Duration::from_secs_f64(s);
+        }
+        options
+    }
+}
+
+fn env_number(name: &str) -> Option<f64> {
+    let value = std::env::var(name).ok()?;
+    match value.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() => Some(n),
+        _ => {
+            tracing::warn!(%name, %value, "not a number; using the default");
+            None
+        }
+    }
 }
 
 impl Default for ProjectorOptions {
@@ -110,6 +147,8 @@ impl Default for ProjectorOptions {
             batch_events: 256,
             on_error: OnError::Park,
             poll_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(10),
+            shards: DEFAULT_SHARDS,
         }
     }
 }
@@ -177,6 +216,8 @@ pub struct Projector {
     options: ProjectorOptions,
     stats: Arc<ProjectorStats>,
     foreground: Foreground,
+    /// This projector as a worker holding shards; clones are the same worker.
+    worker: Arc<Worker>,
 }
 
 /// Which generation a projector serves.
@@ -187,11 +228,10 @@ pub enum Target {
     Generation(i64),
 }
 
-const LOCK_NAMESPACE: i32 = 0x7265_636c; // "recl"
-
 impl Projector {
     /// Tails `databases`' log into its read model (the same database or another).
     pub fn new(databases: &Databases, backend: Arc<dyn EmbedBackend>, options: ProjectorOptions) -> Self {
+        let worker = Arc::new(Worker::new(backend.device(), options.lease));
         Projector {
             pool: databases.read_model().clone(),
             store: EventStore::new(databases.log().clone()),
@@ -199,6 +239,7 @@ impl Projector {
             options,
             stats: Arc::default(),
             foreground: Foreground::never(),
+            worker,
         }
     }
 
@@ -235,7 +276,7 @@ impl Projector {
 
     async fn resolve(&self, target: Target) -> Result<Generation, ProjectorError> {
         let generation = match target {
-            Target::Active => active_for(&self.pool, self.backend.identity()).await?,
+            Target::Active => active_for(&self.pool, self.backend.identity(), self.options.shards).await?,
             Target::Generation(g) => load(&self.pool, g).await?,
         };
         generation.admits(self.backend.identity())?;
@@ -243,21 +284,32 @@ impl Projector {
         Ok(generation)
     }
 
-    /// One batch, synchronously: read after the checkpoint, prepare, write. Returns how many events it
-    /// projected (0 when caught up). Tests drive the projector with this.
+    /// One batch, synchronously: takes every shard no other projector holds, reads after their
+    /// checkpoints, prepares, writes, and gives them back. Returns how many events it projected (0 when
+    /// caught up). Tests drive the projector with this.
     pub async fn step(&self, target: Target) -> Result<usize, ProjectorError> {
         let generation = self.resolve(target).await?;
-        let events = self
-            .store
-            .read_all(generation.checkpoint, self.options.batch_events)
-            .await?;
+        let g = generation.generation;
+        let held = self.worker.balance(&self.pool, g, generation.shards, true).await?;
+        let result = self.step_held(&generation, &held).await;
+        self.worker.release(&self.pool, g, &held).await?;
+        result
+    }
+
+    async fn step_held(&self, generation: &Generation, held: &[i32]) -> Result<usize, ProjectorError> {
+        let g = generation.generation;
+        let checkpoints = shards::checkpoints(&self.pool, g, generation.shards, held).await?;
+        let (events, advance) = self.read(checkpoints).await?;
         if events.is_empty() {
+            if advance.moves() {
+                self.write_once(g, &advance, &prepare::PreparedBatch::default()).await?;
+            }
             return Ok(0);
         }
         let batch = self.prepare(events).await?;
-        let (batch, stopped) = self.split_at_failure(batch);
-        let n = if batch.last_position > generation.checkpoint {
-            self.write(generation.generation, generation.checkpoint, batch).await?
+        let (batch, advance, stopped) = self.split_at_failure(batch, advance);
+        let n = if advance.moves() {
+            self.write(g, &advance, batch).await?
         } else {
             0
         };
@@ -265,6 +317,35 @@ impl Projector {
             Some(e) => Err(e),
             None => Ok(n),
         }
+    }
+
+    /// The next batch of the held shards (their checkpoints in `checkpoints`, `i64::MAX` for the rest),
+    /// up to the head, and where writing it moves the checkpoints.
+    async fn read(
+        &self,
+        checkpoints: Vec<i64>,
+    ) -> Result<(Vec<crate::event_store::RecordedEvent>, Advance), ProjectorError> {
+        let after = checkpoints.iter().copied().min().unwrap_or(i64::MAX);
+        if after == i64::MAX {
+            return Ok((Vec::new(), Advance::after_read(checkpoints, 0, 0, 1, None)));
+        }
+        let head = self.store.head().await?;
+        let events = if after < head {
+            self.store
+                .read_shards(after, head, &checkpoints, self.options.batch_events)
+                .await?
+        } else {
+            Vec::new()
+        };
+        let last = events.last().map(|e| e.position);
+        let advance = Advance::after_read(
+            checkpoints,
+            head,
+            events.len(),
+            self.options.batch_events as usize,
+            last,
+        );
+        Ok((events, advance))
     }
 
     /// Chunks and embeds a batch on a blocking thread. Should the tokenizer or the model panic on some
@@ -298,17 +379,21 @@ impl Projector {
     }
 
     /// Under `--on-error stop`, cut the batch before its first failure and say why; the part before it
-    /// is still written.
-    fn split_at_failure(&self, mut batch: prepare::PreparedBatch) -> (prepare::PreparedBatch, Option<ProjectorError>) {
+    /// is still written, and the checkpoints stop just before it.
+    fn split_at_failure(
+        &self,
+        mut batch: prepare::PreparedBatch,
+        advance: Advance,
+    ) -> (prepare::PreparedBatch, Advance, Option<ProjectorError>) {
         if self.options.on_error == OnError::Park {
-            return (batch, None);
+            return (batch, advance, None);
         }
         let Some(i) = batch
             .effects
             .iter()
             .position(|e| matches!(e, prepare::Effect::Failed { .. }))
         else {
-            return (batch, None);
+            return (batch, advance, None);
         };
         let failure = batch.effects.drain(i..).next();
         let Some(prepare::Effect::Failed {
@@ -324,6 +409,7 @@ impl Projector {
         batch.last_position = position - 1;
         (
             batch,
+            advance.cut(position - 1),
             Some(ProjectorError::Stopped {
                 position,
                 stream_id,
@@ -339,13 +425,13 @@ impl Projector {
     async fn write(
         &self,
         generation: i64,
-        expected: i64,
+        advance: &Advance,
         batch: prepare::PreparedBatch,
     ) -> Result<usize, ProjectorError> {
-        match self.write_once(generation, expected, &batch).await {
+        match self.write_once(generation, advance, &batch).await {
             Err(e) if e.is_caused_by_the_events() => {
                 tracing::warn!(error = %e, effects = batch.effects.len(), "a batch was refused; writing its events one by one");
-                self.write_isolating(generation, expected, batch).await
+                self.write_isolating(generation, advance, batch).await
             }
             other => other,
         }
@@ -354,7 +440,7 @@ impl Projector {
     async fn write_once(
         &self,
         generation: i64,
-        expected: i64,
+        advance: &Advance,
         batch: &prepare::PreparedBatch,
     ) -> Result<usize, ProjectorError> {
         let n = batch.effects.len();
@@ -363,7 +449,7 @@ impl Projector {
             .iter()
             .filter(|e| matches!(e, prepare::Effect::Failed { .. }))
             .count();
-        let checkpoint = write::write_batch(&self.pool, generation, expected, batch).await?;
+        let checkpoint = write::write_batch(&self.pool, generation, self.worker.id, advance, batch).await?;
         self.stats.events.fetch_add(n as u64, Ordering::Relaxed);
         self.stats.tokens.fetch_add(batch.tokens as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -375,12 +461,17 @@ impl Projector {
     async fn write_isolating(
         &self,
         generation: i64,
-        mut checkpoint: i64,
+        advance: &Advance,
         batch: prepare::PreparedBatch,
     ) -> Result<usize, ProjectorError> {
         let n = batch.effects.len();
+        let mut written = advance.from.clone();
         for effect in batch.effects {
             let position = effect.position();
+            let step = Advance {
+                from: written.clone(),
+                to: advance.cut(position).to,
+            };
             let single = prepare::PreparedBatch {
                 tokens: effect.tokens(),
                 last_position: position,
@@ -388,7 +479,7 @@ impl Projector {
             };
             let mut attempt = 1;
             loop {
-                match self.write_once(generation, checkpoint, &single).await {
+                match self.write_once(generation, &step, &single).await {
                     Ok(_) => break,
                     Err(e) if e.is_caused_by_the_events() && attempt < ATTEMPTS_PER_EVENT => attempt += 1,
                     Err(e) if e.is_caused_by_the_events() => {
@@ -399,29 +490,31 @@ impl Projector {
                             tokens: 0,
                         };
                         // Under `--on-error stop`, stop before it as for any other failure.
-                        if let (_, Some(stopped)) = self.split_at_failure(parked.clone()) {
+                        if let (_, _, Some(stopped)) = self.split_at_failure(parked.clone(), step.clone()) {
                             return Err(stopped);
                         }
-                        self.write_once(generation, checkpoint, &parked).await?;
+                        self.write_once(generation, &step, &parked).await?;
                         break;
                     }
                     Err(e) => return Err(e),
                 }
             }
-            checkpoint = position;
+            written = step.to;
         }
-        if batch.last_position > checkpoint {
-            // Nothing left to apply (a batch cut short), but the checkpoint still moves to its end.
-            let rest = prepare::PreparedBatch {
-                last_position: batch.last_position,
-                ..Default::default()
-            };
-            self.write_once(generation, checkpoint, &rest).await?;
+        let rest = Advance {
+            from: written,
+            to: advance.to.clone(),
+        };
+        if rest.moves() {
+            // Nothing left to apply (a batch cut short), but the checkpoints still move to its end.
+            self.write_once(generation, &rest, &prepare::PreparedBatch::default())
+                .await?;
         }
         Ok(n)
     }
 
-    /// Projects until the checkpoint reaches the head that was current when it last looked.
+    /// Projects until the generation's watermark reaches the head that was current when it started
+    /// (with other projectors, if any, doing their shards).
     pub async fn run_until_caught_up(&self, target: Target) -> Result<Generation, ProjectorError> {
         self.run_with(target, true, std::future::pending()).await?;
         self.resolve(target).await
@@ -438,16 +531,37 @@ impl Projector {
         until_caught_up: bool,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ProjectorError> {
+        // Leases are renewed beside the work, so that a long batch (a large document on a slow CPU)
+        // does not lose them; they are given back when the run ends.
+        let renewing = AbortOnDrop(tokio::spawn(renew_leases(self.worker.clone(), self.pool.clone())));
+        let result = self.run_retrying(target, until_caught_up, shutdown).await;
+        drop(renewing);
+        if let Err(e) = self.worker.leave(&self.pool).await {
+            tracing::debug!(error = %e, "could not give the leases back; they expire by themselves");
+        }
+        result
+    }
+
+    async fn run_retrying(
+        &self,
+        target: Target,
+        until_caught_up: bool,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ProjectorError> {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(100);
+        let goal = match until_caught_up {
+            true => Some(self.store.head().await?),
+            false => None,
+        };
         loop {
-            let attempt = self.run_locked(target, until_caught_up, shutdown.as_mut());
+            let attempt = self.pipeline(target, goal, shutdown.as_mut());
             match attempt.await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_transient() => {
                     let position = self.stats.checkpoint.load(Ordering::Relaxed) as i64;
                     let retrying = self.stats.record_failure(position, e.to_string());
-                    tracing::warn!(error = %e, retry_in = ?backoff, attempts = retrying.attempts, "projector error; starting over from the checkpoint");
+                    tracing::warn!(error = %e, retry_in = ?backoff, attempts = retrying.attempts, "projector error; starting over from the checkpoints");
                     self.record_retry(target, &retrying).await;
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -482,125 +596,99 @@ impl Projector {
         }
     }
 
-    /// Holds the generation's advisory lock on a connection of its own while projecting.
-    async fn run_locked(
+    /// The overlapped loop over the shards this projector holds: read batch N and embed it while batch
+    /// N-1 is being written. Every half lease (with the write in flight finished first) it takes or
+    /// gives back shards towards a fair share, and looks whether its generation is still the one to
+    /// serve. With a `goal`, it returns once the generation's watermark has reached it.
+    async fn pipeline(
         &self,
         target: Target,
-        until_caught_up: bool,
+        goal: Option<i64>,
         mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> Result<(), ProjectorError> {
         let generation = self.resolve(target).await?;
-        let mut lock = self.pool.acquire().await?;
-        let mut said = false;
-        loop {
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2::int)")
-                .bind(LOCK_NAMESPACE)
-                .bind(generation.generation as i32)
-                .fetch_one(&mut *lock)
-                .await?;
-            if got {
-                break;
-            }
-            if !said {
-                tracing::warn!(
-                    generation = generation.generation,
-                    "another projector is active for this generation; waiting for it to stop"
-                );
-                said = true;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = shutdown.as_mut() => return Ok(()),
-            }
-        }
-        if said {
-            tracing::warn!(
-                generation = generation.generation,
-                "the other projector stopped; this one is now active"
-            );
-        }
-        let id = generation.generation as i32;
-        let result = self.pipeline(generation, target, until_caught_up, shutdown).await;
-        // Release explicitly; if the connection is gone, the server released the lock with it.
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1, $2::int)")
-            .bind(LOCK_NAMESPACE)
-            .bind(id)
-            .execute(&mut *lock)
-            .await;
-        result.map(|_| ())
-    }
-
-    /// The overlapped loop: read batch N and embed it while batch N-1 is being written.
-    async fn pipeline(
-        &self,
-        generation: Generation,
-        target: Target,
-        until_caught_up: bool,
-        mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
-    ) -> Result<i64, ProjectorError> {
         let g = generation.generation;
         // Appends notify on the log's database.
         let mut listener = PgListener::connect_with(self.store.pool()).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
-        // Re-read under the lock: a previous holder may have moved it.
-        let mut checkpoint = load(&self.pool, g).await?.checkpoint;
-        self.stats.checkpoint.store(checkpoint as u64, Ordering::Relaxed);
-        let mut read_after = checkpoint;
-        let mut writing: Option<JoinHandle<Result<(i64, usize), ProjectorError>>> = None;
+        let rebalance_every = self.options.lease / 2;
+        let mut rebalance_at = tokio::time::Instant::now();
+        let mut held: Vec<i32> = Vec::new();
+        let mut checkpoints: Vec<i64> = Vec::new();
+        let mut writing: Option<JoinHandle<Result<usize, ProjectorError>>> = None;
         loop {
-            let events = self.store.read_all(read_after, self.options.batch_events).await?;
-            if events.is_empty() {
+            if tokio::time::Instant::now() >= rebalance_at {
                 if let Some(w) = writing.take() {
-                    checkpoint = join(w).await?;
-                }
-                if until_caught_up {
-                    return Ok(g);
+                    join(w).await?;
                 }
                 if target == Target::Active && active(&self.pool).await?.map(|a| a.generation) != Some(g) {
                     // A rebuild switched generations: start over on the new active one.
                     return Err(ProjectorError::LostCheckpoint {
                         generation: g,
-                        expected: checkpoint,
+                        expected: self.stats.checkpoint.load(Ordering::Relaxed) as i64,
                     });
                 }
+                let now_held = self.worker.balance(&self.pool, g, generation.shards, false).await?;
+                if now_held != held {
+                    tracing::info!(generation = g, shards = ?now_held, "projecting these shards");
+                    held = now_held;
+                }
+                // Read again after the write has finished: the checkpoints of what is held now.
+                checkpoints = shards::checkpoints(&self.pool, g, generation.shards, &held).await?;
+                rebalance_at = tokio::time::Instant::now() + rebalance_every;
+            }
+            let (events, advance) = self.read(checkpoints.clone()).await?;
+            if events.is_empty() {
+                if let Some(w) = writing.take() {
+                    join(w).await?;
+                }
+                if advance.moves() {
+                    // Other shards' events only: this projector's shards have passed them too.
+                    self.write_once(g, &advance, &prepare::PreparedBatch::default()).await?;
+                    checkpoints = advance.to;
+                    continue;
+                }
+                if let Some(goal) = goal {
+                    if watermark(&self.pool, g).await? >= goal {
+                        return Ok(());
+                    }
+                }
+                let wait = rebalance_at
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .min(self.options.poll_interval);
                 tokio::select! {
                     _ = listener.recv() => {}
-                    _ = tokio::time::sleep(self.options.poll_interval) => {}
-                    _ = shutdown.as_mut() => return Ok(g),
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.as_mut() => return Ok(()),
                 }
                 continue;
             }
-            read_after = events.last().map(|e| e.position).unwrap_or(read_after);
+            checkpoints = advance.to.clone();
             if self.foreground.active() {
                 // Requests are arriving: the write (PostgreSQL's index maintenance keeps a core busy)
                 // and the next batch's embedding take turns instead of overlapping.
                 if let Some(w) = writing.take() {
-                    checkpoint = join(w).await?;
+                    join(w).await?;
                 }
             }
             let prepared = self.prepare(events).await?;
             if let Some(w) = writing.take() {
-                checkpoint = join(w).await?;
+                join(w).await?;
             }
-            let (prepared, stopped) = self.split_at_failure(prepared);
+            let (prepared, advance, stopped) = self.split_at_failure(prepared, advance);
             if let Some(e) = stopped {
-                if prepared.last_position > checkpoint {
-                    self.write(g, checkpoint, prepared).await?;
+                if advance.moves() {
+                    self.write(g, &advance, prepared).await?;
                 }
                 return Err(e);
             }
             let this = self.clone();
-            let expected = checkpoint;
-            let last = prepared.last_position;
-            writing = Some(tokio::spawn(async move {
-                let n = this.write(g, expected, prepared).await?;
-                Ok((last, n))
-            }));
+            writing = Some(tokio::spawn(async move { this.write(g, &advance, prepared).await }));
             if shutdown_ready(shutdown.as_mut()).await {
                 if let Some(w) = writing.take() {
                     join(w).await?;
                 }
-                return Ok(g);
+                return Ok(());
             }
         }
     }
@@ -667,7 +755,7 @@ impl Projector {
     /// Projects the whole log into a new generation while the active one keeps serving, then switches
     /// over once the new one has caught up with the head, and drops the old one.
     pub async fn rebuild(&self) -> Result<Generation, ProjectorError> {
-        let building = create_building(&self.pool, self.backend.identity()).await?;
+        let building = create_building(&self.pool, self.backend.identity(), self.options.shards).await?;
         let target = Target::Generation(building.generation);
         loop {
             self.run_with(target, true, std::future::pending()).await?;
@@ -716,11 +804,29 @@ pub struct RetryReport {
     pub still_failing: Vec<i64>,
 }
 
-async fn join(handle: JoinHandle<Result<(i64, usize), ProjectorError>>) -> Result<i64, ProjectorError> {
+async fn join(handle: JoinHandle<Result<usize, ProjectorError>>) -> Result<usize, ProjectorError> {
     match handle.await {
-        Ok(Ok((checkpoint, _))) => Ok(checkpoint),
-        Ok(Err(e)) => Err(e),
+        Ok(result) => result,
         Err(e) => Err(ProjectorError::Panicked(e.to_string())),
+    }
+}
+
+/// Renews the worker's leases every quarter lease, for as long as it runs.
+async fn renew_leases(worker: Arc<Worker>, pool: PgPool) {
+    loop {
+        tokio::time::sleep(worker.lease / 4).await;
+        if let Err(e) = worker.renew(&pool).await {
+            tracing::warn!(error = %e, "could not renew the shard leases; they expire unless renewed in time");
+        }
+    }
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

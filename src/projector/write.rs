@@ -1,6 +1,7 @@
 //! Writing a prepared batch: every effect and the checkpoint in one transaction, so that each event's
-//! effect lands exactly once whenever the process dies. The checkpoint update is guarded by the value the
-//! writer started from: a second writer that raced it finds nothing to update and rolls back.
+//! effect lands exactly once whenever the process dies. The checkpoint updates are guarded by the values
+//! the writer started from and by its leases: a second writer that raced it finds nothing to update and
+//! rolls back.
 
 use std::collections::HashMap;
 
@@ -8,6 +9,7 @@ use pgvector::Vector;
 use sqlx::PgConnection;
 
 use super::prepare::{Effect, PreparedBatch};
+use super::shards::Advance;
 use super::ProjectorError;
 use crate::read_model::PROJECTED_CHANNEL;
 
@@ -292,12 +294,15 @@ fn unzip3<A, B, C>(v: Vec<(A, B, C)>) -> (Vec<A>, Vec<B>, Vec<C>) {
     (a, b, c)
 }
 
-/// Writes a batch and moves the checkpoint from `expected` to the batch's last position, atomically.
-#[tracing::instrument(skip_all, fields(generation, expected, effects = batch.effects.len()))]
+/// Writes a batch and moves the checkpoints of the shards it covers as `advance` says, atomically. Every
+/// shard must still be at the checkpoint the batch was read from and owned by `worker`: a worker whose
+/// lease has passed to another, or that raced one, finds fewer rows to update and rolls back.
+#[tracing::instrument(skip_all, fields(generation, effects = batch.effects.len()))]
 pub(crate) async fn write_batch(
     pool: &sqlx::PgPool,
     generation: i64,
-    expected: i64,
+    worker: uuid::Uuid,
+    advance: &Advance,
     batch: &PreparedBatch,
 ) -> Result<i64, ProjectorError> {
     let mut tx = pool.begin().await?;
@@ -307,27 +312,44 @@ pub(crate) async fn write_batch(
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
+    let (shards, from, to) = advance.rows();
     let moved = sqlx::query(
-        "UPDATE projections SET checkpoint = $3, updated_at = now(),
-                                retry_attempts = 0, retrying_since = NULL, last_error = NULL
-         WHERE generation = $1 AND checkpoint = $2 AND status <> $4",
+        "UPDATE projection_shards s SET checkpoint = u.next, updated_at = now()
+         FROM unnest($2::int[], $3::bigint[], $4::bigint[]) AS u(shard, expected, next)
+         WHERE s.generation = $1 AND s.shard = u.shard AND s.checkpoint = u.expected AND s.owner = $5
+           AND EXISTS (SELECT 1 FROM projections p WHERE p.generation = $1 AND p.status <> $6)",
     )
     .bind(generation)
-    .bind(expected)
-    .bind(batch.last_position)
+    .bind(&shards)
+    .bind(&from)
+    .bind(&to)
+    .bind(worker)
     .bind(crate::read_model::GenerationStatus::Retired.as_str())
     .execute(&mut *tx)
     .await?;
-    if moved.rows_affected() != 1 {
+    if moved.rows_affected() != shards.len() as u64 {
         tx.rollback().await?;
-        return Err(ProjectorError::LostCheckpoint { generation, expected });
+        return Err(ProjectorError::LostCheckpoint {
+            generation,
+            expected: from.iter().copied().min().unwrap_or(0),
+        });
     }
     apply_effects(&mut tx, generation, &batch.effects).await?;
+    // Touches the generation's row only when a retry is recorded there, so that workers writing other
+    // shards at once do not queue on it.
+    sqlx::query(
+        "UPDATE projections SET retry_attempts = 0, retrying_since = NULL, last_error = NULL
+         WHERE generation = $1 AND retry_attempts <> 0",
+    )
+    .bind(generation)
+    .execute(&mut *tx)
+    .await?;
+    let low = advance.low();
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(PROJECTED_CHANNEL)
-        .bind(format!("{generation}:{}", batch.last_position))
+        .bind(format!("{generation}:{low}"))
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(batch.last_position)
+    Ok(low)
 }

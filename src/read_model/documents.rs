@@ -60,7 +60,7 @@ pub async fn document(pool: &PgPool, key: &DocumentKey) -> Result<Option<Project
         "SELECT d.title, d.metadata, d.version, d.removed, d.position, coalesce(v.text, '') AS text, v.origin,
                 (SELECT count(*) FROM chunks c WHERE c.generation = d.generation AND c.scope = d.scope
                     AND c.document_id = d.id AND c.valid_to IS NULL) AS chunks,
-                p.checkpoint
+                projection_watermark(p.generation) AS checkpoint
          FROM projections p
          JOIN documents d ON d.generation = p.generation
          LEFT JOIN document_versions v ON v.generation = d.generation AND v.position = d.position

@@ -56,6 +56,9 @@ pub struct Generation {
     pub model_name: String,
     pub model_revision: String,
     pub dimension: i32,
+    /// How many shards its log is split into (fixed for its life).
+    pub shards: i32,
+    /// The watermark: every shard has projected the log up to this position (migrations/0010).
     pub checkpoint: i64,
 }
 
@@ -80,7 +83,16 @@ impl Generation {
     }
 }
 
-const COLUMNS: &str = "generation, status, model_name, model_revision, dimension, checkpoint";
+const COLUMNS: &str =
+    "generation, status, model_name, model_revision, dimension, shards, projection_watermark(generation) AS checkpoint";
+
+/// The generation's watermark: the lowest of its shards' checkpoints.
+pub async fn watermark(pool: &PgPool, generation: i64) -> Result<i64, ReadModelError> {
+    Ok(sqlx::query_scalar("SELECT projection_watermark($1)")
+        .bind(generation)
+        .fetch_one(pool)
+        .await?)
+}
 
 /// The dimension of the `chunks.embedding` column.
 pub async fn table_dimension(pool: &PgPool) -> Result<usize, ReadModelError> {
@@ -121,21 +133,23 @@ pub async fn active(pool: &PgPool) -> Result<Option<Generation>, ReadModelError>
     )
 }
 
-/// The active generation, created (empty, at checkpoint 0) on first use; refused if another model built it.
-pub async fn active_for(pool: &PgPool, identity: &ModelIdentity) -> Result<Generation, ReadModelError> {
+/// The active generation, created (empty, at checkpoint 0, in `shards` shards) on first use; refused if
+/// another model built it.
+pub async fn active_for(pool: &PgPool, identity: &ModelIdentity, shards: i32) -> Result<Generation, ReadModelError> {
     check_dimension(pool, identity).await?;
     if let Some(g) = active(pool).await? {
         g.admits(identity)?;
         return Ok(g);
     }
     let created = sqlx::query_as(&format!(
-        "INSERT INTO projections (status, model_name, model_revision, dimension, activated_at)
-         VALUES ($4, $1, $2, $3, now()) ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
+        "INSERT INTO projections (status, model_name, model_revision, dimension, shards, activated_at)
+         VALUES ($4, $1, $2, $3, $5, now()) ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
     ))
     .bind(&identity.name)
     .bind(&identity.revision)
     .bind(identity.dimension as i32)
     .bind(GenerationStatus::Active.as_str())
+    .bind(shards)
     .fetch_optional(pool)
     .await?;
     match created {
@@ -180,17 +194,22 @@ pub async fn claim_for_log(log: &PgPool, pool: &PgPool, generation: i64) -> Resu
     }
 }
 
-/// A new, empty generation for a rebuild with this model.
-pub async fn create_building(pool: &PgPool, identity: &ModelIdentity) -> Result<Generation, ReadModelError> {
+/// A new, empty generation in `shards` shards for a rebuild with this model.
+pub async fn create_building(
+    pool: &PgPool,
+    identity: &ModelIdentity,
+    shards: i32,
+) -> Result<Generation, ReadModelError> {
     check_dimension(pool, identity).await?;
     Ok(sqlx::query_as(&format!(
-        "INSERT INTO projections (status, model_name, model_revision, dimension)
-         VALUES ($4, $1, $2, $3) RETURNING {COLUMNS}"
+        "INSERT INTO projections (status, model_name, model_revision, dimension, shards)
+         VALUES ($4, $1, $2, $3, $5) RETURNING {COLUMNS}"
     ))
     .bind(&identity.name)
     .bind(&identity.revision)
     .bind(identity.dimension as i32)
     .bind(GenerationStatus::Building.as_str())
+    .bind(shards)
     .fetch_one(pool)
     .await?)
 }
@@ -205,10 +224,12 @@ pub async fn activate_if_caught_up(log: &PgPool, pool: &PgPool, generation: i64)
         .fetch_one(&mut *head_lock)
         .await?;
     let mut tx = pool.begin().await?;
-    let checkpoint: i64 = sqlx::query_scalar("SELECT checkpoint FROM projections WHERE generation = $1 FOR UPDATE")
-        .bind(generation)
-        .fetch_one(&mut *tx)
-        .await?;
+    // Shards only move forward, and nothing can be appended while the head is locked.
+    let checkpoint: i64 =
+        sqlx::query_scalar("SELECT projection_watermark(generation) FROM projections WHERE generation = $1 FOR UPDATE")
+            .bind(generation)
+            .fetch_one(&mut *tx)
+            .await?;
     if checkpoint < head {
         tx.rollback().await?;
         head_lock.rollback().await?;

@@ -21,7 +21,7 @@ pub use documents::{document, list_documents, DocumentSummary, ProjectedDocument
 pub use failures::{failures, ParkedFailure};
 pub use generations::{
     activate_if_caught_up, active, active_for, claim_for_log, create_building, drop_retired, load, table_dimension,
-    Generation, GenerationStatus,
+    watermark, Generation, GenerationStatus,
 };
 pub use status::{status, ProjectionStatus, StatusReport};
 pub use wait::wait_for;

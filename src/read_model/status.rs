@@ -56,7 +56,8 @@ pub async fn status(databases: &Databases) -> Result<StatusReport, ReadModelErro
         Option<chrono::DateTime<chrono::Utc>>,
         Option<String>,
     )> = sqlx::query_as(
-        "SELECT p.generation, p.status, p.model_name, p.model_revision, p.dimension, p.checkpoint,
+        "SELECT p.generation, p.status, p.model_name, p.model_revision, p.dimension,
+                projection_watermark(p.generation),
                 (SELECT count(*) FROM documents d WHERE d.generation = p.generation AND NOT d.removed),
                 (SELECT count(*) FROM chunks c WHERE c.generation = p.generation AND c.valid_to IS NULL),
                 (SELECT count(*) FROM projection_failures f WHERE f.generation = p.generation AND f.resolved_at IS NULL),

@@ -14,10 +14,11 @@ pub async fn wait_for(pool: &PgPool, position: i64, timeout: Duration) -> Result
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(PROJECTED_CHANNEL).await?;
     loop {
-        let checkpoint: Option<i64> = sqlx::query_scalar("SELECT checkpoint FROM projections WHERE status = $1")
-            .bind(GenerationStatus::Active.as_str())
-            .fetch_optional(pool)
-            .await?;
+        let checkpoint: Option<i64> =
+            sqlx::query_scalar("SELECT projection_watermark(generation) FROM projections WHERE status = $1")
+                .bind(GenerationStatus::Active.as_str())
+                .fetch_optional(pool)
+                .await?;
         let checkpoint = checkpoint.unwrap_or(0);
         if checkpoint >= position {
             return Ok(checkpoint);

@@ -49,7 +49,7 @@ async fn follow(pool: PgPool, sender: watch::Sender<i64>) {
             };
         }
         let read: Result<Option<i64>, sqlx::Error> =
-            sqlx::query_scalar("SELECT checkpoint FROM projections WHERE status = $1")
+            sqlx::query_scalar("SELECT projection_watermark(generation) FROM projections WHERE status = $1")
                 .bind(GenerationStatus::Active.as_str())
                 .fetch_optional(&pool)
                 .await;

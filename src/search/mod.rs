@@ -266,7 +266,7 @@ impl Snapshot {
         // - an exact search turns the index off.
         // set_config is volatile, so PostgreSQL evaluates the subquery although no column of it is read.
         let (generation, checkpoint): (i64, i64) = sqlx::query_as(
-            "SELECT p.generation, p.checkpoint
+            "SELECT p.generation, projection_watermark(p.generation)
              FROM (SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),
                           set_config('hnsw.ef_search', $1, true),
                           set_config('plan_cache_mode', 'force_custom_plan', true),

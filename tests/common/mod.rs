@@ -69,7 +69,7 @@ pub async fn fresh_databases(layout: Layout) -> (Databases, PgConnectOptions, Op
         .expect("drop the log's tables from the read model's database");
     sqlx::raw_sql(
         "DROP TABLE projections, documents, document_versions, chunks, projection_failures, lexical_stats,
-                    lexeme_stats CASCADE",
+                    lexeme_stats, projection_shards, projection_workers CASCADE",
     )
     .execute(&log)
     .await
