@@ -579,7 +579,78 @@ async fn a_read_model_apart_refuses_a_second_log() {
     assert_eq!(ids, vec!["a"], "nothing of the other log was written");
 }
 
+/// The real model behind a gate: `embed` says it has started and waits until the test opens the gate.
+struct Gated {
+    inner: Arc<dyn EmbedBackend>,
+    entered: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    gate: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl EmbedBackend for Gated {
+    fn identity(&self) -> &ModelIdentity {
+        self.inner.identity()
+    }
+    fn chunk(&self, title: &str, text: &str, section_starts: &[usize]) -> Result<Vec<Chunk>, EmbedError> {
+        self.inner.chunk(title, text, section_starts)
+    }
+    fn embed(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let _ = self.entered.lock().unwrap().send(());
+        let _ = self.gate.lock().unwrap().recv();
+        self.inner.embed(inputs)
+    }
+}
+
+/// A projector whose leases ran out while it embedded cannot write what it prepared: the projector that
+/// took its shards over did, once, and the shards never had two owners.
+async fn a_worker_whose_lease_passed_to_another_cannot_write(layout: common::Layout) {
+    let (entered, entered_rx) = std::sync::mpsc::channel();
+    let (open, gate) = std::sync::mpsc::channel();
+    let gated = Arc::new(Gated {
+        inner: common::model_backend(),
+        entered: std::sync::Mutex::new(entered),
+        gate: std::sync::Mutex::new(gate),
+    });
+    let (db, h, slow) = setup(layout, gated, ProjectorOptions::default()).await;
+    let pool = db.read_model().clone();
+    add(&h, "a", "Leases", "A lease passes to another worker when it expires.").await;
+    add(&h, "b", "Fencing", "A write checks that its worker still owns the shard.").await;
+    let stepping = tokio::spawn({
+        let slow = slow.clone();
+        async move { slow.step(Target::Active).await }
+    });
+    tokio::task::spawn_blocking(move || entered_rx.recv().unwrap())
+        .await
+        .unwrap();
+    let owners: Vec<Option<uuid::Uuid>> = sqlx::query_scalar("SELECT DISTINCT owner FROM projection_shards")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(owners.len(), 1, "the first projector holds every shard: {owners:?}");
+    assert!(owners[0].is_some());
+
+    // Its leases run out (a pause, a partition) while it embeds; another projector takes the shards.
+    sqlx::query("UPDATE projection_shards SET lease_expires = now() - interval '1 second'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let other = Projector::new(&db, common::model_backend(), ProjectorOptions::default());
+    assert_eq!(other.step(Target::Active).await.unwrap(), 2);
+    open.send(()).unwrap();
+    let refused = stepping.await.unwrap();
+    assert!(
+        matches!(refused, Err(ProjectorError::LostCheckpoint { .. })),
+        "{refused:?}"
+    );
+    let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(chunks, 2, "each document's chunk written once");
+    assert_eq!(read_model::active(&pool).await.unwrap().unwrap().checkpoint, 2);
+}
+
 in_both_layouts!(
+    a_worker_whose_lease_passed_to_another_cannot_write,
     adds_updates_and_removes_project_with_their_history,
     a_poison_event_is_parked_later_events_project_and_retry_applies_it_after_a_fix,
     the_stop_policy_halts_just_before_the_failure,

@@ -490,7 +490,118 @@ async fn lexical_and_hybrid_search_rank_by_bm25_fuse_and_keep_scopes_filters_and
     assert!((replay.results[0].score - code.results[0].score).abs() < 1e-9);
 }
 
+/// The answers of a search in `mode`, live and as of its receipt, as comparable tuples.
+async fn live_and_replayed(
+    pool: &sqlx::PgPool,
+    text: &str,
+    mode: SearchMode,
+) -> (i64, Vec<(String, i32, String, String)>, Vec<(String, i32, String, String)>) {
+    let vector = embed(text);
+    let q = Query {
+        text,
+        vector: Some(&vector),
+    };
+    let live_request = SearchRequest {
+        k: 20,
+        mode,
+        ..SearchRequest::default()
+    };
+    let live = search(pool, q, &live_request).await.unwrap();
+    let replay_request = SearchRequest {
+        as_of: Some(live.position),
+        ..live_request
+    };
+    let replay = search(pool, q, &replay_request).await.unwrap();
+    let rows = |r: &recall::search::SearchResponse| {
+        r.results
+            .iter()
+            .map(|h| (h.document_id.clone(), h.chunk_index, format!("{:.6}", h.score), h.title.clone()))
+            .collect::<Vec<_>>()
+    };
+    (live.position, rows(&live), rows(&replay))
+}
+
+/// With shards at different checkpoints, a live search answers exactly as of the watermark: what the
+/// shards ahead of it added since is left out, what they replaced since is still found, and BM25's
+/// statistics are the watermark's, so the receipt replays the answer to the score.
+async fn a_live_search_answers_as_of_the_watermark_while_shards_differ(layout: common::Layout) {
+    let (db, _, _) = common::fresh_databases(layout).await;
+    let pool = db.read_model().clone();
+    let h = CommandHandler::new(EventStore::new(db.log().clone()));
+    let ctx = CommandContext::default();
+    let topics = ["sorting lists", "parsing dates", "hashing passwords", "retrying requests"];
+    let add_all = |round: usize| {
+        (0..24)
+            .map(|i| {
+                let text = format!("Round {round}: notes {i} on {} and other things.", topics[i % 4]);
+                let command = match round {
+                    0 => DocumentCommand::Add {
+                        content: content(&format!("Doc {i}"), &text, "t"),
+                    },
+                    _ => DocumentCommand::Update {
+                        content: content(&format!("Doc {i} revised"), &text, "t"),
+                        expected_version: None,
+                    },
+                };
+                (key("kb", &format!("d{i}")), command)
+            })
+            .collect::<Vec<_>>()
+    };
+    for outcome in h.execute_batch(add_all(0), &ctx).await.unwrap() {
+        outcome.unwrap();
+    }
+    let projector = Projector::new(&db, common::model_backend(), ProjectorOptions::default());
+    projector.run_until_caught_up(Target::Active).await.unwrap();
+    let before = recall::read_model::active(&pool).await.unwrap().unwrap().checkpoint;
+
+    // Half the shards are held elsewhere (a worker that is slow), and the rest move on past updates
+    // and removals.
+    sqlx::query(
+        "UPDATE projection_shards SET owner = gen_random_uuid(), lease_expires = now() + interval '1 hour'
+         WHERE shard % 2 = 0",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    for outcome in h.execute_batch(add_all(1), &ctx).await.unwrap() {
+        outcome.unwrap();
+    }
+    for i in [1, 2, 3, 6] {
+        h.execute(&key("kb", &format!("d{i}")), DocumentCommand::Remove { expected_version: None }, &ctx)
+            .await
+            .unwrap();
+    }
+    while projector.step(Target::Active).await.unwrap() > 0 {}
+    let ahead: i64 = sqlx::query_scalar("SELECT max(checkpoint) FROM projection_shards")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(ahead > before, "the free shards moved on");
+    for mode in [SearchMode::Dense, SearchMode::Lexical, SearchMode::Hybrid] {
+        let (position, live, replayed) = live_and_replayed(&pool, "notes on hashing passwords round", mode).await;
+        assert_eq!(position, before, "the receipt is the watermark");
+        assert_eq!(live, replayed, "{mode:?}");
+        assert!(live.iter().all(|h| !h.3.contains("revised")), "{mode:?}: {live:?}");
+        assert!(live.len() >= 6);
+    }
+
+    // The held shards are freed and catch up: the answers move to the head, and still replay.
+    sqlx::query("UPDATE projection_shards SET owner = NULL, lease_expires = NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    while projector.step(Target::Active).await.unwrap() > 0 {}
+    for mode in [SearchMode::Dense, SearchMode::Lexical, SearchMode::Hybrid] {
+        let (position, live, replayed) = live_and_replayed(&pool, "notes on hashing passwords round", mode).await;
+        assert_eq!(position, ahead);
+        assert_eq!(live, replayed, "{mode:?}");
+        assert!(live.iter().all(|h| h.3.contains("revised")), "{mode:?}: {live:?}");
+        assert!(!live.iter().any(|h| ["d1", "d2", "d3", "d6"].contains(&h.0.as_str())));
+    }
+}
+
 in_both_layouts!(
+    a_live_search_answers_as_of_the_watermark_while_shards_differ,
     search_finds_the_right_document_respects_scopes_and_replays_as_of_receipts,
     the_search_command_answers_beir_style_query_files_one_line_each,
     lexical_and_hybrid_search_rank_by_bm25_fuse_and_keep_scopes_filters_and_receipts,
