@@ -613,7 +613,13 @@ async fn a_worker_whose_lease_passed_to_another_cannot_write(layout: common::Lay
     let (db, h, slow) = setup(layout, gated, ProjectorOptions::default()).await;
     let pool = db.read_model().clone();
     add(&h, "a", "Leases", "A lease passes to another worker when it expires.").await;
-    add(&h, "b", "Fencing", "A write checks that its worker still owns the shard.").await;
+    add(
+        &h,
+        "b",
+        "Fencing",
+        "A write checks that its worker still owns the shard.",
+    )
+    .await;
     let stepping = tokio::spawn({
         let slow = slow.clone();
         async move { slow.step(Target::Active).await }

@@ -167,7 +167,11 @@ async fn sigkilled_projection_restarts_into_exactly_the_clean_read_model(layout:
 /// documents.
 async fn same_read_model(pool: &PgPool, a: i64, b: i64, documents: usize) {
     let (x, y) = (snapshot(pool, a).await, snapshot(pool, b).await);
-    assert_eq!(x.len(), y.len(), "same number of chunk rows: no duplicates, nothing missing");
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "same number of chunk rows: no duplicates, nothing missing"
+    );
     assert!(x.len() >= documents + documents / 10);
     for (x, y) in x.iter().zip(&y) {
         assert_eq!(
@@ -226,12 +230,12 @@ async fn receipt_holds(log: &PgPool, read_model: &PgPool) -> (i64, Vec<i64>) {
         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .await
         .unwrap();
-    let Some((generation, watermark)): Option<(i64, i64)> = sqlx::query_as(
-        "SELECT generation, projection_watermark(generation) FROM projections WHERE status = 'active'",
-    )
-    .fetch_optional(&mut *tx)
-    .await
-    .unwrap() else {
+    let Some((generation, watermark)): Option<(i64, i64)> =
+        sqlx::query_as("SELECT generation, projection_watermark(generation) FROM projections WHERE status = 'active'")
+            .fetch_optional(&mut *tx)
+            .await
+            .unwrap()
+    else {
         // No worker has started yet.
         return (0, Vec::new());
     };
@@ -244,15 +248,16 @@ async fn receipt_holds(log: &PgPool, read_model: &PgPool) -> (i64, Vec<i64>) {
             .unwrap()
             .into_iter()
             .collect();
-    let documents: std::collections::HashMap<String, (i64, bool)> =
-        sqlx::query_as::<_, (String, String, i64, bool)>("SELECT scope, id, position, removed FROM documents WHERE generation = $1")
-            .bind(generation)
-            .fetch_all(&mut *tx)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(scope, id, position, removed)| (format!("{scope}:{id}"), (position, removed)))
-            .collect();
+    let documents: std::collections::HashMap<String, (i64, bool)> = sqlx::query_as::<_, (String, String, i64, bool)>(
+        "SELECT scope, id, position, removed FROM documents WHERE generation = $1",
+    )
+    .bind(generation)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(scope, id, position, removed)| (format!("{scope}:{id}"), (position, removed)))
+    .collect();
     drop(tx);
     let events: Vec<(i64, String, String)> =
         sqlx::query_as("SELECT position, stream_id, event_type FROM events WHERE position <= $1 ORDER BY position")
@@ -282,9 +287,16 @@ async fn search_now(pool: &PgPool, text: &str, mode: SearchMode) -> SearchRespon
         SearchMode::Lexical => None,
         _ => Some(common::model_backend().embedder().encode(&[text]).unwrap().remove(0)),
     };
-    recall::search::search(pool, Query { text, vector: vector.as_deref() }, &request)
-        .await
-        .unwrap()
+    recall::search::search(
+        pool,
+        Query {
+            text,
+            vector: vector.as_deref(),
+        },
+        &request,
+    )
+    .await
+    .unwrap()
 }
 
 fn hits(response: &SearchResponse) -> Vec<(String, i32, String)> {
@@ -295,9 +307,7 @@ fn hits(response: &SearchResponse) -> Vec<(String, i32, String)> {
         .collect()
 }
 
-async fn three_workers_killed_at_random_during_an_ingest_project_exactly_the_clean_read_model(
-    layout: common::Layout,
-) {
+async fn three_workers_killed_at_random_during_an_ingest_project_exactly_the_clean_read_model(layout: common::Layout) {
     let (db, options, read_options) = common::fresh_databases(layout).await;
     let url = (common::url_of(&options), read_options.as_ref().map(common::url_of));
     let pool = db.read_model().clone();
@@ -323,7 +333,10 @@ async fn three_workers_killed_at_random_during_an_ingest_project_exactly_the_cle
         workers[victim] = project(&url, &[]);
         kills += 1;
         let (watermark, missing) = receipt_holds(db.log(), &pool).await;
-        assert!(missing.is_empty(), "the watermark {watermark} claims unprojected positions {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "the watermark {watermark} claims unprojected positions {missing:?}"
+        );
         receipts.push(watermark);
         if read_model::active(&pool).await.unwrap().is_some() {
             for mode in [SearchMode::Lexical, SearchMode::Dense, SearchMode::Hybrid] {
@@ -338,9 +351,15 @@ async fn three_workers_killed_at_random_during_an_ingest_project_exactly_the_cle
         assert!(Instant::now() < deadline, "the workers did not catch up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(receipts.windows(2).all(|w| w[0] <= w[1]), "receipts went back: {receipts:?}");
+    assert!(
+        receipts.windows(2).all(|w| w[0] <= w[1]),
+        "receipts went back: {receipts:?}"
+    );
     let mid_way = receipts.iter().filter(|&&r| r > 0 && r < head).count();
-    assert!(mid_way >= 3, "too few receipts taken while projecting: {receipts:?} (head {head})");
+    assert!(
+        mid_way >= 3,
+        "too few receipts taken while projecting: {receipts:?} (head {head})"
+    );
 
     // Three live workers settle on 6, 5 and 5 of the 16 shards.
     let pids: Vec<u32> = workers.iter().map(Child::id).collect();
@@ -372,7 +391,10 @@ async fn three_workers_killed_at_random_during_an_ingest_project_exactly_the_cle
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let moved_after = killed_at.elapsed();
-    assert!(moved_after >= Duration::from_secs(LEASE_SECONDS) - Duration::from_millis(500), "{moved_after:?}");
+    assert!(
+        moved_after >= Duration::from_secs(LEASE_SECONDS) - Duration::from_millis(500),
+        "{moved_after:?}"
+    );
     for w in &mut workers[1..] {
         w.kill().unwrap();
         w.wait().unwrap();
@@ -392,9 +414,16 @@ async fn three_workers_killed_at_random_during_an_ingest_project_exactly_the_cle
             SearchMode::Lexical => None,
             _ => Some(common::model_backend().embedder().encode(&[text]).unwrap().remove(0)),
         };
-        let replay = recall::search::search(&pool, Query { text, vector: vector.as_deref() }, &request)
-            .await
-            .unwrap();
+        let replay = recall::search::search(
+            &pool,
+            Query {
+                text,
+                vector: vector.as_deref(),
+            },
+            &request,
+        )
+        .await
+        .unwrap();
         assert_eq!(replay.position, original.position);
         assert_eq!(hits(&replay), hits(original), "{mode:?} as of {}", original.position);
     }

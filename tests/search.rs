@@ -495,7 +495,11 @@ async fn live_and_replayed(
     pool: &sqlx::PgPool,
     text: &str,
     mode: SearchMode,
-) -> (i64, Vec<(String, i32, String, String)>, Vec<(String, i32, String, String)>) {
+) -> (
+    i64,
+    Vec<(String, i32, String, String)>,
+    Vec<(String, i32, String, String)>,
+) {
     let vector = embed(text);
     let q = Query {
         text,
@@ -515,7 +519,14 @@ async fn live_and_replayed(
     let rows = |r: &recall::search::SearchResponse| {
         r.results
             .iter()
-            .map(|h| (h.document_id.clone(), h.chunk_index, format!("{:.6}", h.score), h.title.clone()))
+            .map(|h| {
+                (
+                    h.document_id.clone(),
+                    h.chunk_index,
+                    format!("{:.6}", h.score),
+                    h.title.clone(),
+                )
+            })
             .collect::<Vec<_>>()
     };
     (live.position, rows(&live), rows(&replay))
@@ -529,7 +540,12 @@ async fn a_live_search_answers_as_of_the_watermark_while_shards_differ(layout: c
     let pool = db.read_model().clone();
     let h = CommandHandler::new(EventStore::new(db.log().clone()));
     let ctx = CommandContext::default();
-    let topics = ["sorting lists", "parsing dates", "hashing passwords", "retrying requests"];
+    let topics = [
+        "sorting lists",
+        "parsing dates",
+        "hashing passwords",
+        "retrying requests",
+    ];
     let add_all = |round: usize| {
         (0..24)
             .map(|i| {
@@ -567,9 +583,13 @@ async fn a_live_search_answers_as_of_the_watermark_while_shards_differ(layout: c
         outcome.unwrap();
     }
     for i in [1, 2, 3, 6] {
-        h.execute(&key("kb", &format!("d{i}")), DocumentCommand::Remove { expected_version: None }, &ctx)
-            .await
-            .unwrap();
+        h.execute(
+            &key("kb", &format!("d{i}")),
+            DocumentCommand::Remove { expected_version: None },
+            &ctx,
+        )
+        .await
+        .unwrap();
     }
     while projector.step(Target::Active).await.unwrap() > 0 {}
     let ahead: i64 = sqlx::query_scalar("SELECT max(checkpoint) FROM projection_shards")

@@ -538,7 +538,7 @@ pub(crate) async fn document(
     wait_for: Option<i64>,
 ) -> Result<DocumentView, ApiError> {
     state.wait_for(wait_for).await?;
-    let row = state.within_deadline(read_document(state, key)).await?;
+    let row = state.within_deadline(read_document(state, key, wait_for)).await?;
     let not_projected = || {
         ApiError::not_found(format!(
             "document {:?} is not in scope {:?} of the read model; if you just added it, pass wait_for=<position> \
@@ -574,10 +574,23 @@ pub(crate) async fn document(
     })
 }
 
-/// The document as the active read model has it, with the receipt.
-async fn read_document(state: &AppState, key: &DocumentKey) -> Result<Option<ProjectedDocument>, ApiError> {
+/// The document as the active read model has it, with the receipt: from a replica that has reached
+/// `at_least` when one has, else from the primary.
+async fn read_document(
+    state: &AppState,
+    key: &DocumentKey,
+    at_least: Option<i64>,
+) -> Result<Option<ProjectedDocument>, ApiError> {
     let _turn = state.read_turn().await?;
-    Ok(read_model::document(state.read_model(), key).await?)
+    let readers = state.readers();
+    let (pool, source) = readers.pick(at_least).await;
+    match read_model::document(pool, key).await {
+        Err(read_model::ReadModelError::Database(e)) if source != read_model::ReadSource::Primary => {
+            readers.failed(source, &e);
+            Ok(read_model::document(readers.primary(), key).await?)
+        }
+        other => Ok(other?),
+    }
 }
 
 /// Every event of one document, oldest first, straight from the log.

@@ -122,6 +122,8 @@ struct Inner {
     foreground: Foreground,
     /// Started with the first `wait_for`.
     checkpoints: OnceLock<CheckpointWatch>,
+    /// Searches and document reads: replicas of the read model when there are, else its primary.
+    readers: crate::read_model::Readers,
     waiters: Semaphore,
     reads: Semaphore,
     /// Cancelled when the server stops: ends long-lived streams (MCP sessions) so shutdown can finish.
@@ -144,6 +146,7 @@ impl AppState {
                 databases: databases.clone(),
                 foreground: Foreground::new(config.foreground_window),
                 checkpoints: OnceLock::new(),
+                readers: crate::read_model::Readers::new(databases),
                 waiters: Semaphore::new(config.max_waiters),
                 reads: Semaphore::new(reads),
                 config,
@@ -194,6 +197,10 @@ impl AppState {
     /// The read model's database.
     pub(crate) fn read_model(&self) -> &sqlx::PgPool {
         self.inner.databases.read_model()
+    }
+
+    pub(crate) fn readers(&self) -> &crate::read_model::Readers {
+        &self.inner.readers
     }
 
     pub(crate) fn databases(&self) -> &Databases {

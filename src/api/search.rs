@@ -95,10 +95,19 @@ pub(crate) async fn run(state: &AppState, body: SearchBody) -> Result<SearchResp
         vector: None,
     })?;
     state.wait_for(body.wait_for).await?;
-    state.within_deadline(answer(state, &body.query, &request)).await
+    state
+        .within_deadline(answer(state, &body.query, &request, body.wait_for))
+        .await
 }
 
-async fn answer(state: &AppState, question: &str, request: &SearchRequest) -> Result<SearchResponse, ApiError> {
+/// `at_least`: the position waited for, which the server that answers (a replica if one has replayed
+/// it, else the primary) must have reached.
+async fn answer(
+    state: &AppState,
+    question: &str,
+    request: &SearchRequest,
+    at_least: Option<i64>,
+) -> Result<SearchResponse, ApiError> {
     let _turn = state.read_turn().await?;
     let started = Instant::now();
     let embedding = async {
@@ -115,8 +124,8 @@ async fn answer(state: &AppState, question: &str, request: &SearchRequest) -> Re
         Ok::<_, ApiError>(Some(vector))
     };
     // The snapshot's round trips to the database overlap the model work instead of following it.
-    let (vector, snapshot) = tokio::join!(embedding, search::Snapshot::live(state.read_model()));
-    let (vector, snapshot) = (vector?, snapshot?);
+    let (vector, snapshot) = tokio::join!(embedding, search::Snapshot::live_from(state.readers(), at_least));
+    let (vector, (snapshot, _)) = (vector?, snapshot?);
     let query = search::Query {
         text: question,
         vector: vector.as_deref(),

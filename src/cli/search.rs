@@ -10,7 +10,7 @@ use serde_json::json;
 
 use recall::domain::Scope;
 use recall::embed::Embedder;
-use recall::search::{search, Query, SearchRequest};
+use recall::search::{search_on, Query, SearchRequest};
 
 use super::values::Mode;
 
@@ -107,6 +107,7 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
             })?;
     }
     let databases = open_databases().await?;
+    let readers = recall::read_model::Readers::new(&databases);
     // Lexical search needs no model; the others embed every question in one go.
     let embedder = if request.mode.needs_vector() {
         let model = args.model.clone();
@@ -121,7 +122,7 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
             text,
             vector: vector.as_deref(),
         };
-        let response = search(databases.read_model(), query, &request).await?;
+        let response = search_on(&readers, query, &request).await?;
         if args.json || args.queries.is_some() {
             let mut line = serde_json::to_value(&response)?;
             if let Some(id) = id {

@@ -300,6 +300,34 @@ impl EmbeddedServer {
         Ok(())
     }
 
+    /// Makes this home a streaming replica (a hot standby) of `primary`, another embedded server that is
+    /// running, unless it is one already; `ensure_running` then starts it on its own socket. The copy
+    /// comes from `pg_basebackup` with the WAL streamed alongside; `-R` leaves the standby.signal and the
+    /// primary's connection that replication follows. Searches may then read it
+    /// (`RECALL_READ_DATABASE_URL`, [`EmbeddedServer::url`]).
+    pub fn make_standby_of(&self, primary: &EmbeddedServer) -> Result<(), EmbeddedError> {
+        let _lock = self.lock_home()?;
+        if self.initialised() {
+            return Ok(());
+        }
+        fs::create_dir_all(&self.home).map_err(io("creating the standby's home"))?;
+        fs::set_permissions(&self.home, fs::Permissions::from_mode(0o755)).map_err(io("chmod the standby's home"))?;
+        let data = self.data_dir();
+        if data.exists() {
+            // A half-made copy from an interrupted run.
+            fs::remove_dir_all(&data).map_err(io(format!("removing the incomplete {}", data.display())))?;
+        }
+        self.owned_dir(&data, 0o700)?;
+        let mut cmd = self.command("pg_basebackup");
+        cmd.arg("-D")
+            .arg(&data)
+            .arg("-d")
+            .arg(primary.url("postgres"))
+            .args(["-R", "-X", "stream", "-c", "fast"]);
+        self.run(cmd, "pg_basebackup")?;
+        Ok(())
+    }
+
     /// After a crash, the dead postmaster's children may still be attached to its shared memory for a
     /// moment; starting a new server under them would be unsafe, so wait for them to go (they exit as
     /// soon as they notice the postmaster's death).

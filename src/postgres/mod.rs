@@ -72,6 +72,9 @@ pub struct DatabaseTargets {
     pub log: DatabaseTarget,
     /// `None`: in the log's database.
     pub read_model: Option<DatabaseTarget>,
+    /// Streaming replicas of the read model's server that searches and document reads may use
+    /// (`RECALL_READ_DATABASE_URL`, comma-separated).
+    pub replicas: Vec<String>,
 }
 
 impl DatabaseTargets {
@@ -92,7 +95,19 @@ impl DatabaseTargets {
                 DatabaseTarget::Url(_) => None,
             },
         };
-        DatabaseTargets { log, read_model }
+        let replicas = std::env::var("RECALL_READ_DATABASE_URL")
+            .map(|urls| {
+                urls.split([',', ' ', '\n'])
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        DatabaseTargets {
+            log,
+            read_model,
+            replicas,
+        }
     }
 }
 
@@ -182,6 +197,8 @@ pub struct Databases {
     log: PgPool,
     read_model: PgPool,
     split: bool,
+    /// Read-only replicas of the read model (hot standbys): never migrated, connected on first use.
+    replicas: Vec<PgPool>,
 }
 
 impl Databases {
@@ -191,6 +208,7 @@ impl Databases {
             read_model: pool.clone(),
             log: pool,
             split: false,
+            replicas: Vec::new(),
         }
     }
 
@@ -200,7 +218,19 @@ impl Databases {
             log,
             read_model,
             split: true,
+            replicas: Vec::new(),
         }
+    }
+
+    /// Reads (searches, documents) may go to these replicas of the read model.
+    pub fn with_replicas(mut self, replicas: Vec<PgPool>) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// The read model's replicas, if any.
+    pub fn replicas(&self) -> &[PgPool] {
+        &self.replicas
     }
 
     /// Opens (and migrates) both targets with up to `max_connections` each.
@@ -215,13 +245,19 @@ impl Databases {
         adjust: impl Fn(PgConnectOptions) -> PgConnectOptions,
     ) -> Result<Self, PostgresError> {
         let log = open_with(adjust(connect_options(&targets.log).await?), max_connections).await?;
-        Ok(match &targets.read_model {
+        let databases = match &targets.read_model {
             None => Databases::one(log),
             Some(target) => {
                 let read_model = open_with(adjust(connect_options(target).await?), max_connections).await?;
                 Databases::split(log, read_model)
             }
-        })
+        };
+        let mut replicas = Vec::with_capacity(targets.replicas.len());
+        for url in &targets.replicas {
+            let options = PgConnectOptions::from_str(url).map_err(PostgresError::InvalidUrl)?;
+            replicas.push(open_replica(adjust(options), max_connections));
+        }
+        Ok(databases.with_replicas(replicas))
     }
 
     /// The event log: commands append here and the projector reads it.
@@ -264,6 +300,17 @@ impl Databases {
         self.log.close().await;
         self.read_model.close().await;
     }
+}
+
+/// A pool on a read-only replica: connected on first use (a replica that is down when recall starts is
+/// tried again later, and reads go elsewhere meanwhile), never migrated (a standby replays the primary's
+/// schema).
+pub fn open_replica(options: PgConnectOptions, max_connections: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .test_before_acquire(false)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(options)
 }
 
 /// A pool on the target with migrations applied.

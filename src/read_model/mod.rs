@@ -9,6 +9,7 @@
 mod documents;
 mod failures;
 mod generations;
+mod replicas;
 mod status;
 mod wait;
 mod watch;
@@ -23,6 +24,7 @@ pub use generations::{
     activate_if_caught_up, active, active_for, claim_for_log, create_building, drop_retired, load, table_dimension,
     watermark, Generation, GenerationStatus,
 };
+pub use replicas::{ReadSource, Readers, DEFAULT_REPLICA_PATIENCE};
 pub use status::{status, ProjectionStatus, StatusReport};
 pub use wait::wait_for;
 pub use watch::CheckpointWatch;

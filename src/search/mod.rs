@@ -15,6 +15,7 @@ use sqlx::PgPool;
 use thiserror::Error;
 
 use crate::domain::Scope;
+use crate::read_model::{ReadSource, Readers};
 
 #[derive(Debug, Error)]
 pub enum SearchError {
@@ -223,6 +224,17 @@ pub async fn search(pool: &PgPool, query: Query<'_>, request: &SearchRequest) ->
     Snapshot::open(pool, false).await?.search(query, request).await
 }
 
+/// The same search on a replica when one can answer (see [`Readers`]), else on the primary.
+pub async fn search_on(
+    readers: &Readers,
+    query: Query<'_>,
+    request: &SearchRequest,
+) -> Result<SearchResponse, SearchError> {
+    request.validate(query)?;
+    let (snapshot, _) = Snapshot::live_from(readers, None).await?;
+    snapshot.search(query, request).await
+}
+
 /// The same search by an exact scan of every candidate chunk instead of the HNSW index: slow, but the
 /// ground truth that the index's recall is measured against.
 pub async fn search_exact(
@@ -248,6 +260,23 @@ impl Snapshot {
     /// A snapshot for a live (HNSW) search.
     pub async fn live(pool: &PgPool) -> Result<Self, SearchError> {
         Self::open(pool, false).await
+    }
+
+    /// A live snapshot on a replica that has reached `at_least` when one has (see [`Readers::pick`]),
+    /// else on the primary; a replica that fails to answer is left out and the primary asked instead.
+    pub async fn live_from(readers: &Readers, at_least: Option<i64>) -> Result<(Self, ReadSource), SearchError> {
+        let (pool, source) = readers.pick(at_least).await;
+        match Self::open(pool, false).await {
+            Ok(snapshot) => Ok((snapshot, source)),
+            Err(e) if source != ReadSource::Primary => {
+                if let SearchError::Database(e) = &e {
+                    readers.failed(source, e);
+                }
+                tracing::debug!(error = %e, ?source, "a replica could not answer; asking the primary");
+                Ok((Self::open(readers.primary(), false).await?, ReadSource::Primary))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn open(pool: &PgPool, exact: bool) -> Result<Self, SearchError> {
