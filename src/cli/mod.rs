@@ -103,6 +103,9 @@ enum DbAction {
         #[arg(long)]
         read_model: bool,
     },
+    /// Make HOME a streaming replica (hot standby) of the read model's cluster and start it; give the
+    /// URL it prints to searching processes as RECALL_READ_DATABASE_URL.
+    Replica { home: std::path::PathBuf },
 }
 
 /// Settings shared by the commands that write documents.
@@ -253,6 +256,22 @@ async fn db(action: DbAction) -> anyhow::Result<ExitCode> {
             Some(s) => println!("{}", s.url("recall")),
             None => println!("{}", server.url("recall")),
         },
+        DbAction::Replica { home } => {
+            // The primary must be up, with the schema, before it is copied.
+            Databases::open(&DatabaseTargets::from_env(), 1)
+                .await
+                .context("starting the embedded server")?;
+            let primary = read_model.unwrap_or(server);
+            let replica = postgres::EmbeddedServer::locate(home)?;
+            let started = replica.clone();
+            tokio::task::spawn_blocking(move || {
+                started.make_standby_of(&primary)?;
+                started.ensure_running()
+            })
+            .await?
+            .context("making the replica")?;
+            println!("{}", replica.url("recall"));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

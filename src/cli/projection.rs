@@ -211,8 +211,8 @@ pub async fn status(json: bool, prometheus: bool) -> anyhow::Result<ExitCode> {
         }
         for p in &report.projections {
             println!(
-                "generation {} ({}): {} | checkpoint {} | lag {} events, {:.1}s | {} documents, {} chunks | {} parked failures",
-                p.generation, p.status, p.model, p.checkpoint, p.lag_events, p.lag_seconds, p.documents, p.current_chunks, p.parked_failures
+                "generation {} ({}): {} | watermark {} ({} shards, furthest at {}) | lag {} events, {:.1}s | {} documents, {} chunks | {} parked failures",
+                p.generation, p.status, p.model, p.checkpoint, p.shards, p.furthest_shard, p.lag_events, p.lag_seconds, p.documents, p.current_chunks, p.parked_failures
             );
             if let (Some(since), Some(error)) = (p.retrying_since, &p.last_error) {
                 println!(
@@ -220,6 +220,16 @@ pub async fn status(json: bool, prometheus: bool) -> anyhow::Result<ExitCode> {
                     p.checkpoint, p.retry_attempts
                 );
             }
+        }
+        for w in &report.workers {
+            println!(
+                "worker {} ({}): {} shards of generation {}, heard from {:.1}s ago",
+                w.name,
+                w.device,
+                w.shards,
+                w.generation.map_or("-".to_owned(), |g| g.to_string()),
+                w.heartbeat_age_seconds
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -358,7 +358,7 @@ pub async fn open_background_beside(
     niceness: i32,
     cpus: Option<CpuSet>,
 ) -> Result<PgPool, PostgresError> {
-    // The projector holds two for its whole run (its advisory lock and its LISTEN), reads batch N on a
+    // The projector holds one for its whole run (its LISTEN), renews its leases on another, reads batch N on a
     // third while batch N-1 is written on a fourth.
     const CONNECTIONS: u32 = 4;
     let options = long_statements((*pool.connect_options()).clone());

@@ -11,7 +11,11 @@ pub struct ProjectionStatus {
     pub status: GenerationStatus,
     pub model: String,
     pub dimension: i32,
+    /// The watermark: every shard has projected the log up to here.
     pub checkpoint: i64,
+    /// How many shards the generation's log is split into, and the furthest one's checkpoint.
+    pub shards: i32,
+    pub furthest_shard: i64,
     pub lag_events: i64,
     /// Age of the oldest event not yet projected (0 when caught up).
     pub lag_seconds: f64,
@@ -24,10 +28,25 @@ pub struct ProjectionStatus {
     pub last_error: Option<String>,
 }
 
+/// A projector that has reported in (`recall project`/`worker`, `recall serve`'s own).
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema, sqlx::FromRow)]
+pub struct WorkerStatus {
+    /// `host:pid`.
+    pub name: String,
+    pub device: String,
+    pub generation: Option<i64>,
+    /// Shards it holds now (leases not expired).
+    pub shards: i64,
+    /// Seconds since its last heartbeat.
+    pub heartbeat_age_seconds: f64,
+}
+
 #[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct StatusReport {
     pub head: i64,
     pub projections: Vec<ProjectionStatus>,
+    /// Workers heard from in the last minute.
+    pub workers: Vec<WorkerStatus>,
 }
 
 impl StatusReport {
@@ -55,13 +74,16 @@ pub async fn status(databases: &Databases) -> Result<StatusReport, ReadModelErro
         i32,
         Option<chrono::DateTime<chrono::Utc>>,
         Option<String>,
+        i32,
+        i64,
     )> = sqlx::query_as(
         "SELECT p.generation, p.status, p.model_name, p.model_revision, p.dimension,
                 projection_watermark(p.generation),
                 (SELECT count(*) FROM documents d WHERE d.generation = p.generation AND NOT d.removed),
                 (SELECT count(*) FROM chunks c WHERE c.generation = p.generation AND c.valid_to IS NULL),
                 (SELECT count(*) FROM projection_failures f WHERE f.generation = p.generation AND f.resolved_at IS NULL),
-                p.retry_attempts, p.retrying_since, p.last_error
+                p.retry_attempts, p.retrying_since, p.last_error, p.shards,
+                (SELECT coalesce(max(s.checkpoint), 0) FROM projection_shards s WHERE s.generation = p.generation)
          FROM projections p ORDER BY p.generation",
     )
     .fetch_all(pool)
@@ -95,6 +117,8 @@ pub async fn status(databases: &Databases) -> Result<StatusReport, ReadModelErro
                 retry_attempts,
                 retrying_since,
                 last_error,
+                shards,
+                furthest_shard,
             )| {
                 ProjectionStatus {
                     generation,
@@ -103,6 +127,8 @@ pub async fn status(databases: &Databases) -> Result<StatusReport, ReadModelErro
                     model: format!("{name}@{revision}"),
                     dimension,
                     checkpoint,
+                    shards,
+                    furthest_shard,
                     lag_events: head - checkpoint,
                     lag_seconds: ages.get(&(checkpoint + 1)).copied().unwrap_or(0.0).max(0.0),
                     documents,
@@ -115,7 +141,19 @@ pub async fn status(databases: &Databases) -> Result<StatusReport, ReadModelErro
             },
         )
         .collect();
-    Ok(StatusReport { head, projections })
+    let workers = sqlx::query_as(
+        "SELECT w.name, w.device, w.generation,
+                (SELECT count(*) FROM projection_shards s WHERE s.owner = w.id AND s.lease_expires > now()) AS shards,
+                extract(epoch FROM now() - w.heartbeat_at)::float8 AS heartbeat_age_seconds
+         FROM projection_workers w WHERE w.heartbeat_at > now() - interval '1 minute' ORDER BY w.name",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(StatusReport {
+        head,
+        projections,
+        workers,
+    })
 }
 
 /// A gauge's name, help text and value.
@@ -127,6 +165,8 @@ impl StatusReport {
         let mut out = String::new();
         out.push_str("# HELP recall_log_head_position Position of the last committed event.\n# TYPE recall_log_head_position gauge\n");
         out.push_str(&format!("recall_log_head_position {}\n", self.head));
+        out.push_str("# HELP recall_projection_workers Projectors heard from in the last minute.\n# TYPE recall_projection_workers gauge\n");
+        out.push_str(&format!("recall_projection_workers {}\n", self.workers.len()));
         let gauges: [Gauge; 8] = [
             ("recall_projection_checkpoint", "Last log position projected.", |p| {
                 p.checkpoint as f64
