@@ -85,6 +85,10 @@ impl Worker {
         .fetch_all(pool)
         .await?;
         held.sort_unstable();
+        // Workers that died long ago leave the roll (their leases expired long before).
+        sqlx::query("DELETE FROM projection_workers WHERE heartbeat_at < now() - interval '1 day'")
+            .execute(pool)
+            .await?;
         let live: Vec<Uuid> = sqlx::query_scalar(
             "SELECT id FROM projection_workers
              WHERE generation = $1 AND heartbeat_at > now() - $2::interval ORDER BY id",

@@ -9,6 +9,7 @@ mod extract;
 mod measure;
 mod model;
 mod project;
+mod scale;
 mod search;
 mod soak;
 
@@ -104,6 +105,33 @@ enum BenchCommand {
         corpus: std::path::PathBuf,
         #[arg(long)]
         limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Projection past one worker: the write side alone (a stand-in model) with 1, 2 and 4 workers beside
+    /// the same rows COPYed into a plain pgvector table with HNSW; the real model with 1 and 2 workers;
+    /// search throughput on the primary alone and with a streaming replica.
+    Scale {
+        /// BEIR-style JSONL ({"_id", "title", "text"}).
+        #[arg(long)]
+        corpus: std::path::PathBuf,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Worker counts for the write side.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        workers: Vec<usize>,
+        /// Documents the real model projects (0: skip).
+        #[arg(long, default_value_t = 400)]
+        model_documents: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        model_workers: Vec<usize>,
+        /// Concurrent searching clients, and for how long (0: skip the read runs).
+        #[arg(long, default_value_t = 8)]
+        read_clients: usize,
+        #[arg(long, default_value_t = 20.0)]
+        read_seconds: f64,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -225,6 +253,11 @@ async fn scratch_databases(name: &str) -> anyhow::Result<(Databases, Vec<sqlx::p
     Ok((databases, admins))
 }
 
+/// The scratch database's name for this run.
+fn scratch_name() -> String {
+    format!("recall_bench_{}", std::process::id())
+}
+
 /// Runs `work` on fresh scratch databases and drops them afterwards (unless `keep`), whatever `work`
 /// returned.
 async fn on_scratch_database<T, F, Fut>(keep: bool, work: F) -> anyhow::Result<T>
@@ -232,7 +265,7 @@ where
     F: FnOnce(Databases) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let name = format!("recall_bench_{}", std::process::id());
+    let name = scratch_name();
     let (databases, admins) = scratch_databases(&name)
         .await
         .context("creating the scratch database")?;
@@ -466,6 +499,90 @@ async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             } else {
                 for line in report.lines() {
                     println!("{line}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Scale {
+            corpus,
+            limit,
+            workers,
+            model_documents,
+            model_workers,
+            read_clients,
+            read_seconds,
+            json,
+            model,
+        } => {
+            let mut documents = read_corpus(&corpus, "bench")?;
+            documents.truncate(limit.unwrap_or(usize::MAX));
+            let embedder = std::sync::Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
+            let targets = DatabaseTargets::from_env();
+            // The replica copies the cluster that holds the read model, when recall runs it.
+            let replica_of = match (&targets.read_model, &targets.log) {
+                (Some(postgres::DatabaseTarget::Embedded { home, .. }), _)
+                | (None, postgres::DatabaseTarget::Embedded { home, .. }) => {
+                    Some(postgres::EmbeddedServer::locate(home.clone())?)
+                }
+                _ => None,
+            };
+            let config = scale::ScaleConfig {
+                workers,
+                model_documents,
+                model_workers,
+                read_clients,
+                read_seconds,
+                replica_of,
+                database: scratch_name(),
+            };
+            let report = on_scratch_database(false, |databases| async move {
+                Ok(scale::run_scale_bench(databases, embedder, documents, config).await?)
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{} documents, {} chunks, {} tokens, {} shards",
+                    report.documents, report.chunks, report.tokens, report.shards
+                );
+                for r in &report.write_side {
+                    println!(
+                        "write side (stand-in model), {} workers: {:.0} chunks/s ({:.2}x one worker)",
+                        r.workers, r.chunks_per_s, r.ratio
+                    );
+                }
+                for r in &report.copy_limit {
+                    println!(
+                        "COPY into a plain pgvector table with HNSW, {} connections: {:.0} rows/s",
+                        r.connections, r.rows_per_s
+                    );
+                }
+                println!(
+                    "best write side / best COPY: {:.0}%",
+                    report.write_side_of_limit * 100.0
+                );
+                let f = &report.footprint;
+                println!(
+                    "per chunk: table {:.0} B, HNSW {:.0} B (halfvec {:.0} B), GIN {:.0} B, b-trees {:.0} B, WAL {:.0} B; halfvec COPY {:.0} rows/s",
+                    f.table_bytes_per_chunk, f.hnsw_bytes_per_chunk, f.halfvec_hnsw_bytes_per_chunk, f.gin_bytes_per_chunk,
+                    f.btree_bytes_per_chunk, f.wal_bytes_per_chunk, f.halfvec_copy_rows_per_s
+                );
+                println!(
+                    "the model alone ({} documents): {:.0} tokens/s",
+                    report.model_documents, report.model_raw_tokens_per_s
+                );
+                for r in &report.model_projection {
+                    println!(
+                        "projection with the model, {} workers: {:.0} tokens/s, {:.1} chunks/s ({:.2}x one worker)",
+                        r.workers, r.tokens_per_s, r.chunks_per_s, r.ratio
+                    );
+                }
+                for r in &report.reads {
+                    println!(
+                        "dense searches, {} clients, primary + {} replicas: {:.0}/s, p50 {:.1} ms, p99 {:.1} ms",
+                        r.clients, r.replicas, r.searches_per_s, r.latency.p50_ms, r.latency.p99_ms
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
