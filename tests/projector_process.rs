@@ -152,15 +152,21 @@ async fn sigkilled_projection_restarts_into_exactly_the_clean_read_model(layout:
     assert_eq!(crashed.checkpoint, head);
 
     // A clean, single run of the same log into a generation of its own.
-    let clean = read_model::create_building(&pool, common::model_backend().embedder().identity(), 16)
+    let clean = clean_run(&db).await;
+    same_read_model(&pool, crashed.generation, clean, 1000).await;
+}
+
+/// The whole log projected by one worker alone into a new generation, for comparison.
+async fn clean_run(db: &recall::postgres::Databases) -> i64 {
+    let identity = common::model_backend().embedder().identity().clone();
+    let clean = read_model::create_building(db.read_model(), &identity, 16)
         .await
         .unwrap();
-    let p = Projector::new(&db, common::model_backend(), ProjectorOptions::default());
+    let p = Projector::new(db, common::model_backend(), ProjectorOptions::default());
     p.run_until_caught_up(Target::Generation(clean.generation))
         .await
         .unwrap();
-
-    same_read_model(&pool, crashed.generation, clean.generation, 1000).await;
+    clean.generation
 }
 
 /// The two generations hold the same chunks (rows, offsets, text; embeddings at cosine >= 0.99999) and
@@ -268,8 +274,8 @@ async fn receipt_holds(log: &PgPool, read_model: &PgPool) -> (i64, Vec<i64>) {
     let missing = events
         .into_iter()
         .filter(|(position, stream, event_type)| match event_type.as_str() {
-            "DocumentRemoved" => !documents.get(stream).is_some_and(|&(p, _)| p >= *position),
-            _ => !versions.contains(position) || !documents.get(stream).is_some_and(|&(p, _)| p >= *position),
+            "DocumentRemoved" => documents.get(stream).is_none_or(|&(p, _)| p < *position),
+            _ => !versions.contains(position) || documents.get(stream).is_none_or(|&(p, _)| p < *position),
         })
         .map(|(position, ..)| position)
         .collect();
@@ -430,14 +436,8 @@ async fn three_workers_killed_at_random_during_an_ingest_project_exactly_the_cle
 
     // The same log projected by one worker alone, into a generation of its own.
     let crashed = read_model::active(&pool).await.unwrap().unwrap();
-    let clean = read_model::create_building(&pool, common::model_backend().embedder().identity(), 16)
-        .await
-        .unwrap();
-    let p = Projector::new(&db, common::model_backend(), ProjectorOptions::default());
-    p.run_until_caught_up(Target::Generation(clean.generation))
-        .await
-        .unwrap();
-    same_read_model(&pool, crashed.generation, clean.generation, 480).await;
+    let clean = clean_run(&db).await;
+    same_read_model(&pool, crashed.generation, clean, 480).await;
 }
 
 in_both_layouts!(

@@ -120,22 +120,23 @@ impl ProjectorOptions {
     /// `RECALL_SHARDS` (for generations created from now on) and `RECALL_LEASE_SECONDS` over the defaults.
     pub fn from_env() -> Self {
         let mut options = ProjectorOptions::default();
-        if let Some(n) = env_number("RECALL_SHARDS").filter(|n| (1.0..=1024.0).contains(n)) {
+        if let Some(n) = env_number("RECALL_SHARDS", 1.0..=1024.0) {
             options.shards = n as i32;
         }
-        if let Some(s) = env_number("RECALL_LEASE_SECONDS").filter(|s| *s >= 0.5) {
+        if let Some(s) = env_number("RECALL_LEASE_SECONDS", 0.5..=3600.0) {
             options.lease = Duration::from_secs_f64(s);
         }
         options
     }
 }
 
-fn env_number(name: &str) -> Option<f64> {
+/// A number from the environment within `range`; anything else is said and the default kept.
+fn env_number(name: &str, range: std::ops::RangeInclusive<f64>) -> Option<f64> {
     let value = std::env::var(name).ok()?;
     match value.trim().parse::<f64>() {
-        Ok(n) if n.is_finite() => Some(n),
+        Ok(n) if range.contains(&n) => Some(n),
         _ => {
-            tracing::warn!(%name, %value, "not a number; using the default");
+            tracing::warn!(%name, %value, "not a number from {} to {}; using the default", range.start(), range.end());
             None
         }
     }

@@ -77,6 +77,8 @@ fn stand_in_vector(ids: &[u32], dimension: usize) -> Vec<f32> {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct WorkersRun {
     pub workers: usize,
+    pub chunks: i64,
+    pub tokens: i64,
     pub seconds: f64,
     pub chunks_per_s: f64,
     pub tokens_per_s: f64,
@@ -158,6 +160,29 @@ async fn project_with(
         done.map_err(|e| recall::projector::ProjectorError::Panicked(e.to_string()))??;
     }
     Ok((generation.generation, started.elapsed().as_secs_f64()))
+}
+
+/// `project_with`, measured against `first` (the one-worker run); the generation is left to the caller.
+async fn measured_run(
+    databases: &Databases,
+    backend: Arc<dyn EmbedBackend>,
+    workers: usize,
+    shards: i32,
+    first: Option<&WorkersRun>,
+) -> Result<(i64, WorkersRun), BenchError> {
+    let (generation, seconds) = project_with(databases, backend, workers, shards).await?;
+    let (chunks, tokens) = sizes(databases.read_model(), generation).await?;
+    eprintln!("{workers} workers: {chunks} chunks in {seconds:.1} s");
+    let run = WorkersRun {
+        workers,
+        chunks,
+        tokens,
+        seconds,
+        chunks_per_s: chunks as f64 / seconds,
+        tokens_per_s: tokens as f64 / seconds,
+        ratio: first.map_or(seconds, |r| r.seconds) / seconds,
+    };
+    Ok((generation, run))
 }
 
 async fn drop_generation(pool: &PgPool, generation: i64) -> Result<(), BenchError> {
@@ -367,22 +392,14 @@ pub async fn run_scale_bench(
     let mut measured = Footprint::default();
     for &workers in &config.workers {
         let wal = wal_position(&pool).await?;
-        let (generation, seconds) = project_with(&databases, stand_in.clone(), workers, shards).await?;
-        (chunks, tokens) = sizes(&pool, generation).await?;
+        let (generation, run) = measured_run(&databases, stand_in.clone(), workers, shards, write_side.first()).await?;
+        (chunks, tokens) = (run.chunks, run.tokens);
         if rows.is_empty() {
             measured = footprint(&pool, chunks, wal_since(&pool, &wal).await?).await?;
             rows = copy_rows(&pool, generation).await?;
         }
         drop_generation(&pool, generation).await?;
-        let base = write_side.first().map_or(seconds, |r| r.seconds);
-        eprintln!("write side, {workers} workers: {chunks} chunks in {seconds:.1} s");
-        write_side.push(WorkersRun {
-            workers,
-            seconds,
-            chunks_per_s: chunks as f64 / seconds,
-            tokens_per_s: tokens as f64 / seconds,
-            ratio: base / seconds,
-        });
+        write_side.push(run);
     }
 
     // The physical limit, from one connection and from as many as the most workers.
@@ -438,18 +455,10 @@ pub async fn run_scale_bench(
             .await?;
         let mut runs: Vec<WorkersRun> = Vec::new();
         for &workers in &config.model_workers {
-            let (generation, seconds) = project_with(&model_databases, backend.clone(), workers, shards).await?;
-            let (c, t) = sizes(model_databases.read_model(), generation).await?;
+            let (generation, run) =
+                measured_run(&model_databases, backend.clone(), workers, shards, runs.first()).await?;
             drop_generation(model_databases.read_model(), generation).await?;
-            let base = runs.first().map_or(seconds, |r| r.seconds);
-            eprintln!("the model, {workers} workers: {c} chunks in {seconds:.1} s");
-            runs.push(WorkersRun {
-                workers,
-                seconds,
-                chunks_per_s: c as f64 / seconds,
-                tokens_per_s: t as f64 / seconds,
-                ratio: base / seconds,
-            });
+            runs.push(run);
         }
         (Some((name, model_databases, admins)), raw, runs)
     };
