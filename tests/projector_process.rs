@@ -202,6 +202,18 @@ async fn same_read_model(pool: &PgPool, a: i64, b: i64, documents: usize) {
     assert_eq!(docs(a).await, docs(b).await);
 }
 
+/// Worker processes, SIGKILLed with the test should it fail half-way.
+struct Workers(Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for w in &mut self.0 {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}
+
 /// Which worker (by its roll entry, `host:pid`) holds each shard of the active generation now.
 async fn holders(pool: &PgPool) -> Vec<(i32, Option<String>)> {
     sqlx::query_as(
@@ -317,7 +329,8 @@ async fn three_workers_killed_at_random_during_an_ingest_project_exactly_the_cle
     let (db, options, read_options) = common::fresh_databases(layout).await;
     let url = (common::url_of(&options), read_options.as_ref().map(common::url_of));
     let pool = db.read_model().clone();
-    let mut workers: Vec<Child> = (0..3).map(|_| project(&url, &[])).collect();
+    let mut workers = Workers((0..3).map(|_| project(&url, &[])).collect());
+    let workers = &mut workers.0;
     let mut rng = rand::thread_rng();
 
     // The ingest runs in rounds while the workers project and are killed.
