@@ -333,19 +333,26 @@ async fn three_workers_killed_at_random_during_an_ingest_project_exactly_the_cle
     let workers = &mut workers.0;
     let mut rng = rand::thread_rng();
 
-    // The ingest runs in rounds while the workers project and are killed.
-    let log = db.log().clone();
-    let ingest = tokio::spawn(async move {
-        for round in 0..8 {
-            fill_range(&log, round * 60..(round + 1) * 60).await;
-            tokio::time::sleep(Duration::from_millis(400)).await;
-        }
-    });
+    // The ingest goes on in rounds, one before each kill, while the workers project.
+    const ROUNDS: usize = 8;
+    let mut round = 0;
     let mut kills = 0;
-    let mut receipts = Vec::new();
+    let mut receipts: Vec<i64> = Vec::new();
     let mut replays = Vec::new();
-    while !ingest.is_finished() || kills < 6 {
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(200..900))).await;
+    let store = EventStore::new(db.log().clone());
+    loop {
+        if round < ROUNDS {
+            fill_range(db.log(), round * 60..(round + 1) * 60).await;
+            round += 1;
+        }
+        // Each kill comes once the workers have made progress (however slowly a loaded machine starts
+        // them), at a random moment after.
+        let before = checkpoint(&pool).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while checkpoint(&pool).await == before && before < store.head().await.unwrap() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..700))).await;
         let victim = rng.gen_range(0..workers.len());
         workers[victim].kill().unwrap(); // SIGKILL
         workers[victim].wait().unwrap();
@@ -362,8 +369,12 @@ async fn three_workers_killed_at_random_during_an_ingest_project_exactly_the_cle
                 replays.push((mode, search_now(&pool, "something about topic 3, revised", mode).await));
             }
         }
+        let head = store.head().await.unwrap();
+        let mid_way = receipts.iter().filter(|&&r| r > 0 && r < head).count();
+        if (round == ROUNDS && kills >= 6 && mid_way >= 3) || kills >= 24 {
+            break;
+        }
     }
-    ingest.await.unwrap();
     let head = EventStore::new(db.log().clone()).head().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
     while checkpoint(&pool).await < head {

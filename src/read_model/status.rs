@@ -168,9 +168,11 @@ impl StatusReport {
         out.push_str("# HELP recall_projection_workers Projectors heard from in the last minute.\n# TYPE recall_projection_workers gauge\n");
         out.push_str(&format!("recall_projection_workers {}\n", self.workers.len()));
         let gauges: [Gauge; 8] = [
-            ("recall_projection_checkpoint", "Last log position projected.", |p| {
-                p.checkpoint as f64
-            }),
+            (
+                "recall_projection_checkpoint",
+                "The watermark: every shard has projected the log up to here.",
+                |p| p.checkpoint as f64,
+            ),
             ("recall_projection_lag_events", "Events not yet projected.", |p| {
                 p.lag_events as f64
             }),
