@@ -192,6 +192,23 @@ async fn a_streaming_replica_answers_reads_and_the_primary_covers_while_it_lags_
     .await
     .unwrap();
     assert_eq!(ids(&replayed), ids(&stale));
+    // A replay of a position the paused replica has not reached goes to the primary instead of failing.
+    let fresh = recall::search::search_on(
+        &readers,
+        Query {
+            text: "lagging standby receipt",
+            vector: None,
+        },
+        &SearchRequest {
+            mode: SearchMode::Lexical,
+            as_of: Some(second),
+            ..SearchRequest::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(fresh.position, second);
+    assert_eq!(ids(&fresh)[0], "lag");
 
     // Replay resumes: the replica catches up and answers for the new position again.
     sqlx::query("SELECT pg_wal_replay_resume()")

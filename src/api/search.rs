@@ -96,12 +96,13 @@ pub(crate) async fn run(state: &AppState, body: SearchBody) -> Result<SearchResp
     })?;
     state.wait_for(body.wait_for).await?;
     state
-        .within_deadline(answer(state, &body.query, &request, body.wait_for))
+        // A replay (as_of) needs a server that has reached its position as much as a wait does.
+        .within_deadline(answer(state, &body.query, &request, body.wait_for.max(request.as_of)))
         .await
 }
 
-/// `at_least`: the position waited for, which the server that answers (a replica if one has replayed
-/// it, else the primary) must have reached.
+/// `at_least`: the position waited for or replayed, which the server that answers (a replica if one has
+/// replayed it, else the primary) must have reached.
 async fn answer(
     state: &AppState,
     question: &str,

@@ -224,14 +224,16 @@ pub async fn search(pool: &PgPool, query: Query<'_>, request: &SearchRequest) ->
     Snapshot::open(pool, false).await?.search(query, request).await
 }
 
-/// The same search on a replica when one can answer (see [`Readers`]), else on the primary.
+/// The same search on a replica when one can answer (see [`Readers`]: one that has reached `as_of`, for a
+/// replay), else on the primary.
 pub async fn search_on(
     readers: &Readers,
     query: Query<'_>,
     request: &SearchRequest,
 ) -> Result<SearchResponse, SearchError> {
     request.validate(query)?;
-    let (snapshot, _) = Snapshot::live_from(readers, None).await?;
+    // A replay goes to a server that has reached its position.
+    let (snapshot, _) = Snapshot::live_from(readers, request.as_of).await?;
     snapshot.search(query, request).await
 }
 
