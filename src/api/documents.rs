@@ -582,15 +582,18 @@ async fn read_document(
     at_least: Option<i64>,
 ) -> Result<Option<ProjectedDocument>, ApiError> {
     let _turn = state.read_turn().await?;
-    let readers = state.readers();
-    let (pool, source) = readers.pick(at_least).await;
-    match read_model::document(pool, key).await {
-        Err(read_model::ReadModelError::Database(e)) if source != read_model::ReadSource::Primary => {
-            readers.failed(source, &e);
-            Ok(read_model::document(readers.primary(), key).await?)
-        }
-        other => Ok(other?),
-    }
+    let (document, _) = state
+        .readers()
+        .read(
+            at_least,
+            |pool| async move { read_model::document(&pool, key).await },
+            |e| match e {
+                read_model::ReadModelError::Database(e) => Some(e),
+                _ => None,
+            },
+        )
+        .await?;
+    Ok(document)
 }
 
 /// Every event of one document, oldest first, straight from the log.

@@ -49,17 +49,15 @@ impl Worker {
         Ok(())
     }
 
-    /// Extends every lease this worker holds; returns the shards it still holds, by generation.
-    pub async fn renew(&self, pool: &PgPool) -> Result<Vec<(i64, i32)>, sqlx::Error> {
+    /// Extends every lease this worker holds (a lost one shows at the next write, which it fences).
+    pub async fn renew(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
         self.heartbeat(pool, None).await?;
-        sqlx::query_as(
-            "UPDATE projection_shards SET lease_expires = now() + $2::interval
-             WHERE owner = $1 RETURNING generation, shard",
-        )
-        .bind(self.id)
-        .bind(self.lease_interval())
-        .fetch_all(pool)
-        .await
+        sqlx::query("UPDATE projection_shards SET lease_expires = now() + $2::interval WHERE owner = $1")
+            .bind(self.id)
+            .bind(self.lease_interval())
+            .execute(pool)
+            .await?;
+        Ok(())
     }
 
     /// Takes or gives back shards of `generation` towards a fair share, renewing the leases it keeps,

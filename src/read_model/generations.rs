@@ -86,6 +86,17 @@ impl Generation {
 const COLUMNS: &str =
     "generation, status, model_name, model_revision, dimension, shards, projection_watermark(generation) AS checkpoint";
 
+/// The active generation's watermark (0 before there is one): what read-your-writes waits on and a replica
+/// is judged by.
+pub async fn active_watermark(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let watermark: Option<i64> =
+        sqlx::query_scalar("SELECT projection_watermark(generation) FROM projections WHERE status = $1")
+            .bind(GenerationStatus::Active.as_str())
+            .fetch_optional(pool)
+            .await?;
+    Ok(watermark.unwrap_or(0))
+}
+
 /// The generation's watermark: the lowest of its shards' checkpoints.
 pub async fn watermark(pool: &PgPool, generation: i64) -> Result<i64, ReadModelError> {
     Ok(sqlx::query_scalar("SELECT projection_watermark($1)")

@@ -12,7 +12,7 @@ use sqlx::PgPool;
 
 use crate::postgres::Databases;
 
-use super::GenerationStatus;
+use super::generations::active_watermark;
 
 /// How long a replica that failed is left out before it is tried again.
 const LEFT_OUT_FOR: Duration = Duration::from_secs(5);
@@ -103,7 +103,7 @@ impl Readers {
                 let Some(position) = at_least else {
                     return (&replica.pool, ReadSource::Replica(i));
                 };
-                match watermark_of(&replica.pool).await {
+                match active_watermark(&replica.pool).await {
                     Ok(w) if w >= position => return (&replica.pool, ReadSource::Replica(i)),
                     Ok(_) => {}
                     Err(e) => self.failed(ReadSource::Replica(i), &e),
@@ -117,8 +117,31 @@ impl Readers {
         }
     }
 
+    /// Runs `read` on a server [`Readers::pick`] chooses. Should it fail on a replica, the primary reads
+    /// instead, and the replica is left out for a while if it cannot be reached (`database_error` finds
+    /// the database's error in `E`).
+    pub async fn read<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+        &self,
+        at_least: Option<i64>,
+        read: impl Fn(PgPool) -> F,
+        database_error: fn(&E) -> Option<&sqlx::Error>,
+    ) -> Result<(T, ReadSource), E> {
+        let (pool, source) = self.pick(at_least).await;
+        match read(pool.clone()).await {
+            Ok(value) => Ok((value, source)),
+            Err(e) if source != ReadSource::Primary => {
+                if let Some(error) = database_error(&e) {
+                    self.failed(source, error);
+                }
+                tracing::debug!(error = %e, ?source, "a replica could not answer; asking the primary");
+                Ok((read(self.primary.clone()).await?, ReadSource::Primary))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// A read on `source` failed: a replica that cannot be reached is left out for a while.
-    pub fn failed(&self, source: ReadSource, error: &sqlx::Error) {
+    fn failed(&self, source: ReadSource, error: &sqlx::Error) {
         if let ReadSource::Replica(i) = source {
             if crate::postgres::is_unavailable(error) {
                 tracing::warn!(replica = i, %error, "a read replica cannot be reached; reading elsewhere for now");
@@ -129,13 +152,4 @@ impl Readers {
             }
         }
     }
-}
-
-async fn watermark_of(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    let w: Option<i64> =
-        sqlx::query_scalar("SELECT projection_watermark(generation) FROM projections WHERE status = $1")
-            .bind(GenerationStatus::Active.as_str())
-            .fetch_optional(pool)
-            .await?;
-    Ok(w.unwrap_or(0))
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 
-use super::{GenerationStatus, ReadModelError, PROJECTED_CHANNEL};
+use super::generations::active_watermark;
+use super::{ReadModelError, PROJECTED_CHANNEL};
 
 /// Waits until the active generation has projected `position` (read-your-writes), or times out.
 pub async fn wait_for(pool: &PgPool, position: i64, timeout: Duration) -> Result<i64, ReadModelError> {
@@ -14,12 +15,7 @@ pub async fn wait_for(pool: &PgPool, position: i64, timeout: Duration) -> Result
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(PROJECTED_CHANNEL).await?;
     loop {
-        let checkpoint: Option<i64> =
-            sqlx::query_scalar("SELECT projection_watermark(generation) FROM projections WHERE status = $1")
-                .bind(GenerationStatus::Active.as_str())
-                .fetch_optional(pool)
-                .await?;
-        let checkpoint = checkpoint.unwrap_or(0);
+        let checkpoint = active_watermark(pool).await?;
         if checkpoint >= position {
             return Ok(checkpoint);
         }

@@ -8,7 +8,8 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use super::{GenerationStatus, PROJECTED_CHANNEL};
+use super::generations::active_watermark;
+use super::PROJECTED_CHANNEL;
 
 /// How often the checkpoint is read when no notification arrives.
 const POLL: Duration = Duration::from_secs(1);
@@ -48,16 +49,8 @@ async fn follow(pool: PgPool, sender: watch::Sender<i64>) {
                 Err(_) => None,
             };
         }
-        let read: Result<Option<i64>, sqlx::Error> =
-            sqlx::query_scalar("SELECT projection_watermark(generation) FROM projections WHERE status = $1")
-                .bind(GenerationStatus::Active.as_str())
-                .fetch_optional(&pool)
-                .await;
-        if let Ok(checkpoint) = read {
-            sender.send_if_modified(|c| {
-                let next = checkpoint.unwrap_or(0);
-                std::mem::replace(c, next) != next
-            });
+        if let Ok(next) = active_watermark(&pool).await {
+            sender.send_if_modified(|c| std::mem::replace(c, next) != next);
         }
         match listener.as_mut() {
             Some(l) => {

@@ -267,18 +267,16 @@ impl Snapshot {
     /// A live snapshot on a replica that has reached `at_least` when one has (see [`Readers::pick`]),
     /// else on the primary; a replica that fails to answer is left out and the primary asked instead.
     pub async fn live_from(readers: &Readers, at_least: Option<i64>) -> Result<(Self, ReadSource), SearchError> {
-        let (pool, source) = readers.pick(at_least).await;
-        match Self::open(pool, false).await {
-            Ok(snapshot) => Ok((snapshot, source)),
-            Err(e) if source != ReadSource::Primary => {
-                if let SearchError::Database(e) = &e {
-                    readers.failed(source, e);
-                }
-                tracing::debug!(error = %e, ?source, "a replica could not answer; asking the primary");
-                Ok((Self::open(readers.primary(), false).await?, ReadSource::Primary))
-            }
-            Err(e) => Err(e),
-        }
+        readers
+            .read(
+                at_least,
+                |pool| async move { Self::open(&pool, false).await },
+                |e| match e {
+                    SearchError::Database(e) => Some(e),
+                    _ => None,
+                },
+            )
+            .await
     }
 
     async fn open(pool: &PgPool, exact: bool) -> Result<Self, SearchError> {
