@@ -305,6 +305,7 @@ async fn step_with_model(db: &Databases, name: &str, dimension: usize) -> Projec
         name: name.into(),
         revision: "1".into(),
         dimension,
+        precision: Default::default(),
     };
     Projector::new(db, Arc::new(OtherModel { identity }), ProjectorOptions::default())
         .step(Target::Active)

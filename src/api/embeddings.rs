@@ -300,6 +300,7 @@ mod tests {
             name: "sentence-transformers/all-MiniLM-L6-v2".into(),
             revision: "r".into(),
             dimension: 384,
+            precision: Default::default(),
         };
         for name in ["sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2", "recall"] {
             assert!(names_model(name, &identity), "{name}");

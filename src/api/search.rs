@@ -1,5 +1,6 @@
 //! `POST /v1/search`: embed the question on the query path, search the read model, answer with a receipt.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -12,7 +13,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::domain::Scope;
-use crate::search::{self, SearchMode, SearchRequest, SearchResponse};
+use crate::embed::Precision;
+use crate::search::{self, QueryEncoder, SearchMode, SearchRequest, SearchResponse};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -116,17 +118,22 @@ async fn answer(
             return Ok(None);
         }
         let encoder = state.query_encoder()?;
-        let question = question.to_owned();
-        let vector = tokio::task::spawn_blocking(move || encoder.encode(&question))
-            .await
-            .map_err(|e| ApiError::internal(&e))?
-            .map_err(|e| ApiError::internal(&e))?;
+        let precision = encoder.embedder().precision();
+        let vector = embed_question(encoder, question, precision).await?;
         state.metrics().query_embed_latency.observe(started.elapsed());
         Ok::<_, ApiError>(Some(vector))
     };
     // The snapshot's round trips to the database overlap the model work instead of following it.
     let (vector, snapshot) = tokio::join!(embedding, search::Snapshot::live_from(state.readers(), at_least));
-    let (vector, (snapshot, _)) = (vector?, snapshot?);
+    let (mut vector, (snapshot, _)) = (vector?, snapshot?);
+    // The question was embedded at this server's precision, ahead of knowing the generation's; a
+    // generation built at another (after `recall rebuild --precision`) has it embedded again at its own.
+    let encoder = state.query_encoder();
+    if let (Some(_), Ok(encoder)) = (&vector, encoder) {
+        if snapshot.precision() != encoder.embedder().precision() {
+            vector = Some(embed_question(encoder, question, snapshot.precision()).await?);
+        }
+    }
     let query = search::Query {
         text: question,
         vector: vector.as_deref(),
@@ -134,4 +141,13 @@ async fn answer(
     let response = snapshot.search(query, request).await?;
     state.metrics().search_latency.observe(started.elapsed());
     Ok(response)
+}
+
+/// The question's vector at `precision`, on the query pool, off the async runtime.
+async fn embed_question(encoder: Arc<QueryEncoder>, question: &str, precision: Precision) -> Result<Vec<f32>, ApiError> {
+    let question = question.to_owned();
+    tokio::task::spawn_blocking(move || encoder.encode_at(&question, precision))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(|e| ApiError::internal(&e))
 }

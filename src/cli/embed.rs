@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::{json, Value};
 
-use recall::embed::{Embedder, EmbedderOptions, ModelSource};
+use recall::embed::{Embedder, EmbedderOptions, ModelSource, Precision};
 
 use super::values::{Device, Encoder};
 
@@ -30,6 +30,10 @@ pub struct ModelArgs {
     /// CPU threads for the model (default: all cores).
     #[arg(long, env = "RECALL_THREADS")]
     pub threads: Option<usize>,
+    /// The matrix multiplies' arithmetic: f32, bf16 (AVX512_BF16) or int8 (AVX512_VNNI). Part of a
+    /// read model's identity: workers must match its generation; `recall rebuild --precision` switches.
+    #[arg(long, env = "RECALL_PRECISION", default_value = "f32")]
+    pub precision: Precision,
 }
 
 impl ModelArgs {
@@ -57,6 +61,7 @@ impl ModelArgs {
                 device: self.device.into(),
                 max_batch_tokens: self.max_batch_tokens,
                 encoder: self.encoder.into(),
+                precision: self.precision,
             },
         )
     }

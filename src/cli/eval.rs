@@ -118,7 +118,9 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     }
 
     let questions: Vec<String> = queries.iter().map(|(_, q)| q.clone()).collect();
-    let vectors = question_vectors(mode.needs_vector().then(|| embedder.clone()), questions).await?;
+    // The local projector would have been refused a generation of another precision.
+    let precision = embedder.precision();
+    let vectors = question_vectors(mode.needs_vector().then(|| embedder.clone()), questions, precision).await?;
     // Documents rank by their best chunk: the search's own distinct-documents ranking, the very one an
     // agent gets, so that eval measures what users are served.
     let request = SearchRequest {

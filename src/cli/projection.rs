@@ -173,9 +173,10 @@ pub async fn rebuild(args: ProjectArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("rebuilding")?;
     eprintln!(
-        "generation {} is active, built with {} up to position {}",
+        "generation {} is active, built with {} at {} up to position {}",
         generation.generation,
         generation.model(),
+        generation.precision,
         generation.checkpoint
     );
     Ok(ExitCode::SUCCESS)
@@ -211,8 +212,8 @@ pub async fn status(json: bool, prometheus: bool) -> anyhow::Result<ExitCode> {
         }
         for p in &report.projections {
             println!(
-                "generation {} ({}): {} | watermark {} ({} shards, furthest at {}) | lag {} events, {:.1}s | {} documents, {} chunks | {} parked failures",
-                p.generation, p.status, p.model, p.checkpoint, p.shards, p.furthest_shard, p.lag_events, p.lag_seconds, p.documents, p.current_chunks, p.parked_failures
+                "generation {} ({}): {} at {} | watermark {} ({} shards, furthest at {}) | lag {} events, {:.1}s | {} documents, {} chunks | {} parked failures",
+                p.generation, p.status, p.model, p.precision, p.checkpoint, p.shards, p.furthest_shard, p.lag_events, p.lag_seconds, p.documents, p.current_chunks, p.parked_failures
             );
             if let (Some(since), Some(error)) = (p.retrying_since, &p.last_error) {
                 println!(

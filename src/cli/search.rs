@@ -9,7 +9,7 @@ use clap::Args;
 use serde_json::json;
 
 use recall::domain::Scope;
-use recall::embed::Embedder;
+use recall::embed::{Embedder, Precision};
 use recall::search::{search_on, Query, SearchRequest};
 
 use super::values::Mode;
@@ -57,10 +57,12 @@ pub(super) fn read_queries(path: &std::path::Path) -> anyhow::Result<Vec<(Option
 
 /// Each question's vector, or none when there is no model (lexical search). Each question is embedded
 /// on its own, as the HTTP API embeds one: a batch pads its rows and takes other kernels, whose rounding
-/// could swap near-ties, and the same request must rank alike through every interface.
+/// could swap near-ties, and the same request must rank alike through every interface. `precision`: the
+/// generation's, which its vectors were computed in.
 pub(super) async fn question_vectors(
     embedder: Option<Arc<Embedder>>,
     questions: Vec<String>,
+    precision: Precision,
 ) -> anyhow::Result<Vec<Option<Vec<f32>>>> {
     let Some(embedder) = embedder else {
         return Ok(vec![None; questions.len()]);
@@ -68,7 +70,7 @@ pub(super) async fn question_vectors(
     let vectors = tokio::task::spawn_blocking(move || {
         questions
             .iter()
-            .map(|q| Ok(embedder.encode(&[q.as_str()])?.remove(0)))
+            .map(|q| Ok(embedder.encode_at(&[q.as_str()], precision)?.remove(0)))
             .collect::<Result<Vec<_>, recall::embed::EmbedError>>()
     })
     .await??;
@@ -116,7 +118,11 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let questions: Vec<String> = queries.iter().map(|(_, q)| q.clone()).collect();
-    let vectors = question_vectors(embedder, questions).await?;
+    // Questions are embedded at the precision the active generation's vectors were.
+    let precision = recall::read_model::active(databases.read_model())
+        .await?
+        .map_or(args.model.precision, |g| g.precision);
+    let vectors = question_vectors(embedder, questions, precision).await?;
     for ((id, text), vector) in queries.iter().zip(vectors) {
         let query = Query {
             text,

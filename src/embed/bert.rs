@@ -9,6 +9,7 @@ use candle_transformers::models::bert::{Config, HiddenAct};
 
 use super::kernels::{layer_norm_rows, BiasGelu, BiasResidualLayerNorm, UnpaddedAttention};
 use super::matmul::Weight;
+use super::quantized::Precision;
 use super::EmbedError;
 
 struct Norm {
@@ -131,15 +132,25 @@ impl PackedBert {
         })
     }
 
-    /// Mean-pooled, L2-normalised embeddings of the given inputs (each with its special tokens), in order.
-    pub(crate) fn embed(&self, inputs: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
+    /// Packs every layer's weights for `precision` now rather than on the first batch.
+    pub(crate) fn prepare(&self, precision: Precision) {
+        for layer in &self.layers {
+            for weight in [&layer.qkv_t, &layer.attention_out_t, &layer.intermediate_t, &layer.output_t] {
+                weight.prepare(precision);
+            }
+        }
+    }
+
+    /// Mean-pooled, L2-normalised embeddings of the given inputs (each with its special tokens), in order,
+    /// with the matrix multiplies in `precision`.
+    pub(crate) fn embed(&self, inputs: &[&[u32]], precision: Precision) -> Result<Vec<Vec<f32>>, EmbedError> {
         // Enter the thread pool once for the whole forward pass: every parallel kernel inside then runs
         // as worker-local work, instead of each of its ~50 calls handing a job to the pool and sleeping
         // until it is done (which costs a thread wake-up each, and dominates a short query).
-        rayon::scope(|_| self.forward(inputs))
+        rayon::scope(|_| self.forward(inputs, precision))
     }
 
-    fn forward(&self, inputs: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
+    fn forward(&self, inputs: &[&[u32]], precision: Precision) -> Result<Vec<Vec<f32>>, EmbedError> {
         let h = self.hidden;
         let mut offsets = Vec::with_capacity(inputs.len() + 1);
         offsets.push(0usize);
@@ -179,19 +190,19 @@ impl PackedBert {
         for layer in &self.layers {
             let context = layer
                 .qkv_t
-                .apply(&x, Some(&layer.qkv_bias))?
+                .apply(&x, Some(&layer.qkv_bias), precision)?
                 .apply_op1_no_bwd(&UnpaddedAttention {
                     offsets: &offsets,
                     heads: self.heads,
                 })?;
             // The fused kernels below work in place on the matmul outputs, which nothing else holds.
-            let attended = layer.attention_out_t.apply(&context, None)?;
+            let attended = layer.attention_out_t.apply(&context, None, precision)?;
             attended.inplace_op2(&x, &layer.attention_norm.after(&layer.attention_out_bias, self.eps))?;
-            let intermediate = layer.intermediate_t.apply(&attended, None)?;
+            let intermediate = layer.intermediate_t.apply(&attended, None, precision)?;
             intermediate.inplace_op1(&BiasGelu {
                 bias: &layer.intermediate_bias,
             })?;
-            x = layer.output_t.apply(&intermediate, None)?;
+            x = layer.output_t.apply(&intermediate, None, precision)?;
             x.inplace_op2(&attended, &layer.output_norm.after(&layer.output_bias, self.eps))?;
         }
         let x = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;

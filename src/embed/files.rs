@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::EmbedError;
+use super::{EmbedError, Precision};
 
 pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
@@ -54,11 +54,18 @@ pub struct ModelIdentity {
     /// The hub revision, or `sha256:<first 16 hex>` of the weights for a local folder.
     pub revision: String,
     pub dimension: usize,
+    /// The arithmetic of its matrix multiplies: vectors of one model at two precisions differ slightly,
+    /// so a generation's are all of one.
+    pub precision: Precision,
 }
 
 impl std::fmt::Display for ModelIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{} ({} dims)", self.name, self.revision, self.dimension)
+        write!(
+            f,
+            "{}@{} ({} dims, {})",
+            self.name, self.revision, self.dimension, self.precision
+        )
     }
 }
 
@@ -190,6 +197,7 @@ impl ModelFiles {
             name,
             revision,
             dimension: config.hidden_size,
+            precision: Precision::F32,
         };
         Ok(ModelFiles {
             config,

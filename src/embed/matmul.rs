@@ -23,6 +23,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::kernels::{contiguous, SharedOut};
+use super::quantized::{LowPrecision, Precision};
 
 /// Columns per panel: one AVX-512 register, or two AVX2 registers, of f32.
 const PANEL: usize = 16;
@@ -39,12 +40,14 @@ const TRANSPOSE_STEPS: usize = 128;
 const MAX_ROWS: usize = 48;
 
 /// A (k, n) weight matrix in both layouts: row-major f32 for the general GEMM, and as n/16 panels of
-/// (k, 16) binary16 values (bit patterns), zero-padded to a whole panel, for a few rows.
+/// (k, 16) binary16 values (bit patterns), zero-padded to a whole panel, for a few rows; and the int8 and
+/// bf16 layouts (`quantized`), built when a precision first asks for them.
 pub(crate) struct Weight {
     k: usize,
     n: usize,
     rows: Vec<f32>,
     panels: Vec<u16>,
+    low: LowPrecision,
 }
 
 impl Weight {
@@ -61,12 +64,27 @@ impl Weight {
                 }
             }
         }
-        Ok(Weight { k, n, rows, panels })
+        Ok(Weight {
+            k,
+            n,
+            rows,
+            panels,
+            low: LowPrecision::default(),
+        })
     }
 
-    /// `x @ self + bias` (no bias when `None`).
-    pub(crate) fn apply(&self, x: &Tensor, bias: Option<&[f32]>) -> candle_core::Result<Tensor> {
-        x.apply_op1_no_bwd(&Matmul { weight: self, bias })
+    /// `x @ self + bias` (no bias when `None`) in `precision`.
+    pub(crate) fn apply(&self, x: &Tensor, bias: Option<&[f32]>, precision: Precision) -> candle_core::Result<Tensor> {
+        x.apply_op1_no_bwd(&Matmul {
+            weight: self,
+            bias,
+            precision,
+        })
+    }
+
+    /// Packs the weights for `precision` now, so that the first batch does not pay for it.
+    pub(crate) fn prepare(&self, precision: Precision) {
+        self.low.prepare(precision, &self.rows, self.k, self.n);
     }
 }
 
@@ -74,6 +92,7 @@ impl Weight {
 pub(crate) struct Matmul<'a> {
     pub weight: &'a Weight,
     pub bias: Option<&'a [f32]>,
+    pub precision: Precision,
 }
 
 impl CustomOp1 for Matmul<'_> {
@@ -91,7 +110,9 @@ impl CustomOp1 for Matmul<'_> {
             candle_core::bail!("matmul: the bias must have one value per output column ({})", w.n);
         }
         let x = contiguous(storage, layout, self.name())?;
-        let out = if m <= MAX_ROWS {
+        let out = if self.precision != Precision::F32 {
+            w.low.matmul(self.precision, &w.rows, w.k, w.n, x, m, self.bias)
+        } else if m <= MAX_ROWS {
             self.few_rows(x, m)
         } else {
             self.many_rows(x, m)
@@ -377,7 +398,13 @@ mod tests {
             let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
             let w = if m <= MAX_ROWS { &w16 } else { &w };
             for bias in [None, Some(bias.as_slice())] {
-                let got = xt.apply_op1_no_bwd(&Matmul { weight: &weight, bias }).unwrap();
+                let got = xt
+                    .apply_op1_no_bwd(&Matmul {
+                        weight: &weight,
+                        bias,
+                        precision: Precision::F32,
+                    })
+                    .unwrap();
                 assert_eq!(got.dims(), &[m, n]);
                 let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 for (i, (g, want)) in got.iter().zip(reference(&x, w, bias, m, k, n)).enumerate() {
@@ -466,6 +493,7 @@ mod tests {
             .apply_op1_no_bwd(&Matmul {
                 weight: &weight,
                 bias: None,
+                precision: Precision::F32,
             })
             .unwrap_err();
         assert!(err.to_string().contains("5 columns"), "{err}");
@@ -475,6 +503,7 @@ mod tests {
             .apply_op1_no_bwd(&Matmul {
                 weight: &weight,
                 bias: Some(&bias),
+                precision: Precision::F32,
             })
             .unwrap_err();
         assert!(err.to_string().contains("one value per output column"), "{err}");

@@ -9,12 +9,14 @@ mod files;
 mod kernels;
 mod matmul;
 mod model;
+mod quantized;
 
 use thiserror::Error;
 
 pub use chunker::{Chunk, ChunkOptions, Chunker, MAX_CHUNK_CHARS};
 pub use files::{ModelFiles, ModelIdentity, ModelSource, DEFAULT_MODEL};
 pub use model::{DevicePreference, Embedder, EmbedderOptions, EncoderKind};
+pub use quantized::Precision;
 
 #[derive(Debug, Error)]
 pub enum EmbedError {
@@ -28,6 +30,8 @@ pub enum EmbedError {
     Tokenizer(String),
     #[error("model error: {0}")]
     Model(#[from] candle_core::Error),
+    #[error("precision {precision} runs on the packed CPU encoder only; use --device cpu --encoder packed, or --precision f32")]
+    PrecisionNeedsPackedEncoder { precision: Precision },
     #[error(
         "this build has no CUDA support; rebuild with `cargo build --release --features cuda` or use --device cpu"
     )]

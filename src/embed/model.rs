@@ -9,7 +9,7 @@ use candle_transformers::models::bert::BertModel;
 use tokenizers::Tokenizer;
 
 use super::bert::PackedBert;
-use super::{ChunkOptions, Chunker, EmbedError, ModelFiles, ModelIdentity, ModelSource};
+use super::{ChunkOptions, Chunker, EmbedError, ModelFiles, ModelIdentity, ModelSource, Precision};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DevicePreference {
@@ -35,6 +35,8 @@ pub struct EmbedderOptions {
     pub max_batch_tokens: usize,
     /// On a GPU the padded encoder is used whatever this says.
     pub encoder: EncoderKind,
+    /// The matrix multiplies' arithmetic; int8 and bf16 need the packed CPU encoder.
+    pub precision: Precision,
 }
 
 impl Default for EmbedderOptions {
@@ -43,6 +45,7 @@ impl Default for EmbedderOptions {
             device: DevicePreference::Auto,
             max_batch_tokens: 8192,
             encoder: EncoderKind::Packed,
+            precision: Precision::F32,
         }
     }
 }
@@ -56,6 +59,8 @@ pub struct Embedder {
     encoder: Encoder,
     device: Device,
     files: ModelFiles,
+    /// The files' identity at this embedder's precision.
+    identity: ModelIdentity,
     tokenizer: Arc<Tokenizer>,
     cls: u32,
     sep: u32,
@@ -125,15 +130,29 @@ impl Embedder {
             reason: format!("does not match config.json: {e}"),
         };
         let encoder = if device.is_cpu() && options.encoder == EncoderKind::Packed {
-            Encoder::Packed(PackedBert::load(vb, &files.config).map_err(|e| mismatch(&e))?)
+            let model = PackedBert::load(vb, &files.config).map_err(|e| mismatch(&e))?;
+            model.prepare(options.precision);
+            Encoder::Packed(model)
+        } else if options.precision != Precision::F32 {
+            return Err(EmbedError::PrecisionNeedsPackedEncoder {
+                precision: options.precision,
+            });
         } else {
             Encoder::Padded(BertModel::load(vb, &files.config).map_err(|e| mismatch(&e))?)
         };
-        tracing::info!(model = %files.identity, device = ?device, "embedding model loaded");
+        let identity = ModelIdentity {
+            precision: options.precision,
+            ..files.identity.clone()
+        };
+        if !options.precision.accelerated() {
+            tracing::warn!(precision = %options.precision, "this CPU lacks the instructions for this precision; its kernels run portably (slowly)");
+        }
+        tracing::info!(model = %identity, device = ?device, "embedding model loaded");
         Ok(Embedder {
             encoder,
             device,
             files,
+            identity,
             tokenizer: Arc::new(tokenizer),
             cls,
             sep,
@@ -142,8 +161,13 @@ impl Embedder {
         })
     }
 
+    /// The model and the precision its vectors are computed in.
     pub fn identity(&self) -> &ModelIdentity {
-        &self.files.identity
+        &self.identity
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.identity.precision
     }
 
     pub fn dimension(&self) -> usize {
@@ -205,16 +229,29 @@ impl Embedder {
 
     /// Embeds whole texts (truncated), in input order.
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.encode_at(texts, self.precision())
+    }
+
+    /// Embeds whole texts at another precision than the embedder's own (a query against a generation
+    /// built at that precision); the weights are packed for it on first use.
+    pub fn encode_at(&self, texts: &[&str], precision: Precision) -> Result<Vec<Vec<f32>>, EmbedError> {
         let inputs = texts
             .iter()
             .map(|t| self.truncated_input(t))
             .collect::<Result<Vec<_>, _>>()?;
-        self.embed_inputs(&inputs)
+        self.embed_inputs_at(&inputs, precision)
     }
 
     /// Embeds prepared model inputs, in input order, batching by the token budget over length-sorted inputs.
-    #[tracing::instrument(skip_all, fields(inputs = inputs.len()))]
     pub fn embed_inputs(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.embed_inputs_at(inputs, self.precision())
+    }
+
+    #[tracing::instrument(skip_all, fields(inputs = inputs.len(), precision = %precision))]
+    pub fn embed_inputs_at(&self, inputs: &[Vec<u32>], precision: Precision) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if precision != Precision::F32 && !matches!(self.encoder, Encoder::Packed(_)) {
+            return Err(EmbedError::PrecisionNeedsPackedEncoder { precision });
+        }
         let mut order: Vec<usize> = (0..inputs.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(inputs[i].len()));
         let mut out = vec![Vec::new(); inputs.len()];
@@ -224,7 +261,7 @@ impl Embedder {
             let longest = inputs[order[at]].len().max(1);
             let rows = (self.options.max_batch_tokens / longest).max(1).min(order.len() - at);
             let batch: Vec<&[u32]> = order[at..at + rows].iter().map(|&i| inputs[i].as_slice()).collect();
-            for (k, vector) in self.forward(&batch)?.into_iter().enumerate() {
+            for (k, vector) in self.forward(&batch, precision)?.into_iter().enumerate() {
                 out[order[at + k]] = vector;
             }
             at += rows;
@@ -232,9 +269,9 @@ impl Embedder {
         Ok(out)
     }
 
-    fn forward(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
+    fn forward(&self, batch: &[&[u32]], precision: Precision) -> Result<Vec<Vec<f32>>, EmbedError> {
         match &self.encoder {
-            Encoder::Packed(model) => model.embed(batch),
+            Encoder::Packed(model) => model.embed(batch, precision),
             Encoder::Padded(model) => self.forward_padded(model, batch),
         }
     }

@@ -4,7 +4,7 @@
 use sqlx::PgPool;
 
 use super::ReadModelError;
-use crate::embed::ModelIdentity;
+use crate::embed::{ModelIdentity, Precision};
 
 /// Where a generation is in its life. Stored as its lowercase name (`projections.status`); SQL binds it
 /// from here rather than spelling it, so that the names live in one place.
@@ -56,6 +56,9 @@ pub struct Generation {
     pub model_name: String,
     pub model_revision: String,
     pub dimension: i32,
+    /// The arithmetic its vectors were computed in: workers and queries use the same.
+    #[sqlx(try_from = "String")]
+    pub precision: Precision,
     /// How many shards its log is split into (fixed for its life).
     pub shards: i32,
     /// The watermark: every shard has projected the log up to this position (migrations/0010).
@@ -71,20 +74,21 @@ impl Generation {
         if self.model_name == identity.name
             && self.model_revision == identity.revision
             && self.dimension as usize == identity.dimension
+            && self.precision == identity.precision
         {
             Ok(())
         } else {
             Err(ReadModelError::ModelMismatch {
                 generation: self.generation,
-                stored: self.model(),
-                offered: format!("{}@{}", identity.name, identity.revision),
+                stored: format!("{} at {}", self.model(), self.precision),
+                offered: format!("{}@{} at {}", identity.name, identity.revision, identity.precision),
             })
         }
     }
 }
 
 const COLUMNS: &str =
-    "generation, status, model_name, model_revision, dimension, shards, projection_watermark(generation) AS checkpoint";
+    "generation, status, model_name, model_revision, dimension, precision, shards, projection_watermark(generation) AS checkpoint";
 
 /// The active generation's watermark (0 before there is one): what read-your-writes waits on and a replica
 /// is judged by.
@@ -153,14 +157,15 @@ pub async fn active_for(pool: &PgPool, identity: &ModelIdentity, shards: i32) ->
         return Ok(g);
     }
     let created = sqlx::query_as(&format!(
-        "INSERT INTO projections (status, model_name, model_revision, dimension, shards, activated_at)
-         VALUES ($4, $1, $2, $3, $5, now()) ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
+        "INSERT INTO projections (status, model_name, model_revision, dimension, shards, precision, activated_at)
+         VALUES ($4, $1, $2, $3, $5, $6, now()) ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
     ))
     .bind(&identity.name)
     .bind(&identity.revision)
     .bind(identity.dimension as i32)
     .bind(GenerationStatus::Active.as_str())
     .bind(shards)
+    .bind(identity.precision.as_str())
     .fetch_optional(pool)
     .await?;
     match created {
@@ -213,14 +218,15 @@ pub async fn create_building(
 ) -> Result<Generation, ReadModelError> {
     check_dimension(pool, identity).await?;
     Ok(sqlx::query_as(&format!(
-        "INSERT INTO projections (status, model_name, model_revision, dimension, shards)
-         VALUES ($4, $1, $2, $3, $5) RETURNING {COLUMNS}"
+        "INSERT INTO projections (status, model_name, model_revision, dimension, shards, precision)
+         VALUES ($4, $1, $2, $3, $5, $6) RETURNING {COLUMNS}"
     ))
     .bind(&identity.name)
     .bind(&identity.revision)
     .bind(identity.dimension as i32)
     .bind(GenerationStatus::Building.as_str())
     .bind(shards)
+    .bind(identity.precision.as_str())
     .fetch_one(pool)
     .await?)
 }

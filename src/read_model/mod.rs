@@ -42,7 +42,7 @@ pub enum ReadModelError {
         dimension: usize,
         table: usize,
     },
-    #[error("generation {generation} of the read model was built with {stored}, not {offered}; run `recall rebuild` to re-embed everything with the new model")]
+    #[error("generation {generation} of the read model was built with {stored}, not {offered}; run with its model and precision (--model, --precision), or `recall rebuild` to re-embed everything with the new ones")]
     ModelMismatch {
         generation: i64,
         stored: String,

@@ -11,6 +11,8 @@ pub struct ProjectionStatus {
     pub status: GenerationStatus,
     pub model: String,
     pub dimension: i32,
+    /// The arithmetic of its vectors: f32, bf16 or int8.
+    pub precision: String,
     /// The watermark: every shard has projected the log up to here.
     pub checkpoint: i64,
     /// How many shards the generation's log is split into, and the furthest one's checkpoint.
@@ -76,6 +78,7 @@ pub async fn status(databases: &Databases) -> Result<StatusReport, ReadModelErro
         Option<String>,
         i32,
         i64,
+        String,
     )> = sqlx::query_as(
         "SELECT p.generation, p.status, p.model_name, p.model_revision, p.dimension,
                 projection_watermark(p.generation),
@@ -83,7 +86,8 @@ pub async fn status(databases: &Databases) -> Result<StatusReport, ReadModelErro
                 (SELECT count(*) FROM chunks c WHERE c.generation = p.generation AND c.valid_to IS NULL),
                 (SELECT count(*) FROM projection_failures f WHERE f.generation = p.generation AND f.resolved_at IS NULL),
                 p.retry_attempts, p.retrying_since, p.last_error, p.shards,
-                (SELECT coalesce(max(s.checkpoint), 0) FROM projection_shards s WHERE s.generation = p.generation)
+                (SELECT coalesce(max(s.checkpoint), 0) FROM projection_shards s WHERE s.generation = p.generation),
+                p.precision
          FROM projections p ORDER BY p.generation",
     )
     .fetch_all(pool)
@@ -119,6 +123,7 @@ pub async fn status(databases: &Databases) -> Result<StatusReport, ReadModelErro
                 last_error,
                 shards,
                 furthest_shard,
+                precision,
             )| {
                 ProjectionStatus {
                     generation,
@@ -126,6 +131,7 @@ pub async fn status(databases: &Databases) -> Result<StatusReport, ReadModelErro
                     status: GenerationStatus::try_from(status).unwrap_or(GenerationStatus::Retired),
                     model: format!("{name}@{revision}"),
                     dimension,
+                    precision,
                     checkpoint,
                     shards,
                     furthest_shard,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::embed::{EmbedError, Embedder};
+use crate::embed::{EmbedError, Embedder, Precision};
 use crate::runtime::ComputePool;
 
 pub struct QueryEncoder {
@@ -23,7 +23,12 @@ impl QueryEncoder {
     /// One query's vector (the text truncated at the model's max_seq_length, as sentence-transformers
     /// does). Blocking: call it from a blocking thread.
     pub fn encode(&self, query: &str) -> Result<Vec<f32>, EmbedError> {
-        let mut vectors = self.pool.install(|| self.embedder.encode(&[query]))?;
+        self.encode_at(query, self.embedder.precision())
+    }
+
+    /// One query's vector at `precision` (a generation's that differs from the embedder's own).
+    pub fn encode_at(&self, query: &str, precision: Precision) -> Result<Vec<f32>, EmbedError> {
+        let mut vectors = self.pool.install(|| self.embedder.encode_at(&[query], precision))?;
         Ok(vectors.remove(0))
     }
 

@@ -15,6 +15,7 @@ use sqlx::PgPool;
 use thiserror::Error;
 
 use crate::domain::Scope;
+use crate::embed::Precision;
 use crate::read_model::{ReadSource, Readers};
 
 #[derive(Debug, Error)]
@@ -256,6 +257,7 @@ pub struct Snapshot {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
     generation: i64,
     checkpoint: i64,
+    precision: Precision,
 }
 
 impl Snapshot {
@@ -294,8 +296,8 @@ impl Snapshot {
         //   the query's words and may scan every chunk instead of using the indexes;
         // - an exact search turns the index off.
         // set_config is volatile, so PostgreSQL evaluates the subquery although no column of it is read.
-        let (generation, checkpoint): (i64, i64) = sqlx::query_as(
-            "SELECT p.generation, projection_watermark(p.generation)
+        let (generation, checkpoint, precision): (i64, i64, String) = sqlx::query_as(
+            "SELECT p.generation, projection_watermark(p.generation), p.precision
              FROM (SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),
                           set_config('hnsw.ef_search', $1, true),
                           set_config('plan_cache_mode', 'force_custom_plan', true),
@@ -313,7 +315,14 @@ impl Snapshot {
             tx,
             generation,
             checkpoint,
+            // The table's CHECK admits only the three names.
+            precision: precision.parse().unwrap_or_default(),
         })
+    }
+
+    /// The precision the generation's vectors were computed in: a question's vector must be too.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Runs the search in this snapshot. The transaction only read, so ending it either way is the same:

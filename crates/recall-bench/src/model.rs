@@ -2,7 +2,7 @@
 
 use clap::{Args, ValueEnum};
 
-use recall::embed::{DevicePreference, Embedder, EmbedderOptions, EncoderKind, ModelSource};
+use recall::embed::{DevicePreference, Embedder, EmbedderOptions, EncoderKind, ModelSource, Precision};
 use recall::runtime::Priority;
 
 #[derive(Args, Clone)]
@@ -21,6 +21,9 @@ pub struct ModelArgs {
     /// CPU threads for the model (default: all cores).
     #[arg(long, env = "RECALL_THREADS")]
     threads: Option<usize>,
+    /// The matrix multiplies' arithmetic: f32, bf16 or int8.
+    #[arg(long, env = "RECALL_PRECISION", default_value = "f32")]
+    precision: Precision,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -65,6 +68,7 @@ impl ModelArgs {
                 Encoder::Packed => EncoderKind::Packed,
                 Encoder::Padded => EncoderKind::Padded,
             },
+            precision: self.precision,
         };
         let source = ModelSource::parse(self.model.as_deref());
         Ok(Embedder::load(&source, options)?)

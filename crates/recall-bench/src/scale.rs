@@ -34,6 +34,7 @@ impl StandIn {
                 name: "stand-in".into(),
                 revision: "hash-of-word-pieces".into(),
                 dimension: embedder.dimension(),
+                precision: Default::default(),
             },
         }
     }

@@ -1,0 +1,650 @@
+//! The encoder's matrix multiplies at lower precision (`--precision int8|bf16`), for CPUs that multiply
+//! int8 or bf16 faster than f32: AVX512_VNNI's `vpdpbusd` does 64 int8 multiply-adds where an f32 FMA
+//! does 16, AVX512_BF16's `vdpbf16ps` 32. Only the multiplies change: layer norm, softmax, GELU and
+//! pooling stay in f32 (`kernels`), and so do the products' sums (i32, or f32).
+//!
+//! int8: each weight column (an output channel) is scaled to [-127, 127] once, when the weights are
+//! packed; each row of activations is scaled to [0, 255] with a zero point when it arrives (dynamic,
+//! asymmetric: a GELU's outputs are nearly all above -0.17, so a symmetric range would waste half the
+//! codes). The integer sums are exact, so the zero point and both scales are applied once per output:
+//! y = sx * sw * (sum(qx * qw) - zx * sum(qw)) + bias.
+//! bf16: weights and activations rounded to bfloat16 (round to nearest even), sums in f32.
+//!
+//! Both share one layout: weights in panels of 64 columns (four AVX-512 registers), within a panel
+//! k in groups (4 int8 or 2 bf16 values, the width of one lane's dot product), so that one load gives 16
+//! columns' next group; activations in blocks of 6 rows stored group-major, so that one 32-bit broadcast
+//! gives a row's group. A block of rows against a panel keeps its 6 x 4 accumulators in registers for
+//! the whole of k. Without the instructions, a portable kernel computes the same products (the same
+//! integers, for int8), slowly.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::kernels::SharedOut;
+
+/// Columns per weight panel.
+const NR: usize = 64;
+/// Rows per block of activations (the register block is MR x NR).
+const MR: usize = 6;
+/// Blocks of rows per parallel task: 96 rows of activations stay in L2 while the task walks the panels.
+const TASK_BLOCKS: usize = 16;
+
+/// The arithmetic the encoder's matrix multiplies run in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 products and sums (a query's few rows multiply binary16-stored weights, widened to f32).
+    #[default]
+    F32,
+    /// bfloat16 weights and activations, f32 sums.
+    Bf16,
+    /// int8 weights (per output channel) and activations (per row), i32 sums.
+    Int8,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::Int8];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
+        }
+    }
+
+    /// Whether this CPU has the instructions that make the precision fast (else it runs portably).
+    pub fn accelerated(self) -> bool {
+        match self {
+            Precision::F32 => true,
+            Precision::Bf16 => has_bf16(),
+            Precision::Int8 => has_vnni(),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| format!("unknown precision {s:?}; use f32, bf16 or int8"))
+    }
+}
+
+impl TryFrom<String> for Precision {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+fn has_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// A (k, n) weight matrix packed for one of the lower precisions, built on first use.
+#[derive(Default)]
+pub(crate) struct LowPrecision {
+    int8: OnceLock<Int8Weight>,
+    bf16: OnceLock<Bf16Weight>,
+}
+
+impl LowPrecision {
+    /// `x @ w + bias` for x (m, k) row-major, `w` (k, n) row-major in f32 (packed on first use).
+    pub(crate) fn matmul(
+        &self,
+        precision: Precision,
+        w: &[f32],
+        k: usize,
+        n: usize,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+    ) -> Vec<f32> {
+        match precision {
+            Precision::Int8 => self.int8.get_or_init(|| Int8Weight::new(w, k, n)).matmul(x, m, bias),
+            Precision::Bf16 => self.bf16.get_or_init(|| Bf16Weight::new(w, k, n)).matmul(x, m, bias),
+            Precision::F32 => unreachable!("f32 multiplies go through matmul::Matmul"),
+        }
+    }
+
+    /// Packs the weights for `precision` now rather than on the first batch.
+    pub(crate) fn prepare(&self, precision: Precision, w: &[f32], k: usize, n: usize) {
+        match precision {
+            Precision::Int8 => drop(self.int8.get_or_init(|| Int8Weight::new(w, k, n))),
+            Precision::Bf16 => drop(self.bf16.get_or_init(|| Bf16Weight::new(w, k, n))),
+            Precision::F32 => {}
+        }
+    }
+}
+
+/// int8 weights: panels of NR columns, `[panel][group of 4 k][column][4]`, zero-padded; per column
+/// (padded to whole panels) its scale and the sum of its quantized values.
+struct Int8Weight {
+    k: usize,
+    n: usize,
+    groups: usize,
+    data: Vec<i8>,
+    scale: Vec<f32>,
+    sum: Vec<i32>,
+}
+
+impl Int8Weight {
+    fn new(w: &[f32], k: usize, n: usize) -> Self {
+        let (panels, groups) = (n.div_ceil(NR), k.div_ceil(4));
+        let mut scale = vec![0.0f32; panels * NR];
+        let mut sum = vec![0i32; panels * NR];
+        for (c, s) in scale.iter_mut().enumerate().take(n) {
+            let largest = (0..k).map(|kk| w[kk * n + c].abs()).fold(0.0f32, f32::max);
+            *s = if largest > 0.0 { largest / 127.0 } else { 1.0 };
+        }
+        let mut data = vec![0i8; panels * groups * NR * 4];
+        for kk in 0..k {
+            for c in 0..n {
+                let q = (w[kk * n + c] / scale[c]).round().clamp(-127.0, 127.0) as i8;
+                data[((c / NR * groups + kk / 4) * NR + c % NR) * 4 + kk % 4] = q;
+                sum[c] += q as i32;
+            }
+        }
+        Int8Weight {
+            k,
+            n,
+            groups,
+            data,
+            scale,
+            sum,
+        }
+    }
+
+    fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
+        let rows = Int8Rows::new(x, m, self.k, self.groups);
+        let panel_len = self.groups * NR * 4;
+        let block_len = self.groups * MR * 4;
+        let vnni = has_vnni();
+        drive(m, self.n, bias, |block, panel, tile| {
+            let a = &rows.data[block * block_len..(block + 1) * block_len];
+            let w = &self.data[panel * panel_len..(panel + 1) * panel_len];
+            let epilogue = Int8Epilogue {
+                row_scale: &rows.scale[block * MR..(block + 1) * MR],
+                row_zero: &rows.zero[block * MR..(block + 1) * MR],
+                col_scale: &self.scale[panel * NR..(panel + 1) * NR],
+                col_sum: &self.sum[panel * NR..(panel + 1) * NR],
+            };
+            #[cfg(target_arch = "x86_64")]
+            if vnni {
+                // SAFETY: the CPU has the kernel's features (`has_vnni`); the slices hold a whole block
+                // and a whole panel of `groups` groups.
+                return unsafe { int8_tile_vnni(a, w, self.groups, &epilogue, tile) };
+            }
+            let _ = vnni;
+            int8_tile_portable(a, w, self.groups, &epilogue, tile)
+        })
+    }
+}
+
+/// Activations quantized per row: blocks of MR rows, `[block][group][row][4]` (rows past m and values
+/// past k are zero, which the zero-padded weights ignore), with each row's scale and zero point.
+struct Int8Rows {
+    data: Vec<u8>,
+    scale: Vec<f32>,
+    zero: Vec<i32>,
+}
+
+impl Int8Rows {
+    fn new(x: &[f32], m: usize, k: usize, groups: usize) -> Self {
+        let blocks = m.div_ceil(MR);
+        let mut data = vec![0u8; blocks * groups * MR * 4];
+        let mut scale = vec![0.0f32; blocks * MR];
+        let mut zero = vec![0i32; blocks * MR];
+        data.par_chunks_mut(groups * MR * 4)
+            .zip(scale.par_chunks_mut(MR).zip(zero.par_chunks_mut(MR)))
+            .enumerate()
+            .for_each(|(b, (block, (scale, zero)))| {
+                for r in 0..MR.min(m - b * MR) {
+                    let row = &x[(b * MR + r) * k..(b * MR + r + 1) * k];
+                    let (s, z) = quantize_row(row, |g, q| block[(g * MR + r) * 4..(g * MR + r) * 4 + 4].copy_from_slice(&q));
+                    scale[r] = s;
+                    zero[r] = z;
+                }
+            });
+        Int8Rows { data, scale, zero }
+    }
+}
+
+/// Scales a row to [0, 255] with a zero point (the range always includes 0, so 0 is exact), handing
+/// out each group of 4 codes; returns the scale and the zero point.
+fn quantize_row(row: &[f32], mut put: impl FnMut(usize, [u8; 4])) -> (f32, i32) {
+    let (lo, hi) = row
+        .iter()
+        .fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let scale = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
+    let zero = (-lo / scale).round().clamp(0.0, 255.0);
+    let inverse = 1.0 / scale;
+    // 1.5 * 2^23: adding it rounds to the nearest integer and leaves it in the low mantissa bits, which
+    // vectorises where `as u8` (a saturating conversion) would go lane by lane.
+    const ROUNDER: f32 = 12_582_912.0;
+    for (g, values) in row.chunks(4).enumerate() {
+        let mut codes = [0u8; 4];
+        for (c, &v) in codes.iter_mut().zip(values) {
+            *c = ((v * inverse + zero).clamp(0.0, 255.0) + ROUNDER).to_bits() as u8;
+        }
+        put(g, codes);
+    }
+    (scale, zero as i32)
+}
+
+/// What turns a block's integer sums into outputs: y = row_scale * col_scale * (sum - row_zero * col_sum).
+struct Int8Epilogue<'a> {
+    row_scale: &'a [f32],
+    row_zero: &'a [i32],
+    col_scale: &'a [f32],
+    col_sum: &'a [i32],
+}
+
+fn int8_tile_portable(a: &[u8], w: &[i8], groups: usize, e: &Int8Epilogue, tile: &mut [f32; MR * NR]) {
+    let mut acc = [[0i32; NR]; MR];
+    for g in 0..groups {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let x = &a[(g * MR + r) * 4..(g * MR + r) * 4 + 4];
+            for (c, sum) in acc.iter_mut().enumerate() {
+                let wv = &w[(g * NR + c) * 4..(g * NR + c) * 4 + 4];
+                *sum += (0..4).map(|t| x[t] as i32 * wv[t] as i32).sum::<i32>();
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (c, &sum) in acc.iter().enumerate() {
+            tile[r * NR + c] = (sum - e.row_zero[r] * e.col_sum[c]) as f32 * (e.row_scale[r] * e.col_scale[c]);
+        }
+    }
+}
+
+/// One block of MR rows against one panel with `vpdpbusd`: per group, four loads of 16 columns' 4
+/// weights, and per row one broadcast of its 4 codes and four dot products.
+///
+/// # Safety
+/// The CPU has the target features below; `a` holds `groups * MR * 4` codes, `w` `groups * NR * 4`
+/// weights, and the epilogue's slices MR rows and NR columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn int8_tile_vnni(a: &[u8], w: &[i8], groups: usize, e: &Int8Epilogue, tile: &mut [f32; MR * NR]) {
+    use std::arch::x86_64::*;
+    assert!(a.len() >= groups * MR * 4 && w.len() >= groups * NR * 4);
+    assert!(e.row_scale.len() >= MR && e.row_zero.len() >= MR && e.col_scale.len() >= NR && e.col_sum.len() >= NR);
+    // SAFETY: the reads stay within the lengths asserted above, the writes within the tile.
+    unsafe {
+        let mut acc = [[_mm512_setzero_si512(); 4]; MR];
+        let (ap, wp) = (a.as_ptr(), w.as_ptr());
+        for g in 0..groups {
+            let wg = wp.add(g * NR * 4);
+            let wv = [0, 1, 2, 3].map(|j| _mm512_loadu_si512(wg.add(j * 64) as *const _));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_epi32((ap.add((g * MR + r) * 4) as *const i32).read_unaligned());
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_dpbusd_epi32(*acc, xv, wv[j]);
+                }
+            }
+        }
+        for j in 0..4 {
+            let col_scale = _mm512_loadu_ps(e.col_scale.as_ptr().add(j * 16));
+            let col_sum = _mm512_loadu_si512(e.col_sum.as_ptr().add(j * 16) as *const _);
+            for (r, acc) in acc.iter().enumerate() {
+                let zero = _mm512_mullo_epi32(_mm512_set1_epi32(e.row_zero[r]), col_sum);
+                let sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[j], zero));
+                let y = _mm512_mul_ps(sum, _mm512_mul_ps(col_scale, _mm512_set1_ps(e.row_scale[r])));
+                _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR + j * 16), y);
+            }
+        }
+    }
+}
+
+/// bf16 weights: panels of NR columns, `[panel][pair of k][column][2]` (bit patterns), zero-padded.
+struct Bf16Weight {
+    k: usize,
+    n: usize,
+    pairs: usize,
+    data: Vec<u16>,
+}
+
+impl Bf16Weight {
+    fn new(w: &[f32], k: usize, n: usize) -> Self {
+        let (panels, pairs) = (n.div_ceil(NR), k.div_ceil(2));
+        let mut data = vec![0u16; panels * pairs * NR * 2];
+        for kk in 0..k {
+            for c in 0..n {
+                data[((c / NR * pairs + kk / 2) * NR + c % NR) * 2 + kk % 2] = bf16_bits(w[kk * n + c]);
+            }
+        }
+        Bf16Weight { k, n, pairs, data }
+    }
+
+    fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
+        let (k, pairs) = (self.k, self.pairs);
+        let blocks = m.div_ceil(MR);
+        let block_len = pairs * MR * 2;
+        let mut rows = vec![0u16; blocks * block_len];
+        rows.par_chunks_mut(block_len).enumerate().for_each(|(b, block)| {
+            for r in 0..MR.min(m - b * MR) {
+                for (kk, &v) in x[(b * MR + r) * k..(b * MR + r + 1) * k].iter().enumerate() {
+                    block[(kk / 2 * MR + r) * 2 + kk % 2] = bf16_bits(v);
+                }
+            }
+        });
+        let panel_len = pairs * NR * 2;
+        let fast = has_bf16();
+        drive(m, self.n, bias, |block, panel, tile| {
+            let a = &rows[block * block_len..(block + 1) * block_len];
+            let w = &self.data[panel * panel_len..(panel + 1) * panel_len];
+            #[cfg(target_arch = "x86_64")]
+            if fast {
+                // SAFETY: the CPU has the kernel's features (`has_bf16`); the slices hold a whole block
+                // and a whole panel of `pairs` pairs.
+                return unsafe { bf16_tile_avx512(a, w, pairs, tile) };
+            }
+            let _ = fast;
+            bf16_tile_portable(a, w, pairs, tile)
+        })
+    }
+}
+
+/// f32 to bfloat16, rounding to nearest even (the encoder's values are finite).
+fn bf16_bits(v: f32) -> u16 {
+    let bits = v.to_bits();
+    ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+fn bf16_value(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+fn bf16_tile_portable(a: &[u16], w: &[u16], pairs: usize, tile: &mut [f32; MR * NR]) {
+    tile.fill(0.0);
+    for p in 0..pairs {
+        for r in 0..MR {
+            let x = [bf16_value(a[(p * MR + r) * 2]), bf16_value(a[(p * MR + r) * 2 + 1])];
+            for c in 0..NR {
+                let i = (p * NR + c) * 2;
+                tile[r * NR + c] += x[0] * bf16_value(w[i]) + x[1] * bf16_value(w[i + 1]);
+            }
+        }
+    }
+}
+
+/// One block of MR rows against one panel with `vdpbf16ps`, laid out as the int8 kernel's.
+///
+/// # Safety
+/// The CPU has the target features below; `a` holds `pairs * MR * 2` values and `w` `pairs * NR * 2`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn bf16_tile_avx512(a: &[u16], w: &[u16], pairs: usize, tile: &mut [f32; MR * NR]) {
+    use std::arch::x86_64::*;
+    assert!(a.len() >= pairs * MR * 2 && w.len() >= pairs * NR * 2);
+    // SAFETY: the reads stay within the lengths asserted above, the writes within the tile; __m512bh
+    // and __m512i are the same 64 bytes.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 4]; MR];
+        let (ap, wp) = (a.as_ptr(), w.as_ptr());
+        for p in 0..pairs {
+            let wg = wp.add(p * NR * 2);
+            let wv: [__m512bh; 4] =
+                [0, 1, 2, 3].map(|j| std::mem::transmute(_mm512_loadu_si512(wg.add(j * 32) as *const _)));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let xv: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32((ap.add((p * MR + r) * 2) as *const i32).read_unaligned()));
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_dpbf16_ps(*acc, xv, wv[j]);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (j, acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR + j * 16), *acc);
+            }
+        }
+    }
+}
+
+/// Runs `tile(block, panel, out)` for every block of MR rows against every panel of NR columns, in
+/// parallel, and gathers the tiles into the (m, n) output with the bias added. A task is up to
+/// TASK_BLOCKS blocks against one panel, ordered block-major, so that consecutive tasks (one thread's,
+/// as rayon splits a range) reuse the same rows; a few rows (a query) make one task per panel.
+fn drive(
+    m: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    tile: impl Fn(usize, usize, &mut [f32; MR * NR]) + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; m * n];
+    let shared = SharedOut(out.as_mut_ptr());
+    let (blocks, panels) = (m.div_ceil(MR), n.div_ceil(NR));
+    let chunks = blocks.div_ceil(TASK_BLOCKS);
+    (0..chunks * panels).into_par_iter().for_each(|task| {
+        let shared = &shared;
+        let (chunk, panel) = (task / panels, task % panels);
+        let cols = NR.min(n - panel * NR);
+        let mut values = [0.0f32; MR * NR];
+        for block in chunk * TASK_BLOCKS..((chunk + 1) * TASK_BLOCKS).min(blocks) {
+            tile(block, panel, &mut values);
+            for r in 0..MR.min(m - block * MR) {
+                let row = &mut values[r * NR..r * NR + cols];
+                if let Some(bias) = bias {
+                    row.iter_mut().zip(&bias[panel * NR..]).for_each(|(v, b)| *v += b);
+                }
+                // SAFETY: row block * MR + r < m, columns panel * NR .. + cols < n: inside `out`, and
+                // only this task writes this block's rows of this panel.
+                unsafe {
+                    let dst = shared.0.add((block * MR + r) * n + panel * NR);
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols);
+                }
+            }
+        }
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pseudo-random values in [-1, 1): rounding errors of a periodic pattern would all line up.
+    fn value(i: usize) -> f32 {
+        let h = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        (h >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    /// x @ w + bias in f64, from the values the kernels actually multiply (`xq`, `wq`).
+    fn reference(xq: &[f64], wq: &[f64], bias: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut out = vec![0.0f64; m * n];
+        for r in 0..m {
+            for c in 0..n {
+                out[r * n + c] = (0..k).map(|i| xq[r * k + i] * wq[i * n + c]).sum::<f64>() + bias[c] as f64;
+            }
+        }
+        out
+    }
+
+    /// Every kernel this CPU can run, the dispatched one included, against the f64 product of the same
+    /// quantized values: shapes with partial panels, groups and blocks.
+    #[test]
+    fn int8_matches_the_f64_product_of_its_quantized_values() {
+        for (m, k, n) in [(1, 5, 3), (7, 53, 70), (13, 384, 64), (100, 130, 129)] {
+            let w: Vec<f32> = (0..k * n).map(|i| value(i) * 0.2).collect();
+            let x: Vec<f32> = (0..m * k).map(|i| value(i + 17) * 3.0 + 0.5).collect();
+            let bias: Vec<f32> = (0..n).map(|i| value(i + 3)).collect();
+            let weight = Int8Weight::new(&w, k, n);
+            let rows = Int8Rows::new(&x, m, k, weight.groups);
+            // The dequantized values: w = sw * qw, x = sx * (qx - zx).
+            let wq: Vec<f64> = (0..k * n)
+                .map(|i| {
+                    let (kk, c) = (i / n, i % n);
+                    let q = weight.data[((c / NR * weight.groups + kk / 4) * NR + c % NR) * 4 + kk % 4];
+                    q as f64 * weight.scale[c] as f64
+                })
+                .collect();
+            let xq: Vec<f64> = (0..m * k)
+                .map(|i| {
+                    let (r, kk) = (i / k, i % k);
+                    let q = rows.data[((r / MR * weight.groups + kk / 4) * MR + r % MR) * 4 + kk % 4];
+                    (q as f64 - rows.zero[r] as f64) * rows.scale[r] as f64
+                })
+                .collect();
+            let want = reference(&xq, &wq, &bias, m, k, n);
+            let exact = reference(
+                &x.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                &w.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                &bias,
+                m,
+                k,
+                n,
+            );
+            let got = weight.matmul(&x, m, Some(&bias));
+            let scale = exact.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            for (i, (g, want)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (*g as f64 - want).abs() <= 1e-5 * scale.max(1.0),
+                    "({m}, {k}, {n}) element {i}: {g} against {want}"
+                );
+            }
+            // And the quantization itself stays close to the exact product: its error is within 1% of
+            // the outputs' spread (root mean squares).
+            let rms = |v: &mut dyn Iterator<Item = f64>| {
+                let (sum, count) = v.fold((0.0, 0usize), |(s, c), x| (s + x * x, c + 1));
+                (sum / count as f64).sqrt()
+            };
+            let error = rms(&mut got.iter().zip(&exact).map(|(g, e)| *g as f64 - e));
+            let spread = rms(&mut exact.iter().copied());
+            assert!(error <= 0.01 * spread, "({m}, {k}, {n}): error {error} for outputs of {spread}");
+            // The portable kernel gives the same integers, so the same outputs.
+            if has_vnni() {
+                let groups = weight.groups;
+                for block in 0..m.div_ceil(MR) {
+                    for panel in 0..n.div_ceil(NR) {
+                        let a = &rows.data[block * groups * MR * 4..(block + 1) * groups * MR * 4];
+                        let wp = &weight.data[panel * groups * NR * 4..(panel + 1) * groups * NR * 4];
+                        let e = Int8Epilogue {
+                            row_scale: &rows.scale[block * MR..(block + 1) * MR],
+                            row_zero: &rows.zero[block * MR..(block + 1) * MR],
+                            col_scale: &weight.scale[panel * NR..(panel + 1) * NR],
+                            col_sum: &weight.sum[panel * NR..(panel + 1) * NR],
+                        };
+                        let (mut fast, mut slow) = ([0.0f32; MR * NR], [0.0f32; MR * NR]);
+                        // SAFETY: detected above; the slices are a whole block and panel.
+                        unsafe { int8_tile_vnni(a, wp, groups, &e, &mut fast) };
+                        int8_tile_portable(a, wp, groups, &e, &mut slow);
+                        assert_eq!(fast, slow, "({m}, {k}, {n}) block {block} panel {panel}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_matches_the_f64_product_of_its_rounded_values() {
+        for (m, k, n) in [(1, 5, 3), (7, 53, 70), (13, 384, 64), (100, 130, 129)] {
+            let w: Vec<f32> = (0..k * n).map(|i| value(i) * 0.2).collect();
+            let x: Vec<f32> = (0..m * k).map(|i| value(i + 17) * 3.0 + 0.5).collect();
+            let bias: Vec<f32> = (0..n).map(|i| value(i + 3)).collect();
+            let round = |v: &f32| bf16_value(bf16_bits(*v)) as f64;
+            let want = reference(
+                &x.iter().map(round).collect::<Vec<_>>(),
+                &w.iter().map(round).collect::<Vec<_>>(),
+                &bias,
+                m,
+                k,
+                n,
+            );
+            let weight = Bf16Weight::new(&w, k, n);
+            let scale = want.iter().fold(1.0f64, |a, v| a.max(v.abs()));
+            let mut kernels: Vec<(&str, Vec<f32>)> = vec![("dispatched", weight.matmul(&x, m, Some(&bias)))];
+            if has_bf16() {
+                // The portable kernel, by way of the same driver.
+                let pairs = weight.pairs;
+                let mut rows = vec![0u16; m.div_ceil(MR) * pairs * MR * 2];
+                for (i, &v) in x.iter().enumerate() {
+                    let (r, kk) = (i / k, i % k);
+                    rows[((r / MR * pairs + kk / 2) * MR + r % MR) * 2 + kk % 2] = bf16_bits(v);
+                }
+                let out = drive(m, n, Some(&bias), |b, p, tile| {
+                    let a = &rows[b * pairs * MR * 2..(b + 1) * pairs * MR * 2];
+                    bf16_tile_portable(a, &weight.data[p * pairs * NR * 2..(p + 1) * pairs * NR * 2], pairs, tile)
+                });
+                kernels.push(("portable", out));
+            }
+            for (name, got) in kernels {
+                for (i, (g, want)) in got.iter().zip(&want).enumerate() {
+                    // Products of bf16 values are exact in f32; only the f32 sums round.
+                    assert!(
+                        (*g as f64 - want).abs() <= 1e-5 * scale,
+                        "{name} ({m}, {k}, {n}) element {i}: {g} against {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(bf16_bits(1.0), 0x3F80);
+        // 1 + 2^-8 is halfway between two bf16 values: ties go to the even one (1.0).
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3F80);
+        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3F82);
+        assert_eq!(bf16_bits(-2.5), half::bf16::from_f32(-2.5).to_bits());
+        for i in 0..10_000 {
+            let v = value(i) * 1e3 + i as f32 * 1e-3;
+            assert_eq!(bf16_bits(v), half::bf16::from_f32(v).to_bits(), "{v}");
+        }
+    }
+
+    #[test]
+    fn a_row_keeps_zero_exact_and_uses_the_whole_code_range() {
+        let row = [-0.17f32, 0.0, 3.0, 1.2, -0.05];
+        let mut codes = Vec::new();
+        let (scale, zero) = quantize_row(&row, |_, q| codes.extend_from_slice(&q));
+        assert_eq!(codes[1] as i32, zero, "0 maps to the zero point exactly");
+        assert_eq!(codes[2], 255);
+        assert_eq!(codes[0], 0);
+        for (v, q) in row.iter().zip(&codes) {
+            assert!((scale * (*q as f32 - zero as f32) - v).abs() <= scale / 2.0 + 1e-6, "{v} -> {q}");
+        }
+        // A constant row (all zeros) is all zero points.
+        let (_, zero) = quantize_row(&[0.0; 8], |_, q| assert_eq!(q, [0; 4]));
+        assert_eq!(zero, 0);
+    }
+
+    #[test]
+    fn precisions_parse_and_name_themselves() {
+        for p in Precision::ALL {
+            assert_eq!(p.as_str().parse::<Precision>().unwrap(), p);
+        }
+        assert_eq!("INT8".parse::<Precision>().unwrap(), Precision::Int8);
+        let err = "fp16".parse::<Precision>().unwrap_err();
+        assert!(err.contains("f32, bf16 or int8"), "{err}");
+    }
+}
