@@ -1,6 +1,10 @@
 """Throughput of sentence-transformers and ONNX Runtime on a JSONL corpus ({"text"} a line), measured the
 way `recall-bench embed` measures: truncation at 256 word pieces, length-sorted batches, median of 3
-passes after a warm-up, plus the median latency of one short query. Run through benches/compare.sh."""
+passes after a warm-up, plus the median latency of one short query. ONNX Runtime runs its fp32 export, its
+BERT graph optimizer, and its own dynamic int8 quantization of the optimized graph (per tensor, its
+default, and per channel). Every variant's vectors, and recall's (--recall NAME=FILE, `recall embed`
+output in corpus order), are compared with sentence-transformers' by cosine (min and mean).
+Run through benches/compare.sh."""
 import argparse, json, os, statistics, time
 
 import numpy as np
@@ -23,8 +27,14 @@ def query_ms(fn, n=50):
         t = time.perf_counter(); fn(); samples.append((time.perf_counter() - t) * 1e3)
     return statistics.median(samples)
 
-def report(name, passages, tokens, seconds, q):
-    print(f"{name:<44} {passages / seconds:7.1f} passages/s {tokens / seconds:8.0f} tokens/s   query p50 {q:.2f} ms")
+def report(name, passages, tokens, seconds, q, cos=None):
+    quality = f"   cosine to s-t min {cos[0]:.4f} mean {cos[1]:.5f}" if cos else ""
+    print(f"{name:<52} {passages / seconds:7.1f} passages/s {tokens / seconds:8.0f} tokens/s   query p50 {q:.2f} ms{quality}")
+
+def cosines(vectors, reference):
+    v = np.asarray(vectors, dtype=np.float64); r = np.asarray(reference, dtype=np.float64)
+    c = (v * r).sum(1) / (np.linalg.norm(v, axis=1) * np.linalg.norm(r, axis=1))
+    return float(c.min()), float(c.mean())
 
 def main():
     ap = argparse.ArgumentParser()
@@ -34,6 +44,7 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--work", default=".cache/compare")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda for sentence-transformers on a GPU")
+    ap.add_argument("--recall", action="append", default=[], help="NAME=FILE: recall embed output to compare")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     texts = [json.loads(l)["text"] for l in open(a.corpus) if l.strip()]
@@ -48,6 +59,13 @@ def main():
 
     s = timed(lambda: st.encode(sorted_texts, batch_size=a.batch, normalize_embeddings=True))
     report(f"sentence-transformers (PyTorch {a.device})", len(texts), tokens, s, query_ms(lambda: st.encode([QUERY])))
+    reference = st.encode(sorted_texts, batch_size=a.batch, normalize_embeddings=True)
+    for spec in a.recall:
+        name, path = spec.split("=", 1)
+        got = [json.loads(l)["embedding"] for l in open(path) if l.strip()]
+        assert len(got) == len(texts), f"{path}: {len(got)} vectors for {len(texts)} passages"
+        lo, mean = cosines([got[i] for i in order], reference)
+        print(f"{'recall ' + name:<52} cosine to s-t min {lo:.4f} mean {mean:.5f}")
     if a.device != "cpu":
         return  # ONNX Runtime is measured on the CPU only
 
@@ -87,12 +105,22 @@ def main():
             v = (h * m).sum(1) / m.sum(1)
             return v / np.linalg.norm(v, axis=1, keepdims=True)
         def corpus():
-            for i in range(0, len(sorted_texts), a.batch):
-                embed(sorted_texts[i:i + a.batch])
-        report(name, len(texts), tokens, timed(corpus), query_ms(lambda: embed([QUERY])))
+            return np.concatenate([embed(sorted_texts[i:i + a.batch]) for i in range(0, len(sorted_texts), a.batch)])
+        seconds = timed(corpus)
+        report(name, len(texts), tokens, seconds, query_ms(lambda: embed([QUERY])), cosines(corpus(), reference))
 
     run_ort(plain, "ONNX Runtime fp32, plain export")
     run_ort(optimized, "ONNX Runtime fp32, BERT graph optimizer")
+    # Its own dynamic quantization (int8 weights, activations quantized at run time, u8 x s8 products on
+    # VNNI) of the optimized graph, as ONNX Runtime's documentation recommends for transformers.
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    for per_channel in (False, True):
+        path = os.path.join(a.work, f"model-opt-int8{'-per-channel' if per_channel else ''}.onnx")
+        if not os.path.exists(path):
+            quantize_dynamic(optimized, path, weight_type=QuantType.QInt8, per_channel=per_channel)
+        run_ort(path, f"ONNX Runtime int8 dynamic, {'per channel' if per_channel else 'per tensor'}")
+    # ONNX Runtime's CPU provider has no bf16 matrix multiply on x86 (its bf16 fast math is an ARM64
+    # option), so there is no bf16 row for it.
 
 if __name__ == "__main__":
     main()

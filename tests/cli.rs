@@ -348,3 +348,59 @@ async fn named_pipes_are_refused_at_once_and_byte_order_marks_ignored() {
         text(&out.stdout)
     );
 }
+
+/// `recall rebuild --precision int8` switches the read model over; a worker at the old precision is then
+/// refused with the way out in its message, `recall status` names the precision, and `recall search` (at
+/// the default f32) embeds its question at the generation's int8: a document's exact text comes back at
+/// cosine 1, which an f32 question against the int8 vectors would not reach.
+#[tokio::test]
+async fn a_rebuild_switches_the_precision_and_workers_and_questions_follow() {
+    let cli = Cli::new().await;
+    let glacier = "Glaciers carve U-shaped valleys as they flow, plucking rock from the valley floor and grinding it against the walls.";
+    let input = format!("{}\n{}\n", json_line("glacier", glacier), json_line("tide", "Tides follow the moon."));
+    let out = cli.run_with_stdin(&["ingest", "--jsonl", "-"], Some(input.as_bytes()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = cli.run(&["project", "--until-caught-up"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let search = |extra: &[&str]| {
+        let mut args = vec!["search", glacier, "--mode", "dense", "-k", "1", "--json"];
+        args.extend_from_slice(extra);
+        let out = cli.run(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(answer["results"][0]["document_id"], "glacier", "{answer}");
+        answer["results"][0]["score"].as_f64().unwrap()
+    };
+    assert!(search(&[]) >= 0.99999);
+
+    let out = cli.run(&["rebuild", "--precision", "int8"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("at int8"), "{stderr}");
+    let out = cli.run(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let active: Vec<&serde_json::Value> = status["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["status"] == "active")
+        .collect();
+    assert_eq!(active.len(), 1, "{status}");
+    assert_eq!(active[0]["precision"], "int8", "{status}");
+
+    // A worker at f32 (the default) is refused, and told how to fit.
+    let out = cli.run(&["project", "--until-caught-up"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "an f32 worker projected an int8 generation");
+    assert!(stderr.contains("at int8, not") && stderr.contains("--precision"), "{stderr}");
+    let out = cli.run(&["project", "--until-caught-up", "--precision", "int8"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // The question at the generation's int8 whatever this command's own precision.
+    assert!(search(&[]) >= 0.99999);
+    assert!(search(&["--precision", "bf16"]) >= 0.99999);
+}
+
+fn json_line(id: &str, text: &str) -> String {
+    serde_json::json!({"id": id, "text": text}).to_string()
+}

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use common::cosine;
 
 use proptest::prelude::*;
-use recall::embed::{Chunker, EmbedError, Embedder, EmbedderOptions, ModelFiles, ModelSource};
+use recall::embed::{Chunker, EmbedError, Embedder, EmbedderOptions, EncoderKind, ModelFiles, ModelSource, Precision};
 
 fn embedder() -> &'static Embedder {
     static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
@@ -58,6 +58,69 @@ fn single_text_embeddings_match_sentence_transformers() {
         let c = cosine(&v, &r.embedding);
         assert!(c >= 0.9999, "text {i}: cosine {c}");
     }
+}
+
+/// The quantized precisions against sentence-transformers' f32 vectors: every reference text (1 to 256
+/// word pieces) at cosine >= 0.99, batched and alone, on whatever kernels this CPU selects. The same
+/// embedder serves every precision (a query at its generation's): the weights are packed on first use.
+#[test]
+fn bf16_and_int8_embeddings_stay_close_to_sentence_transformers() {
+    let refs = references();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    for precision in [Precision::Bf16, Precision::Int8] {
+        let batched = embedder().encode_at(&texts, precision).unwrap();
+        let cosines: Vec<f32> = batched.iter().zip(&refs).map(|(v, r)| cosine(v, &r.embedding)).collect();
+        let (min, mean) = (
+            cosines.iter().copied().fold(1.0f32, f32::min),
+            cosines.iter().sum::<f32>() / cosines.len() as f32,
+        );
+        eprintln!("{precision}: cosine to sentence-transformers min {min:.5}, mean {mean:.5} ({} texts)", refs.len());
+        assert!(min >= 0.99, "{precision}: lowest cosine {min}");
+        // Quantized, but not the f32 vectors under another name.
+        assert!(mean < 0.99999, "{precision}: mean cosine {mean} (is it still f32?)");
+        for (i, (v, r)) in batched.iter().zip(&refs).enumerate() {
+            let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-4, "{precision} text {i} is not normalised: {norm}");
+            // Alone (the few-rows path of a query) as in a batch: each row is quantized on its own.
+            if i % 8 == 0 {
+                let alone = embedder().encode_at(&[r.text.as_str()], precision).unwrap().remove(0);
+                let c = cosine(&alone, v);
+                assert!(c >= 0.99999, "{precision} text {i}: alone against batched, cosine {c}");
+            }
+        }
+    }
+}
+
+#[test]
+fn an_embedder_loaded_at_a_precision_names_it_and_uses_it() {
+    let int8 = Embedder::load(
+        &ModelSource::parse(None),
+        EmbedderOptions {
+            precision: Precision::Int8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(int8.identity().precision, Precision::Int8);
+    assert_eq!(int8.identity().name, embedder().identity().name);
+    assert!(int8.identity().to_string().contains("int8"), "{}", int8.identity());
+    let text = references().remove(3).text;
+    let own = int8.encode(&[text.as_str()]).unwrap().remove(0);
+    assert_eq!(own, embedder().encode_at(&[text.as_str()], Precision::Int8).unwrap().remove(0));
+    assert_ne!(own, int8.encode_at(&[text.as_str()], Precision::F32).unwrap().remove(0));
+    // The padded (GPU) encoder has f32 only, and says so.
+    let Err(err) = Embedder::load(
+        &ModelSource::parse(None),
+        EmbedderOptions {
+            precision: Precision::Int8,
+            encoder: EncoderKind::Padded,
+            ..Default::default()
+        },
+    ) else {
+        panic!("the padded encoder accepted int8")
+    };
+    assert!(matches!(err, EmbedError::PrecisionNeedsPackedEncoder { .. }), "{err}");
+    assert!(err.to_string().contains("--precision f32"), "{err}");
 }
 
 #[test]

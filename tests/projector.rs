@@ -13,7 +13,7 @@ use recall::commands::{CommandContext, CommandHandler};
 use recall::domain::{
     DocumentCommand, DocumentContent, DocumentId, DocumentKey, DocumentState, Limits, Metadata, Scope, Text, Title,
 };
-use recall::embed::{Chunk, EmbedError, ModelIdentity};
+use recall::embed::{Chunk, EmbedError, ModelIdentity, Precision};
 use recall::event_store::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
 use recall::postgres::Databases;
 use recall::projector::{EmbedBackend, OnError, Projector, ProjectorError, ProjectorOptions, Target};
@@ -299,6 +299,14 @@ impl EmbedBackend for OtherModel {
     }
 }
 
+/// One projector step with a model of the given identity; it must be refused.
+async fn step_with_identity(db: &Databases, identity: ModelIdentity) -> ProjectorError {
+    Projector::new(db, Arc::new(OtherModel { identity }), ProjectorOptions::default())
+        .step(Target::Active)
+        .await
+        .unwrap_err()
+}
+
 /// One projector step with a model of the given name and dimension; it must be refused.
 async fn step_with_model(db: &Databases, name: &str, dimension: usize) -> ProjectorError {
     let identity = ModelIdentity {
@@ -307,10 +315,7 @@ async fn step_with_model(db: &Databases, name: &str, dimension: usize) -> Projec
         dimension,
         precision: Default::default(),
     };
-    Projector::new(db, Arc::new(OtherModel { identity }), ProjectorOptions::default())
-        .step(Target::Active)
-        .await
-        .unwrap_err()
+    step_with_identity(db, identity).await
 }
 
 async fn another_dimension_or_another_model_is_refused(layout: common::Layout) {
@@ -333,6 +338,23 @@ async fn another_dimension_or_another_model_is_refused(layout: common::Layout) {
         "{err}"
     );
     assert!(err.to_string().contains("recall rebuild"), "{err}");
+
+    // The same model at another precision is another identity: its vectors would differ slightly from
+    // the generation's.
+    for precision in [Precision::Int8, Precision::Bf16] {
+        let identity = ModelIdentity {
+            precision,
+            ..common::model_backend().identity().clone()
+        };
+        let err = step_with_identity(&db, identity).await;
+        assert!(
+            matches!(err, ProjectorError::ReadModel(ReadModelError::ModelMismatch { .. })),
+            "{err}"
+        );
+        let message = err.to_string();
+        assert!(message.contains(&"at f32, not ") && message.contains(&format!("at {precision}")), "{message}");
+        assert!(message.contains("--precision"), "{message}");
+    }
 }
 
 async fn wait_for_returns_once_projected_and_times_out_otherwise(layout: common::Layout) {

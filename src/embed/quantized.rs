@@ -184,121 +184,176 @@ impl Int8Weight {
     }
 
     fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
-        let rows = Int8Rows::new(x, m, self.k, self.groups);
-        let panel_len = self.groups * NR * 4;
-        let block_len = self.groups * MR * 4;
         let vnni = has_vnni();
-        drive(m, self.n, bias, |block, panel, tile| {
-            let a = &rows.data[block * block_len..(block + 1) * block_len];
+        let rows = pack_rows(x, m, self.k, self.groups, |row, codes| {
+            #[cfg(target_arch = "x86_64")]
+            if vnni {
+                // SAFETY: the CPU has AVX-512F and BW (`has_vnni` checks them).
+                return unsafe { quantize_row_avx512(row, codes) };
+            }
+            quantize_row(row, codes)
+        });
+        let (groups, panel_len) = (self.groups, self.groups * NR * 4);
+        drive(m, self.n, |block, panel, out| {
+            let a = &rows.data[block * groups * MR..(block + 1) * groups * MR];
             let w = &self.data[panel * panel_len..(panel + 1) * panel_len];
-            let epilogue = Int8Epilogue {
+            let scales = Int8Scales {
                 row_scale: &rows.scale[block * MR..(block + 1) * MR],
                 row_zero: &rows.zero[block * MR..(block + 1) * MR],
                 col_scale: &self.scale[panel * NR..(panel + 1) * NR],
                 col_sum: &self.sum[panel * NR..(panel + 1) * NR],
             };
+            let bias = bias.map(|b| &b[panel * NR..]);
             #[cfg(target_arch = "x86_64")]
             if vnni {
                 // SAFETY: the CPU has the kernel's features (`has_vnni`); the slices hold a whole block
-                // and a whole panel of `groups` groups.
-                return unsafe { int8_tile_vnni(a, w, self.groups, &epilogue, tile) };
+                // and a whole panel of `groups` groups, `out` a tile of the output.
+                return unsafe { int8_tile_vnni(a, w, groups, &scales, bias, out) };
             }
-            let _ = vnni;
-            int8_tile_portable(a, w, self.groups, &epilogue, tile)
+            out.store(&int8_tile_portable(a, w, groups, &scales), bias)
         })
     }
 }
 
-/// Activations quantized per row: blocks of MR rows, `[block][group][row][4]` (rows past m and values
-/// past k are zero, which the zero-padded weights ignore), with each row's scale and zero point.
-struct Int8Rows {
-    data: Vec<u8>,
+/// Activations packed for the kernels: blocks of MR rows, `[block][group][row]`, a group (4 int8 codes,
+/// or 2 bf16 values, in memory order) as one u32, so that a kernel broadcasts a row's group with one
+/// load; rows past m and values past k are zero (the zero-padded weights ignore them). For int8, each
+/// row's scale and zero point.
+struct PackedRows {
+    data: Vec<u32>,
     scale: Vec<f32>,
     zero: Vec<i32>,
 }
 
-impl Int8Rows {
-    fn new(x: &[f32], m: usize, k: usize, groups: usize) -> Self {
-        let blocks = m.div_ceil(MR);
-        let mut data = vec![0u8; blocks * groups * MR * 4];
-        let mut scale = vec![0.0f32; blocks * MR];
-        let mut zero = vec![0i32; blocks * MR];
-        data.par_chunks_mut(groups * MR * 4)
-            .zip(scale.par_chunks_mut(MR).zip(zero.par_chunks_mut(MR)))
-            .enumerate()
-            .for_each(|(b, (block, (scale, zero)))| {
-                for r in 0..MR.min(m - b * MR) {
+/// Packs x (m, k) block by block, in parallel: `encode` turns one row into its groups (returning its
+/// scale and zero point, for int8), into a scratch block of whole rows, which is then interleaved.
+fn pack_rows(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    groups: usize,
+    encode: impl Fn(&[f32], &mut [u32]) -> (f32, i32) + Sync,
+) -> PackedRows {
+    let blocks = m.div_ceil(MR);
+    let mut data = vec![0u32; blocks * groups * MR];
+    let mut scale = vec![0.0f32; blocks * MR];
+    let mut zero = vec![0i32; blocks * MR];
+    data.par_chunks_mut(groups * MR)
+        .zip(scale.par_chunks_mut(MR).zip(zero.par_chunks_mut(MR)))
+        .enumerate()
+        .for_each_init(
+            || vec![0u32; groups * MR],
+            |scratch, (b, (block, (scale, zero)))| {
+                let rows = MR.min(m - b * MR);
+                for r in 0..rows {
                     let row = &x[(b * MR + r) * k..(b * MR + r + 1) * k];
-                    let (s, z) = quantize_row(row, |g, q| block[(g * MR + r) * 4..(g * MR + r) * 4 + 4].copy_from_slice(&q));
-                    scale[r] = s;
-                    zero[r] = z;
+                    (scale[r], zero[r]) = encode(row, &mut scratch[r * groups..(r + 1) * groups]);
                 }
-            });
-        Int8Rows { data, scale, zero }
-    }
+                // Written in order, read from `rows` streams.
+                for (g, out) in block.chunks_exact_mut(MR).enumerate() {
+                    for (r, v) in out.iter_mut().enumerate().take(rows) {
+                        *v = scratch[r * groups + g];
+                    }
+                }
+            },
+        );
+    PackedRows { data, scale, zero }
 }
 
-/// Scales a row to [0, 255] with a zero point (the range always includes 0, so 0 is exact), handing
-/// out each group of 4 codes; returns the scale and the zero point.
-fn quantize_row(row: &[f32], mut put: impl FnMut(usize, [u8; 4])) -> (f32, i32) {
-    let (lo, hi) = row
-        .iter()
-        .fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+/// Lanes the row loops below work in: written as fixed-width arrays, they compile to vector code.
+const LANES: usize = 16;
+
+/// Scales a row to [0, 255] with a zero point (the range always includes 0, so 0 is exact) and writes
+/// its codes, 4 to a group; returns the scale and the zero point.
+#[inline(always)]
+fn quantize_row(row: &[f32], groups: &mut [u32]) -> (f32, i32) {
+    let (mut lo, mut hi) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let mut lanes = row.chunks_exact(LANES);
+    for values in &mut lanes {
+        for i in 0..LANES {
+            lo[i] = if values[i] < lo[i] { values[i] } else { lo[i] };
+            hi[i] = if values[i] > hi[i] { values[i] } else { hi[i] };
+        }
+    }
+    let rest = lanes.remainder();
+    let lo = lo.iter().chain(rest).fold(0.0f32, |a, &v| a.min(v));
+    let hi = hi.iter().chain(rest).fold(0.0f32, |a, &v| a.max(v));
     let scale = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
     let zero = (-lo / scale).round().clamp(0.0, 255.0);
     let inverse = 1.0 / scale;
     // 1.5 * 2^23: adding it rounds to the nearest integer and leaves it in the low mantissa bits, which
     // vectorises where `as u8` (a saturating conversion) would go lane by lane.
     const ROUNDER: f32 = 12_582_912.0;
-    for (g, values) in row.chunks(4).enumerate() {
+    let code = |v: f32| ((v * inverse + zero).clamp(0.0, 255.0) + ROUNDER).to_bits() & 0xFF;
+    let mut whole = row.chunks_exact(4);
+    for (out, v) in groups.iter_mut().zip(&mut whole) {
+        *out = u32::from_ne_bytes([code(v[0]) as u8, code(v[1]) as u8, code(v[2]) as u8, code(v[3]) as u8]);
+    }
+    let rest = whole.remainder();
+    if !rest.is_empty() {
         let mut codes = [0u8; 4];
-        for (c, &v) in codes.iter_mut().zip(values) {
-            *c = ((v * inverse + zero).clamp(0.0, 255.0) + ROUNDER).to_bits() as u8;
+        for (c, &v) in codes.iter_mut().zip(rest) {
+            *c = code(v) as u8;
         }
-        put(g, codes);
+        groups[row.len() / 4] = u32::from_ne_bytes(codes);
     }
     (scale, zero as i32)
 }
 
+/// `quantize_row` compiled for AVX-512.
+///
+/// # Safety
+/// The CPU has the target features below.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_row_avx512(row: &[f32], groups: &mut [u32]) -> (f32, i32) {
+    quantize_row(row, groups)
+}
+
 /// What turns a block's integer sums into outputs: y = row_scale * col_scale * (sum - row_zero * col_sum).
-struct Int8Epilogue<'a> {
+struct Int8Scales<'a> {
     row_scale: &'a [f32],
     row_zero: &'a [i32],
     col_scale: &'a [f32],
     col_sum: &'a [i32],
 }
 
-fn int8_tile_portable(a: &[u8], w: &[i8], groups: usize, e: &Int8Epilogue, tile: &mut [f32; MR * NR]) {
+fn int8_tile_portable(a: &[u32], w: &[i8], groups: usize, e: &Int8Scales) -> [f32; MR * NR] {
     let mut acc = [[0i32; NR]; MR];
     for g in 0..groups {
         for (r, acc) in acc.iter_mut().enumerate() {
-            let x = &a[(g * MR + r) * 4..(g * MR + r) * 4 + 4];
+            let x = a[g * MR + r].to_ne_bytes();
             for (c, sum) in acc.iter_mut().enumerate() {
                 let wv = &w[(g * NR + c) * 4..(g * NR + c) * 4 + 4];
                 *sum += (0..4).map(|t| x[t] as i32 * wv[t] as i32).sum::<i32>();
             }
         }
     }
+    let mut tile = [0.0f32; MR * NR];
     for (r, acc) in acc.iter().enumerate() {
         for (c, &sum) in acc.iter().enumerate() {
             tile[r * NR + c] = (sum - e.row_zero[r] * e.col_sum[c]) as f32 * (e.row_scale[r] * e.col_scale[c]);
         }
     }
+    tile
 }
 
 /// One block of MR rows against one panel with `vpdpbusd`: per group, four loads of 16 columns' 4
-/// weights, and per row one broadcast of its 4 codes and four dot products.
+/// weights, and per row one broadcast of its 4 codes and four dot products; then the scales, the zero
+/// point and the bias, straight into the output.
 ///
 /// # Safety
-/// The CPU has the target features below; `a` holds `groups * MR * 4` codes, `w` `groups * NR * 4`
-/// weights, and the epilogue's slices MR rows and NR columns.
+/// The CPU has the target features below; `a` holds `groups * MR` groups, `w` `groups * NR * 4`
+/// weights, the scales MR rows and NR columns, `bias` (when given) `out.cols` values, and `out` is a
+/// tile of the output that no other task writes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn int8_tile_vnni(a: &[u8], w: &[i8], groups: usize, e: &Int8Epilogue, tile: &mut [f32; MR * NR]) {
+unsafe fn int8_tile_vnni(a: &[u32], w: &[i8], groups: usize, e: &Int8Scales, bias: Option<&[f32]>, out: OutTile) {
     use std::arch::x86_64::*;
-    assert!(a.len() >= groups * MR * 4 && w.len() >= groups * NR * 4);
+    assert!(a.len() >= groups * MR && w.len() >= groups * NR * 4);
     assert!(e.row_scale.len() >= MR && e.row_zero.len() >= MR && e.col_scale.len() >= NR && e.col_sum.len() >= NR);
-    // SAFETY: the reads stay within the lengths asserted above, the writes within the tile.
+    assert!(bias.is_none_or(|b| b.len() >= out.cols) && out.rows <= MR && out.cols <= NR);
+    // SAFETY: the reads stay within the lengths asserted above; the writes within the caller's tile.
     unsafe {
         let mut acc = [[_mm512_setzero_si512(); 4]; MR];
         let (ap, wp) = (a.as_ptr(), w.as_ptr());
@@ -306,20 +361,22 @@ unsafe fn int8_tile_vnni(a: &[u8], w: &[i8], groups: usize, e: &Int8Epilogue, ti
             let wg = wp.add(g * NR * 4);
             let wv = [0, 1, 2, 3].map(|j| _mm512_loadu_si512(wg.add(j * 64) as *const _));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let xv = _mm512_set1_epi32((ap.add((g * MR + r) * 4) as *const i32).read_unaligned());
+                let xv = _mm512_set1_epi32(*ap.add(g * MR + r) as i32);
                 for (j, acc) in acc.iter_mut().enumerate() {
                     *acc = _mm512_dpbusd_epi32(*acc, xv, wv[j]);
                 }
             }
         }
-        for j in 0..4 {
+        for j in 0..out.cols.div_ceil(16) {
+            let mask = out.mask(j);
             let col_scale = _mm512_loadu_ps(e.col_scale.as_ptr().add(j * 16));
             let col_sum = _mm512_loadu_si512(e.col_sum.as_ptr().add(j * 16) as *const _);
-            for (r, acc) in acc.iter().enumerate() {
+            let bias = bias.map_or(_mm512_setzero_ps(), |b| _mm512_maskz_loadu_ps(mask, b.as_ptr().add(j * 16)));
+            for (r, acc) in acc.iter().enumerate().take(out.rows) {
                 let zero = _mm512_mullo_epi32(_mm512_set1_epi32(e.row_zero[r]), col_sum);
                 let sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[j], zero));
-                let y = _mm512_mul_ps(sum, _mm512_mul_ps(col_scale, _mm512_set1_ps(e.row_scale[r])));
-                _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR + j * 16), y);
+                let y = _mm512_fmadd_ps(sum, _mm512_mul_ps(col_scale, _mm512_set1_ps(e.row_scale[r])), bias);
+                _mm512_mask_storeu_ps(out.at(r, j * 16), mask, y);
             }
         }
     }
@@ -346,35 +403,35 @@ impl Bf16Weight {
     }
 
     fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
-        let (k, pairs) = (self.k, self.pairs);
-        let blocks = m.div_ceil(MR);
-        let block_len = pairs * MR * 2;
-        let mut rows = vec![0u16; blocks * block_len];
-        rows.par_chunks_mut(block_len).enumerate().for_each(|(b, block)| {
-            for r in 0..MR.min(m - b * MR) {
-                for (kk, &v) in x[(b * MR + r) * k..(b * MR + r + 1) * k].iter().enumerate() {
-                    block[(kk / 2 * MR + r) * 2 + kk % 2] = bf16_bits(v);
-                }
-            }
-        });
-        let panel_len = pairs * NR * 2;
         let fast = has_bf16();
-        drive(m, self.n, bias, |block, panel, tile| {
-            let a = &rows[block * block_len..(block + 1) * block_len];
+        let rows = pack_rows(x, m, self.k, self.pairs, |row, pairs| {
+            #[cfg(target_arch = "x86_64")]
+            if fast {
+                // SAFETY: the CPU has AVX-512F (`has_bf16` checks it).
+                unsafe { bf16_row_avx512(row, pairs) };
+                return (1.0, 0);
+            }
+            bf16_row(row, pairs);
+            (1.0, 0)
+        });
+        let (pairs, panel_len) = (self.pairs, self.pairs * NR * 2);
+        drive(m, self.n, |block, panel, out| {
+            let a = &rows.data[block * pairs * MR..(block + 1) * pairs * MR];
             let w = &self.data[panel * panel_len..(panel + 1) * panel_len];
+            let bias = bias.map(|b| &b[panel * NR..]);
             #[cfg(target_arch = "x86_64")]
             if fast {
                 // SAFETY: the CPU has the kernel's features (`has_bf16`); the slices hold a whole block
-                // and a whole panel of `pairs` pairs.
-                return unsafe { bf16_tile_avx512(a, w, pairs, tile) };
+                // and a whole panel of `pairs` pairs, `out` a tile of the output.
+                return unsafe { bf16_tile_avx512(a, w, pairs, bias, out) };
             }
-            let _ = fast;
-            bf16_tile_portable(a, w, pairs, tile)
+            out.store(&bf16_tile_portable(a, w, pairs), bias)
         })
     }
 }
 
 /// f32 to bfloat16, rounding to nearest even (the encoder's values are finite).
+#[inline(always)]
 fn bf16_bits(v: f32) -> u16 {
     let bits = v.to_bits();
     ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) as u16
@@ -384,30 +441,57 @@ fn bf16_value(bits: u16) -> f32 {
     f32::from_bits((bits as u32) << 16)
 }
 
-fn bf16_tile_portable(a: &[u16], w: &[u16], pairs: usize, tile: &mut [f32; MR * NR]) {
-    tile.fill(0.0);
+/// A row as bf16 pairs, the even element in the low half (memory order on this little-endian target).
+#[inline(always)]
+fn bf16_row(row: &[f32], pairs: &mut [u32]) {
+    let mut whole = row.chunks_exact(2);
+    for (out, v) in pairs.iter_mut().zip(&mut whole) {
+        *out = bf16_bits(v[0]) as u32 | (bf16_bits(v[1]) as u32) << 16;
+    }
+    if let [last] = whole.remainder() {
+        pairs[row.len() / 2] = bf16_bits(*last) as u32;
+    }
+}
+
+/// `bf16_row` compiled for AVX-512.
+///
+/// # Safety
+/// The CPU has the target features below.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn bf16_row_avx512(row: &[f32], pairs: &mut [u32]) {
+    bf16_row(row, pairs)
+}
+
+fn bf16_tile_portable(a: &[u32], w: &[u16], pairs: usize) -> [f32; MR * NR] {
+    let mut tile = [0.0f32; MR * NR];
     for p in 0..pairs {
         for r in 0..MR {
-            let x = [bf16_value(a[(p * MR + r) * 2]), bf16_value(a[(p * MR + r) * 2 + 1])];
+            let v = a[p * MR + r];
+            let x = [bf16_value(v as u16), bf16_value((v >> 16) as u16)];
             for c in 0..NR {
                 let i = (p * NR + c) * 2;
                 tile[r * NR + c] += x[0] * bf16_value(w[i]) + x[1] * bf16_value(w[i + 1]);
             }
         }
     }
+    tile
 }
 
-/// One block of MR rows against one panel with `vdpbf16ps`, laid out as the int8 kernel's.
+/// One block of MR rows against one panel with `vdpbf16ps`, laid out as the int8 kernel's; the bias
+/// is added on the way out.
 ///
 /// # Safety
-/// The CPU has the target features below; `a` holds `pairs * MR * 2` values and `w` `pairs * NR * 2`.
+/// The CPU has the target features below; `a` holds `pairs * MR` pairs, `w` `pairs * NR * 2` values,
+/// `bias` (when given) `out.cols` values, and `out` is a tile of the output that no other task writes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn bf16_tile_avx512(a: &[u16], w: &[u16], pairs: usize, tile: &mut [f32; MR * NR]) {
+unsafe fn bf16_tile_avx512(a: &[u32], w: &[u16], pairs: usize, bias: Option<&[f32]>, out: OutTile) {
     use std::arch::x86_64::*;
-    assert!(a.len() >= pairs * MR * 2 && w.len() >= pairs * NR * 2);
-    // SAFETY: the reads stay within the lengths asserted above, the writes within the tile; __m512bh
-    // and __m512i are the same 64 bytes.
+    assert!(a.len() >= pairs * MR && w.len() >= pairs * NR * 2);
+    assert!(bias.is_none_or(|b| b.len() >= out.cols) && out.rows <= MR && out.cols <= NR);
+    // SAFETY: the reads stay within the lengths asserted above, the writes within the caller's tile;
+    // __m512bh and __m512i are the same 64 bytes.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); 4]; MR];
         let (ap, wp) = (a.as_ptr(), w.as_ptr());
@@ -416,56 +500,91 @@ unsafe fn bf16_tile_avx512(a: &[u16], w: &[u16], pairs: usize, tile: &mut [f32; 
             let wv: [__m512bh; 4] =
                 [0, 1, 2, 3].map(|j| std::mem::transmute(_mm512_loadu_si512(wg.add(j * 32) as *const _)));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let xv: __m512bh =
-                    std::mem::transmute(_mm512_set1_epi32((ap.add((p * MR + r) * 2) as *const i32).read_unaligned()));
+                let xv: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(p * MR + r) as i32));
                 for (j, acc) in acc.iter_mut().enumerate() {
                     *acc = _mm512_dpbf16_ps(*acc, xv, wv[j]);
                 }
             }
         }
-        for (r, acc) in acc.iter().enumerate() {
-            for (j, acc) in acc.iter().enumerate() {
-                _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR + j * 16), *acc);
+        for j in 0..out.cols.div_ceil(16) {
+            let mask = out.mask(j);
+            let bias = bias.map_or(_mm512_setzero_ps(), |b| _mm512_maskz_loadu_ps(mask, b.as_ptr().add(j * 16)));
+            for (r, acc) in acc.iter().enumerate().take(out.rows) {
+                _mm512_mask_storeu_ps(out.at(r, j * 16), mask, _mm512_add_ps(acc[j], bias));
             }
         }
     }
 }
 
+/// Where a block's results go: `rows` x `cols` values of the output from `ptr`, rows `stride` apart.
+#[derive(Clone, Copy)]
+struct OutTile {
+    ptr: *mut f32,
+    stride: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl OutTile {
+    /// Row r, column c of the tile.
+    ///
+    /// # Safety
+    /// r < rows and c < cols.
+    unsafe fn at(self, r: usize, c: usize) -> *mut f32 {
+        // SAFETY: the caller keeps (r, c) inside the tile, which lies inside the output.
+        unsafe { self.ptr.add(r * self.stride + c) }
+    }
+
+    /// The lanes of the j-th group of 16 columns that lie inside the tile.
+    fn mask(self, j: usize) -> u16 {
+        let left = self.cols - j * 16;
+        if left >= 16 {
+            u16::MAX
+        } else {
+            (1u16 << left) - 1
+        }
+    }
+
+    /// A computed tile (MR x NR, row-major) into the output, plus the bias.
+    fn store(self, tile: &[f32; MR * NR], bias: Option<&[f32]>) {
+        for r in 0..self.rows {
+            for c in 0..self.cols {
+                // SAFETY: r < rows, c < cols.
+                unsafe { *self.at(r, c) = tile[r * NR + c] + bias.map_or(0.0, |b| b[c]) };
+            }
+        }
+    }
+}
+
+// SAFETY: each task writes through its own tile only (`drive`).
+unsafe impl Send for OutTile {}
+
 /// Runs `tile(block, panel, out)` for every block of MR rows against every panel of NR columns, in
-/// parallel, and gathers the tiles into the (m, n) output with the bias added. A task is up to
-/// TASK_BLOCKS blocks against one panel, ordered block-major, so that consecutive tasks (one thread's,
-/// as rayon splits a range) reuse the same rows; a few rows (a query) make one task per panel.
-fn drive(
-    m: usize,
-    n: usize,
-    bias: Option<&[f32]>,
-    tile: impl Fn(usize, usize, &mut [f32; MR * NR]) + Sync,
-) -> Vec<f32> {
-    let mut out = vec![0.0f32; m * n];
+/// parallel, each writing its part of the (m, n) output. A task is up to TASK_BLOCKS blocks against one
+/// panel, ordered block-major, so that consecutive tasks (one thread's, as rayon splits a range) reuse
+/// the same rows; a few rows (a query) make one task per panel.
+fn drive(m: usize, n: usize, tile: impl Fn(usize, usize, OutTile) + Sync) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
     let shared = SharedOut(out.as_mut_ptr());
     let (blocks, panels) = (m.div_ceil(MR), n.div_ceil(NR));
     let chunks = blocks.div_ceil(TASK_BLOCKS);
     (0..chunks * panels).into_par_iter().for_each(|task| {
         let shared = &shared;
         let (chunk, panel) = (task / panels, task % panels);
-        let cols = NR.min(n - panel * NR);
-        let mut values = [0.0f32; MR * NR];
         for block in chunk * TASK_BLOCKS..((chunk + 1) * TASK_BLOCKS).min(blocks) {
-            tile(block, panel, &mut values);
-            for r in 0..MR.min(m - block * MR) {
-                let row = &mut values[r * NR..r * NR + cols];
-                if let Some(bias) = bias {
-                    row.iter_mut().zip(&bias[panel * NR..]).for_each(|(v, b)| *v += b);
-                }
-                // SAFETY: row block * MR + r < m, columns panel * NR .. + cols < n: inside `out`, and
-                // only this task writes this block's rows of this panel.
-                unsafe {
-                    let dst = shared.0.add((block * MR + r) * n + panel * NR);
-                    std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols);
-                }
-            }
+            let out = OutTile {
+                // SAFETY: row block * MR < m and column panel * NR < n: inside the output's capacity.
+                ptr: unsafe { shared.0.add(block * MR * n + panel * NR) },
+                stride: n,
+                rows: MR.min(m - block * MR),
+                cols: NR.min(n - panel * NR),
+            };
+            tile(block, panel, out);
         }
     });
+    // SAFETY: the tasks covered every block of rows against every panel of columns, so every one of the
+    // m x n values has been written (the tile functions write every value of their tile).
+    unsafe { out.set_len(m * n) };
     out
 }
 
@@ -490,8 +609,8 @@ mod tests {
         out
     }
 
-    /// Every kernel this CPU can run, the dispatched one included, against the f64 product of the same
-    /// quantized values: shapes with partial panels, groups and blocks.
+    /// Every kernel this CPU can run (the dispatched one and the portable one) against the f64 product of
+    /// the same quantized values: shapes with partial panels, groups and blocks.
     #[test]
     fn int8_matches_the_f64_product_of_its_quantized_values() {
         for (m, k, n) in [(1, 5, 3), (7, 53, 70), (13, 384, 64), (100, 130, 129)] {
@@ -499,19 +618,26 @@ mod tests {
             let x: Vec<f32> = (0..m * k).map(|i| value(i + 17) * 3.0 + 0.5).collect();
             let bias: Vec<f32> = (0..n).map(|i| value(i + 3)).collect();
             let weight = Int8Weight::new(&w, k, n);
-            let rows = Int8Rows::new(&x, m, k, weight.groups);
+            let groups = weight.groups;
+            let rows = pack_rows(&x, m, k, groups, quantize_row);
+            #[cfg(target_arch = "x86_64")]
+            if has_vnni() {
+                // SAFETY: detected above.
+                let fast = pack_rows(&x, m, k, groups, |r, g| unsafe { quantize_row_avx512(r, g) });
+                assert_eq!((&fast.data, &fast.scale, &fast.zero), (&rows.data, &rows.scale, &rows.zero));
+            }
             // The dequantized values: w = sw * qw, x = sx * (qx - zx).
             let wq: Vec<f64> = (0..k * n)
                 .map(|i| {
                     let (kk, c) = (i / n, i % n);
-                    let q = weight.data[((c / NR * weight.groups + kk / 4) * NR + c % NR) * 4 + kk % 4];
+                    let q = weight.data[((c / NR * groups + kk / 4) * NR + c % NR) * 4 + kk % 4];
                     q as f64 * weight.scale[c] as f64
                 })
                 .collect();
             let xq: Vec<f64> = (0..m * k)
                 .map(|i| {
                     let (r, kk) = (i / k, i % k);
-                    let q = rows.data[((r / MR * weight.groups + kk / 4) * MR + r % MR) * 4 + kk % 4];
+                    let q = rows.data[(r / MR * groups + kk / 4) * MR + r % MR].to_ne_bytes()[kk % 4];
                     (q as f64 - rows.zero[r] as f64) * rows.scale[r] as f64
                 })
                 .collect();
@@ -524,13 +650,26 @@ mod tests {
                 k,
                 n,
             );
-            let got = weight.matmul(&x, m, Some(&bias));
-            let scale = exact.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-            for (i, (g, want)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (*g as f64 - want).abs() <= 1e-5 * scale.max(1.0),
-                    "({m}, {k}, {n}) element {i}: {g} against {want}"
-                );
+            let portable = drive(m, n, |b, p, out| {
+                let scales = Int8Scales {
+                    row_scale: &rows.scale[b * MR..(b + 1) * MR],
+                    row_zero: &rows.zero[b * MR..(b + 1) * MR],
+                    col_scale: &weight.scale[p * NR..(p + 1) * NR],
+                    col_sum: &weight.sum[p * NR..(p + 1) * NR],
+                };
+                let a = &rows.data[b * groups * MR..(b + 1) * groups * MR];
+                let wp = &weight.data[p * groups * NR * 4..(p + 1) * groups * NR * 4];
+                out.store(&int8_tile_portable(a, wp, groups, &scales), Some(&bias[p * NR..]))
+            });
+            let dispatched = weight.matmul(&x, m, Some(&bias));
+            let scale = exact.iter().fold(1.0f64, |a, v| a.max(v.abs()));
+            for (name, got) in [("dispatched", &dispatched), ("portable", &portable)] {
+                for (i, (g, want)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (*g as f64 - want).abs() <= 1e-5 * scale,
+                        "{name} ({m}, {k}, {n}) element {i}: {g} against {want}"
+                    );
+                }
             }
             // And the quantization itself stays close to the exact product: its error is within 1% of
             // the outputs' spread (root mean squares).
@@ -538,30 +677,9 @@ mod tests {
                 let (sum, count) = v.fold((0.0, 0usize), |(s, c), x| (s + x * x, c + 1));
                 (sum / count as f64).sqrt()
             };
-            let error = rms(&mut got.iter().zip(&exact).map(|(g, e)| *g as f64 - e));
+            let error = rms(&mut dispatched.iter().zip(&exact).map(|(g, e)| *g as f64 - e));
             let spread = rms(&mut exact.iter().copied());
             assert!(error <= 0.01 * spread, "({m}, {k}, {n}): error {error} for outputs of {spread}");
-            // The portable kernel gives the same integers, so the same outputs.
-            if has_vnni() {
-                let groups = weight.groups;
-                for block in 0..m.div_ceil(MR) {
-                    for panel in 0..n.div_ceil(NR) {
-                        let a = &rows.data[block * groups * MR * 4..(block + 1) * groups * MR * 4];
-                        let wp = &weight.data[panel * groups * NR * 4..(panel + 1) * groups * NR * 4];
-                        let e = Int8Epilogue {
-                            row_scale: &rows.scale[block * MR..(block + 1) * MR],
-                            row_zero: &rows.zero[block * MR..(block + 1) * MR],
-                            col_scale: &weight.scale[panel * NR..(panel + 1) * NR],
-                            col_sum: &weight.sum[panel * NR..(panel + 1) * NR],
-                        };
-                        let (mut fast, mut slow) = ([0.0f32; MR * NR], [0.0f32; MR * NR]);
-                        // SAFETY: detected above; the slices are a whole block and panel.
-                        unsafe { int8_tile_vnni(a, wp, groups, &e, &mut fast) };
-                        int8_tile_portable(a, wp, groups, &e, &mut slow);
-                        assert_eq!(fast, slow, "({m}, {k}, {n}) block {block} panel {panel}");
-                    }
-                }
-            }
         }
     }
 
@@ -581,23 +699,18 @@ mod tests {
                 n,
             );
             let weight = Bf16Weight::new(&w, k, n);
+            let pairs = weight.pairs;
+            let rows = pack_rows(&x, m, k, pairs, |r, p| {
+                bf16_row(r, p);
+                (1.0, 0)
+            });
+            let portable = drive(m, n, |b, p, out| {
+                let a = &rows.data[b * pairs * MR..(b + 1) * pairs * MR];
+                let wp = &weight.data[p * pairs * NR * 2..(p + 1) * pairs * NR * 2];
+                out.store(&bf16_tile_portable(a, wp, pairs), Some(&bias[p * NR..]))
+            });
             let scale = want.iter().fold(1.0f64, |a, v| a.max(v.abs()));
-            let mut kernels: Vec<(&str, Vec<f32>)> = vec![("dispatched", weight.matmul(&x, m, Some(&bias)))];
-            if has_bf16() {
-                // The portable kernel, by way of the same driver.
-                let pairs = weight.pairs;
-                let mut rows = vec![0u16; m.div_ceil(MR) * pairs * MR * 2];
-                for (i, &v) in x.iter().enumerate() {
-                    let (r, kk) = (i / k, i % k);
-                    rows[((r / MR * pairs + kk / 2) * MR + r % MR) * 2 + kk % 2] = bf16_bits(v);
-                }
-                let out = drive(m, n, Some(&bias), |b, p, tile| {
-                    let a = &rows[b * pairs * MR * 2..(b + 1) * pairs * MR * 2];
-                    bf16_tile_portable(a, &weight.data[p * pairs * NR * 2..(p + 1) * pairs * NR * 2], pairs, tile)
-                });
-                kernels.push(("portable", out));
-            }
-            for (name, got) in kernels {
+            for (name, got) in [("dispatched", &weight.matmul(&x, m, Some(&bias))), ("portable", &portable)] {
                 for (i, (g, want)) in got.iter().zip(&want).enumerate() {
                     // Products of bf16 values are exact in f32; only the f32 sums round.
                     assert!(
@@ -624,18 +737,22 @@ mod tests {
 
     #[test]
     fn a_row_keeps_zero_exact_and_uses_the_whole_code_range() {
-        let row = [-0.17f32, 0.0, 3.0, 1.2, -0.05];
-        let mut codes = Vec::new();
-        let (scale, zero) = quantize_row(&row, |_, q| codes.extend_from_slice(&q));
+        // 21 values: whole groups, a partial one, and more than one lane's worth for the range.
+        let mut row = vec![0.5f32; 21];
+        row[..5].copy_from_slice(&[-0.17, 0.0, 3.0, 1.2, -0.05]);
+        let mut groups = vec![0u32; 6];
+        let (scale, zero) = quantize_row(&row, &mut groups);
+        let codes: Vec<u8> = groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
         assert_eq!(codes[1] as i32, zero, "0 maps to the zero point exactly");
-        assert_eq!(codes[2], 255);
-        assert_eq!(codes[0], 0);
+        assert_eq!((codes[2], codes[0]), (255, 0), "the range's ends");
+        assert_eq!(&codes[21..], &[0, 0, 0], "past the row");
         for (v, q) in row.iter().zip(&codes) {
             assert!((scale * (*q as f32 - zero as f32) - v).abs() <= scale / 2.0 + 1e-6, "{v} -> {q}");
         }
-        // A constant row (all zeros) is all zero points.
-        let (_, zero) = quantize_row(&[0.0; 8], |_, q| assert_eq!(q, [0; 4]));
-        assert_eq!(zero, 0);
+        // A constant row of zeros is all zero points, and the zero point is 0.
+        let mut groups = vec![7u32; 2];
+        assert_eq!(quantize_row(&[0.0; 8], &mut groups).1, 0);
+        assert_eq!(groups, [0, 0]);
     }
 
     #[test]
