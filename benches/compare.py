@@ -113,11 +113,14 @@ def main():
     run_ort(optimized, "ONNX Runtime fp32, BERT graph optimizer")
     # Its own dynamic quantization (int8 weights, activations quantized at run time, u8 x s8 products on
     # VNNI) of the optimized graph, as ONNX Runtime's documentation recommends for transformers.
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     for per_channel in (False, True):
         path = os.path.join(a.work, f"model-opt-int8{'-per-channel' if per_channel else ''}.onnx")
         if not os.path.exists(path):
-            quantize_dynamic(optimized, path, weight_type=QuantType.QInt8, per_channel=per_channel)
+            # The optimizer's fused nodes carry no inferred types; their outputs are float.
+            quantize_dynamic(optimized, path, weight_type=QuantType.QInt8, per_channel=per_channel,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         run_ort(path, f"ONNX Runtime int8 dynamic, {'per channel' if per_channel else 'per tensor'}")
     # ONNX Runtime's CPU provider has no bf16 matrix multiply on x86 (its bf16 fast math is an ARM64
     # option), so there is no bf16 row for it.

@@ -289,3 +289,40 @@ async fn every_mode_meets_its_floor_and_every_interface_ranks_alike() {
         ndcg["hybrid"]
     );
 }
+
+/// The lower precisions keep dense retrieval's quality: the same sample, projected and searched at bf16
+/// and at int8 (each a generation of its own, in a database of its own), meets the f32 floor.
+/// (On the whole SciFact train split, `scripts/eval-precision` measures each against f32.)
+#[tokio::test]
+async fn bf16_and_int8_meet_the_dense_floor() {
+    for precision in ["bf16", "int8"] {
+        let (_pool, options) = common::fresh_database().await;
+        let url = common::url_of(&options);
+        let out = tokio::task::spawn_blocking(move || {
+            recall_cli(
+                &url,
+                &[
+                    "eval",
+                    "--json",
+                    "--mode",
+                    "dense",
+                    "--precision",
+                    precision,
+                    "--corpus",
+                    fixture("corpus.jsonl").to_str().unwrap(),
+                    "--queries",
+                    fixture("queries.jsonl").to_str().unwrap(),
+                    "--qrels",
+                    fixture("qrels.tsv").to_str().unwrap(),
+                ],
+            )
+        })
+        .await
+        .unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        eprintln!("dense at {precision}: {report}");
+        assert_eq!(report["queries"], 100, "{report}");
+        let ndcg = report["ndcg_at_10"].as_f64().unwrap();
+        assert!(ndcg >= FLOOR_DENSE, "dense nDCG@10 at {precision} is {ndcg}, under the floor {FLOOR_DENSE}");
+    }
+}
