@@ -878,7 +878,7 @@ in_both_layouts!(
 /// word pieces), which an f32 question would not reach against the int8 vector.
 #[tokio::test]
 async fn questions_are_embedded_at_the_generation_precision() {
-    use recall::embed::{Embedder, EmbedderOptions, ModelSource, Precision};
+    use recall::embed::Precision;
     let (databases, _, _) = common::fresh_databases(common::Layout::One).await;
     let state = AppState::new(&databases, ApiConfig::default());
     let app = App {
@@ -890,28 +890,33 @@ async fn questions_are_embedded_at_the_generation_precision() {
     let text = "Glaciers carve U-shaped valleys as they flow, plucking rock from the valley floor and \
                 grinding it against the walls; the debris they leave behind forms moraines.";
     let (status, body) = app
-        .call("POST", "/v1/documents", &[], Some(json!({"id": "glacier", "text": text})))
+        .call(
+            "POST",
+            "/v1/documents",
+            &[],
+            Some(json!({"id": "glacier", "text": text})),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let int8 = Embedder::load(
-        &ModelSource::parse(None),
-        EmbedderOptions {
-            precision: Precision::Int8,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let int8 = common::embedder_at(Precision::Int8);
     let f32_embedder = common::model_backend().embedder().clone();
     let (a, b) = (
         int8.encode(&[text]).unwrap().remove(0),
         f32_embedder.encode(&[text]).unwrap().remove(0),
     );
     let across = common::cosine(&a, &b);
-    assert!(across < 0.99999, "int8 and f32 vectors must differ for this test to tell: cosine {across}");
-    Projector::new(&databases, Arc::new(ModelBackend::new(int8, 32)), ProjectorOptions::default())
-        .run_until_caught_up(Target::Active)
-        .await
-        .unwrap();
+    assert!(
+        across < 0.99999,
+        "int8 and f32 vectors must differ for this test to tell: cosine {across}"
+    );
+    Projector::new(
+        &databases,
+        Arc::new(ModelBackend::new(int8, 32)),
+        ProjectorOptions::default(),
+    )
+    .run_until_caught_up(Target::Active)
+    .await
+    .unwrap();
     let pool = ComputePool::new("test-query", 1, Priority::Normal, None).unwrap();
     app.state
         .set_query_encoder(Arc::new(QueryEncoder::new(f32_embedder, pool)));
@@ -926,7 +931,10 @@ async fn questions_are_embedded_at_the_generation_precision() {
     assert_eq!(status, StatusCode::OK, "{found}");
     assert_eq!(found["results"][0]["document_id"], "glacier", "{found}");
     let score = found["results"][0]["score"].as_f64().unwrap();
-    assert!(score >= 0.99999, "score {score}: the question was not embedded at int8 (f32 would give {across})");
+    assert!(
+        score >= 0.99999,
+        "score {score}: the question was not embedded at int8 (f32 would give {across})"
+    );
     let report = recall::read_model::status(&databases).await.unwrap();
     assert_eq!(report.projections[0].precision, "int8");
 }

@@ -357,7 +357,11 @@ async fn named_pipes_are_refused_at_once_and_byte_order_marks_ignored() {
 async fn a_rebuild_switches_the_precision_and_workers_and_questions_follow() {
     let cli = Cli::new().await;
     let glacier = "Glaciers carve U-shaped valleys as they flow, plucking rock from the valley floor and grinding it against the walls.";
-    let input = format!("{}\n{}\n", json_line("glacier", glacier), json_line("tide", "Tides follow the moon."));
+    let input = format!(
+        "{}\n{}\n",
+        json_line("glacier", glacier),
+        json_line("tide", "Tides follow the moon.")
+    );
     let out = cli.run_with_stdin(&["ingest", "--jsonl", "-"], Some(input.as_bytes()));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = cli.run(&["project", "--until-caught-up"]);
@@ -392,7 +396,10 @@ async fn a_rebuild_switches_the_precision_and_workers_and_questions_follow() {
     let out = cli.run(&["project", "--until-caught-up"]);
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "an f32 worker projected an int8 generation");
-    assert!(stderr.contains("at int8, not") && stderr.contains("--precision"), "{stderr}");
+    assert!(
+        stderr.contains("at int8, not") && stderr.contains("--precision"),
+        "{stderr}"
+    );
     let out = cli.run(&["project", "--until-caught-up", "--precision", "int8"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 

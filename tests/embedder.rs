@@ -69,12 +69,19 @@ fn bf16_and_int8_embeddings_stay_close_to_sentence_transformers() {
     let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
     for precision in [Precision::Bf16, Precision::Int8] {
         let batched = embedder().encode_at(&texts, precision).unwrap();
-        let cosines: Vec<f32> = batched.iter().zip(&refs).map(|(v, r)| cosine(v, &r.embedding)).collect();
+        let cosines: Vec<f32> = batched
+            .iter()
+            .zip(&refs)
+            .map(|(v, r)| cosine(v, &r.embedding))
+            .collect();
         let (min, mean) = (
             cosines.iter().copied().fold(1.0f32, f32::min),
             cosines.iter().sum::<f32>() / cosines.len() as f32,
         );
-        eprintln!("{precision}: cosine to sentence-transformers min {min:.5}, mean {mean:.5} ({} texts)", refs.len());
+        eprintln!(
+            "{precision}: cosine to sentence-transformers min {min:.5}, mean {mean:.5} ({} texts)",
+            refs.len()
+        );
         assert!(min >= 0.99, "{precision}: lowest cosine {min}");
         // Quantized, not the f32 vectors under another name.
         let f32_vectors = embedder().encode(&texts).unwrap();
@@ -84,7 +91,10 @@ fn bf16_and_int8_embeddings_stay_close_to_sentence_transformers() {
         );
         for (i, (v, r)) in batched.iter().zip(&refs).enumerate() {
             let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            assert!((norm - 1.0).abs() < 1e-4, "{precision} text {i} is not normalised: {norm}");
+            assert!(
+                (norm - 1.0).abs() < 1e-4,
+                "{precision} text {i} is not normalised: {norm}"
+            );
             // Alone (the few-rows path of a query) as in a batch: each row is quantized on its own.
             if i % 8 == 0 {
                 let alone = embedder().encode_at(&[r.text.as_str()], precision).unwrap().remove(0);
@@ -97,20 +107,19 @@ fn bf16_and_int8_embeddings_stay_close_to_sentence_transformers() {
 
 #[test]
 fn an_embedder_loaded_at_a_precision_names_it_and_uses_it() {
-    let int8 = Embedder::load(
-        &ModelSource::parse(None),
-        EmbedderOptions {
-            precision: Precision::Int8,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let int8 = common::embedder_at(Precision::Int8);
     assert_eq!(int8.identity().precision, Precision::Int8);
     assert_eq!(int8.identity().name, embedder().identity().name);
     assert!(int8.identity().to_string().contains("int8"), "{}", int8.identity());
     let text = references().remove(3).text;
     let own = int8.encode(&[text.as_str()]).unwrap().remove(0);
-    assert_eq!(own, embedder().encode_at(&[text.as_str()], Precision::Int8).unwrap().remove(0));
+    assert_eq!(
+        own,
+        embedder()
+            .encode_at(&[text.as_str()], Precision::Int8)
+            .unwrap()
+            .remove(0)
+    );
     assert_ne!(own, int8.encode_at(&[text.as_str()], Precision::F32).unwrap().remove(0));
     // The padded (GPU) encoder has f32 only, and says so.
     let Err(err) = Embedder::load(

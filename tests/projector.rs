@@ -352,7 +352,10 @@ async fn another_dimension_or_another_model_is_refused(layout: common::Layout) {
             "{err}"
         );
         let message = err.to_string();
-        assert!(message.contains(&"at f32, not ") && message.contains(&format!("at {precision}")), "{message}");
+        assert!(
+            message.contains(&"at f32, not ") && message.contains(&format!("at {precision}")),
+            "{message}"
+        );
         assert!(message.contains("--precision"), "{message}");
     }
 }

@@ -69,26 +69,24 @@ fn recall_cli<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(url: &str, args: &[S]
     common::recall_ok(command, args)
 }
 
+/// `recall eval --json --mode MODE` on the sample, with `extra` arguments: its report.
+fn eval_report(url: &str, mode: &str, extra: &[&str]) -> Value {
+    let (corpus, queries, qrels) = (fixture("corpus.jsonl"), fixture("queries.jsonl"), fixture("qrels.tsv"));
+    let mut args = vec!["eval", "--json", "--mode", mode];
+    args.extend(["--corpus", corpus.to_str().unwrap()]);
+    args.extend([
+        "--queries",
+        queries.to_str().unwrap(),
+        "--qrels",
+        qrels.to_str().unwrap(),
+    ]);
+    args.extend_from_slice(extra);
+    serde_json::from_slice(&recall_cli(url, &args).stdout).unwrap()
+}
+
 /// `recall eval`: its report and its TREC run (query -> documents, best first).
 fn run_eval(url: &str, mode: &str, run: &Path) -> (Value, BTreeMap<String, Vec<String>>) {
-    let out = recall_cli(
-        url,
-        &[
-            "eval",
-            "--json",
-            "--mode",
-            mode,
-            "--corpus",
-            fixture("corpus.jsonl").to_str().unwrap(),
-            "--queries",
-            fixture("queries.jsonl").to_str().unwrap(),
-            "--qrels",
-            fixture("qrels.tsv").to_str().unwrap(),
-            "--run",
-            run.to_str().unwrap(),
-        ],
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = eval_report(url, mode, &["--run", run.to_str().unwrap()]);
     let mut rankings: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
     for line in std::fs::read_to_string(run).unwrap().lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -298,31 +296,15 @@ async fn bf16_and_int8_meet_the_dense_floor() {
     for precision in ["bf16", "int8"] {
         let (_pool, options) = common::fresh_database().await;
         let url = common::url_of(&options);
-        let out = tokio::task::spawn_blocking(move || {
-            recall_cli(
-                &url,
-                &[
-                    "eval",
-                    "--json",
-                    "--mode",
-                    "dense",
-                    "--precision",
-                    precision,
-                    "--corpus",
-                    fixture("corpus.jsonl").to_str().unwrap(),
-                    "--queries",
-                    fixture("queries.jsonl").to_str().unwrap(),
-                    "--qrels",
-                    fixture("qrels.tsv").to_str().unwrap(),
-                ],
-            )
-        })
-        .await
-        .unwrap();
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let report = tokio::task::spawn_blocking(move || eval_report(&url, "dense", &["--precision", precision]))
+            .await
+            .unwrap();
         eprintln!("dense at {precision}: {report}");
         assert_eq!(report["queries"], 100, "{report}");
         let ndcg = report["ndcg_at_10"].as_f64().unwrap();
-        assert!(ndcg >= FLOOR_DENSE, "dense nDCG@10 at {precision} is {ndcg}, under the floor {FLOOR_DENSE}");
+        assert!(
+            ndcg >= FLOOR_DENSE,
+            "dense nDCG@10 at {precision} is {ndcg}, under the floor {FLOOR_DENSE}"
+        );
     }
 }

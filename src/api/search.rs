@@ -119,21 +119,21 @@ async fn answer(
         }
         let encoder = state.query_encoder()?;
         let precision = encoder.embedder().precision();
-        let vector = embed_question(encoder, question, precision).await?;
+        let vector = embed_question(&encoder, question, precision).await?;
         state.metrics().query_embed_latency.observe(started.elapsed());
-        Ok::<_, ApiError>(Some(vector))
+        Ok::<_, ApiError>(Some((vector, encoder, precision)))
     };
     // The snapshot's round trips to the database overlap the model work instead of following it.
-    let (vector, snapshot) = tokio::join!(embedding, search::Snapshot::live_from(state.readers(), at_least));
-    let (mut vector, (snapshot, _)) = (vector?, snapshot?);
+    let (embedded, snapshot) = tokio::join!(embedding, search::Snapshot::live_from(state.readers(), at_least));
+    let (embedded, (snapshot, _)) = (embedded?, snapshot?);
     // The question was embedded at this server's precision, ahead of knowing the generation's; a
     // generation built at another (after `recall rebuild --precision`) has it embedded again at its own.
-    let encoder = state.query_encoder();
-    if let (Some(_), Ok(encoder)) = (&vector, encoder) {
-        if snapshot.precision() != encoder.embedder().precision() {
-            vector = Some(embed_question(encoder, question, snapshot.precision()).await?);
+    let vector = match embedded {
+        Some((_, encoder, precision)) if precision != snapshot.precision() => {
+            Some(embed_question(&encoder, question, snapshot.precision()).await?)
         }
-    }
+        embedded => embedded.map(|(vector, _, _)| vector),
+    };
     let query = search::Query {
         text: question,
         vector: vector.as_deref(),
@@ -144,8 +144,12 @@ async fn answer(
 }
 
 /// The question's vector at `precision`, on the query pool, off the async runtime.
-async fn embed_question(encoder: Arc<QueryEncoder>, question: &str, precision: Precision) -> Result<Vec<f32>, ApiError> {
-    let question = question.to_owned();
+async fn embed_question(
+    encoder: &Arc<QueryEncoder>,
+    question: &str,
+    precision: Precision,
+) -> Result<Vec<f32>, ApiError> {
+    let (encoder, question) = (encoder.clone(), question.to_owned());
     tokio::task::spawn_blocking(move || encoder.encode_at(&question, precision))
         .await
         .map_err(|e| ApiError::internal(&e))?

@@ -117,10 +117,13 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         eprintln!("eval: projected in {:.0} s", started.elapsed().as_secs_f64());
     }
 
+    // A read model already caught up (by a server, or an earlier eval) lets the wait win before the local
+    // projector's check: the questions must be embedded by the model and precision its vectors were.
+    if let Some(generation) = read_model::active(databases.read_model()).await? {
+        generation.admits(embedder.identity())?;
+    }
     let questions: Vec<String> = queries.iter().map(|(_, q)| q.clone()).collect();
-    // The local projector would have been refused a generation of another precision.
-    let precision = embedder.precision();
-    let vectors = question_vectors(mode.needs_vector().then(|| embedder.clone()), questions, precision).await?;
+    let vectors = question_vectors(mode.needs_vector().then(|| embedder.clone()), questions).await?;
     // Documents rank by their best chunk: the search's own distinct-documents ranking, the very one an
     // agent gets, so that eval measures what users are served.
     let request = SearchRequest {

@@ -9,7 +9,7 @@ use clap::Args;
 use serde_json::json;
 
 use recall::domain::Scope;
-use recall::embed::{Embedder, Precision};
+use recall::embed::Embedder;
 use recall::search::{search_on, Query, SearchRequest};
 
 use super::values::Mode;
@@ -57,12 +57,10 @@ pub(super) fn read_queries(path: &std::path::Path) -> anyhow::Result<Vec<(Option
 
 /// Each question's vector, or none when there is no model (lexical search). Each question is embedded
 /// on its own, as the HTTP API embeds one: a batch pads its rows and takes other kernels, whose rounding
-/// could swap near-ties, and the same request must rank alike through every interface. `precision`: the
-/// generation's, which its vectors were computed in.
+/// could swap near-ties, and the same request must rank alike through every interface.
 pub(super) async fn question_vectors(
     embedder: Option<Arc<Embedder>>,
     questions: Vec<String>,
-    precision: Precision,
 ) -> anyhow::Result<Vec<Option<Vec<f32>>>> {
     let Some(embedder) = embedder else {
         return Ok(vec![None; questions.len()]);
@@ -70,7 +68,7 @@ pub(super) async fn question_vectors(
     let vectors = tokio::task::spawn_blocking(move || {
         questions
             .iter()
-            .map(|q| Ok(embedder.encode_at(&[q.as_str()], precision)?.remove(0)))
+            .map(|q| Ok(embedder.encode(&[q.as_str()])?.remove(0)))
             .collect::<Result<Vec<_>, recall::embed::EmbedError>>()
     })
     .await??;
@@ -110,19 +108,19 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
     }
     let databases = open_databases().await?;
     let readers = recall::read_model::Readers::new(&databases);
-    // Lexical search needs no model; the others embed every question in one go.
+    // Lexical search needs no model; the others embed every question in one go, at the precision the
+    // active generation's vectors were computed in.
     let embedder = if request.mode.needs_vector() {
-        let model = args.model.clone();
+        let mut model = args.model.clone();
+        if let Some(generation) = recall::read_model::active(databases.read_model()).await? {
+            model.precision = generation.precision;
+        }
         Some(Arc::new(tokio::task::spawn_blocking(move || model.load()).await??))
     } else {
         None
     };
     let questions: Vec<String> = queries.iter().map(|(_, q)| q.clone()).collect();
-    // Questions are embedded at the precision the active generation's vectors were.
-    let precision = recall::read_model::active(databases.read_model())
-        .await?
-        .map_or(args.model.precision, |g| g.precision);
-    let vectors = question_vectors(embedder, questions, precision).await?;
+    let vectors = question_vectors(embedder, questions).await?;
     for ((id, text), vector) in queries.iter().zip(vectors) {
         let query = Query {
             text,

@@ -135,7 +135,12 @@ impl PackedBert {
     /// Packs every layer's weights for `precision` now rather than on the first batch.
     pub(crate) fn prepare(&self, precision: Precision) {
         for layer in &self.layers {
-            for weight in [&layer.qkv_t, &layer.attention_out_t, &layer.intermediate_t, &layer.output_t] {
+            for weight in [
+                &layer.qkv_t,
+                &layer.attention_out_t,
+                &layer.intermediate_t,
+                &layer.output_t,
+            ] {
                 weight.prepare(precision);
             }
         }

@@ -132,8 +132,8 @@ impl LowPrecision {
         bias: Option<&[f32]>,
     ) -> Vec<f32> {
         match precision {
-            Precision::Int8 => self.int8.get_or_init(|| Int8Weight::new(w, k, n)).matmul(x, m, bias),
-            Precision::Bf16 => self.bf16.get_or_init(|| Bf16Weight::new(w, k, n)).matmul(x, m, bias),
+            Precision::Int8 => self.int8(w, k, n).matmul(x, m, bias),
+            Precision::Bf16 => self.bf16(w, k, n).matmul(x, m, bias),
             Precision::F32 => unreachable!("f32 multiplies go through matmul::Matmul"),
         }
     }
@@ -141,11 +141,25 @@ impl LowPrecision {
     /// Packs the weights for `precision` now rather than on the first batch.
     pub(crate) fn prepare(&self, precision: Precision, w: &[f32], k: usize, n: usize) {
         match precision {
-            Precision::Int8 => drop(self.int8.get_or_init(|| Int8Weight::new(w, k, n))),
-            Precision::Bf16 => drop(self.bf16.get_or_init(|| Bf16Weight::new(w, k, n))),
+            Precision::Int8 => drop(self.int8(w, k, n)),
+            Precision::Bf16 => drop(self.bf16(w, k, n)),
             Precision::F32 => {}
         }
     }
+
+    fn int8(&self, w: &[f32], k: usize, n: usize) -> &Int8Weight {
+        self.int8.get_or_init(|| Int8Weight::new(w, k, n))
+    }
+
+    fn bf16(&self, w: &[f32], k: usize, n: usize) -> &Bf16Weight {
+        self.bf16.get_or_init(|| Bf16Weight::new(w, k, n))
+    }
+}
+
+/// Where weight (kk, c) of a (k, n) matrix goes in the panel layout both precisions share, with `per`
+/// values of k to a lane's group (4 int8, 2 bf16): `[panel of NR columns][group][column][per]`.
+fn panel_index(kk: usize, c: usize, groups: usize, per: usize) -> usize {
+    ((c / NR * groups + kk / per) * NR + c % NR) * per + kk % per
 }
 
 /// int8 weights: panels of NR columns, `[panel][group of 4 k][column][4]`, zero-padded; per column
@@ -172,7 +186,7 @@ impl Int8Weight {
         for kk in 0..k {
             for c in 0..n {
                 let q = (w[kk * n + c] / scale[c]).round().clamp(-127.0, 127.0) as i8;
-                data[((c / NR * groups + kk / 4) * NR + c % NR) * 4 + kk % 4] = q;
+                data[panel_index(kk, c, groups, 4)] = q;
                 sum[c] += q as i32;
             }
         }
@@ -320,7 +334,10 @@ unsafe fn quantize_row_avx512(row: &[f32], groups: &mut [u32]) -> (f32, i32) {
         let (low, high) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
         // A multiply then an add, not a fused one: the same roundings as `quantize_row`.
         let code = |v: __m512| {
-            let q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(_mm512_mul_ps(v, inverse), zero_v), low), high);
+            let q = _mm512_min_ps(
+                _mm512_max_ps(_mm512_add_ps(_mm512_mul_ps(v, inverse), zero_v), low),
+                high,
+            );
             _mm512_cvtps_epi32(q)
         };
         let dst = groups.as_mut_ptr() as *mut u8;
@@ -328,7 +345,10 @@ unsafe fn quantize_row_avx512(row: &[f32], groups: &mut [u32]) -> (f32, i32) {
             groups[row.len() / 4] = 0;
         }
         for i in 0..whole {
-            _mm_storeu_si128(dst.add(i * 16) as *mut __m128i, _mm512_cvtepi32_epi8(code(_mm512_loadu_ps(src.add(i * 16)))));
+            _mm_storeu_si128(
+                dst.add(i * 16) as *mut __m128i,
+                _mm512_cvtepi32_epi8(code(_mm512_loadu_ps(src.add(i * 16)))),
+            );
         }
         _mm512_mask_cvtepi32_storeu_epi8(dst.add(whole * 16) as *mut _, rest_mask, code(v));
         (scale, zero as i32)
@@ -396,7 +416,9 @@ unsafe fn int8_tile_vnni(a: &[u32], w: &[i8], groups: usize, e: &Int8Scales, bia
             let mask = out.mask(j);
             let col_scale = _mm512_loadu_ps(e.col_scale.as_ptr().add(j * 16));
             let col_sum = _mm512_loadu_si512(e.col_sum.as_ptr().add(j * 16) as *const _);
-            let bias = bias.map_or(_mm512_setzero_ps(), |b| _mm512_maskz_loadu_ps(mask, b.as_ptr().add(j * 16)));
+            let bias = bias.map_or(_mm512_setzero_ps(), |b| {
+                _mm512_maskz_loadu_ps(mask, b.as_ptr().add(j * 16))
+            });
             for (r, acc) in acc.iter().enumerate().take(out.rows) {
                 let zero = _mm512_mullo_epi32(_mm512_set1_epi32(e.row_zero[r]), col_sum);
                 let sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[j], zero));
@@ -421,7 +443,7 @@ impl Bf16Weight {
         let mut data = vec![0u16; panels * pairs * NR * 2];
         for kk in 0..k {
             for c in 0..n {
-                data[((c / NR * pairs + kk / 2) * NR + c % NR) * 2 + kk % 2] = bf16_bits(w[kk * n + c]);
+                data[panel_index(kk, c, pairs, 2)] = bf16_bits(w[kk * n + c]);
             }
         }
         Bf16Weight { k, n, pairs, data }
@@ -533,7 +555,9 @@ unsafe fn bf16_tile_avx512(a: &[u32], w: &[u16], pairs: usize, bias: Option<&[f3
         }
         for j in 0..out.cols.div_ceil(16) {
             let mask = out.mask(j);
-            let bias = bias.map_or(_mm512_setzero_ps(), |b| _mm512_maskz_loadu_ps(mask, b.as_ptr().add(j * 16)));
+            let bias = bias.map_or(_mm512_setzero_ps(), |b| {
+                _mm512_maskz_loadu_ps(mask, b.as_ptr().add(j * 16))
+            });
             for (r, acc) in acc.iter().enumerate().take(out.rows) {
                 _mm512_mask_storeu_ps(out.at(r, j * 16), mask, _mm512_add_ps(acc[j], bias));
             }
@@ -619,7 +643,10 @@ mod tests {
 
     /// Pseudo-random values in [-1, 1): rounding errors of a periodic pattern would all line up.
     fn value(i: usize) -> f32 {
-        let h = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let h = (i as u64 + 1)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29)
+            .wrapping_mul(0xBF58_476D_1CE4_E5B9);
         (h >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
 
@@ -649,13 +676,16 @@ mod tests {
             if has_vnni() {
                 // SAFETY: detected above.
                 let fast = pack_rows(&x, m, k, groups, |r, g| unsafe { quantize_row_avx512(r, g) });
-                assert_eq!((&fast.data, &fast.scale, &fast.zero), (&rows.data, &rows.scale, &rows.zero));
+                assert_eq!(
+                    (&fast.data, &fast.scale, &fast.zero),
+                    (&rows.data, &rows.scale, &rows.zero)
+                );
             }
             // The dequantized values: w = sw * qw, x = sx * (qx - zx).
             let wq: Vec<f64> = (0..k * n)
                 .map(|i| {
                     let (kk, c) = (i / n, i % n);
-                    let q = weight.data[((c / NR * groups + kk / 4) * NR + c % NR) * 4 + kk % 4];
+                    let q = weight.data[panel_index(kk, c, groups, 4)];
                     q as f64 * weight.scale[c] as f64
                 })
                 .collect();
@@ -704,7 +734,10 @@ mod tests {
             };
             let error = rms(&mut dispatched.iter().zip(&exact).map(|(g, e)| *g as f64 - e));
             let spread = rms(&mut exact.iter().copied());
-            assert!(error <= 0.01 * spread, "({m}, {k}, {n}): error {error} for outputs of {spread}");
+            assert!(
+                error <= 0.01 * spread,
+                "({m}, {k}, {n}): error {error} for outputs of {spread}"
+            );
         }
     }
 
@@ -735,7 +768,10 @@ mod tests {
                 out.store(&bf16_tile_portable(a, wp, pairs), Some(&bias[p * NR..]))
             });
             let scale = want.iter().fold(1.0f64, |a, v| a.max(v.abs()));
-            for (name, got) in [("dispatched", &weight.matmul(&x, m, Some(&bias))), ("portable", &portable)] {
+            for (name, got) in [
+                ("dispatched", &weight.matmul(&x, m, Some(&bias))),
+                ("portable", &portable),
+            ] {
                 for (i, (g, want)) in got.iter().zip(&want).enumerate() {
                     // Products of bf16 values are exact in f32; only the f32 sums round.
                     assert!(
@@ -772,7 +808,10 @@ mod tests {
         assert_eq!((codes[2], codes[0]), (255, 0), "the range's ends");
         assert_eq!(&codes[21..], &[0, 0, 0], "past the row");
         for (v, q) in row.iter().zip(&codes) {
-            assert!((scale * (*q as f32 - zero as f32) - v).abs() <= scale / 2.0 + 1e-6, "{v} -> {q}");
+            assert!(
+                (scale * (*q as f32 - zero as f32) - v).abs() <= scale / 2.0 + 1e-6,
+                "{v} -> {q}"
+            );
         }
         // A constant row of zeros is all zero points, and the zero point is 0.
         let mut groups = vec![7u32; 2];

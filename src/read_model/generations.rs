@@ -70,7 +70,8 @@ impl Generation {
         format!("{}@{}", self.model_name, self.model_revision)
     }
 
-    pub(crate) fn admits(&self, identity: &ModelIdentity) -> Result<(), ReadModelError> {
+    /// Whether vectors of `identity` (model and precision) belong with this generation's.
+    pub fn admits(&self, identity: &ModelIdentity) -> Result<(), ReadModelError> {
         if self.model_name == identity.name
             && self.model_revision == identity.revision
             && self.dimension as usize == identity.dimension

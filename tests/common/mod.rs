@@ -148,6 +148,18 @@ pub fn model_backend() -> std::sync::Arc<recall::projector::ModelBackend> {
         .clone()
 }
 
+/// The real model loaded at `precision` (a fresh embedder: the shared backend's is f32).
+pub fn embedder_at(precision: recall::embed::Precision) -> recall::embed::Embedder {
+    recall::embed::Embedder::load(
+        &recall::embed::ModelSource::parse(None),
+        recall::embed::EmbedderOptions {
+            precision,
+            ..Default::default()
+        },
+    )
+    .expect("the model under models/ (run scripts/setup)")
+}
+
 /// An embedded server with a home of its own (for tests that kill or stop it), not yet started.
 pub fn private_server(prefix: &str) -> (tempfile::TempDir, EmbeddedServer) {
     let home = tempfile::Builder::new()
