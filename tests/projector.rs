@@ -353,7 +353,7 @@ async fn another_dimension_or_another_model_is_refused(layout: common::Layout) {
         );
         let message = err.to_string();
         assert!(
-            message.contains(&"at f32, not ") && message.contains(&format!("at {precision}")),
+            message.contains("at f32, not ") && message.contains(&format!("at {precision}")),
             "{message}"
         );
         assert!(message.contains("--precision"), "{message}");

@@ -111,7 +111,7 @@ impl CustomOp1 for Matmul<'_> {
         }
         let x = contiguous(storage, layout, self.name())?;
         let out = if self.precision != Precision::F32 {
-            w.low.matmul(self.precision, &w.rows, w.k, w.n, x, m, self.bias)
+            w.low.matmul(self.precision, &w.rows, w.k, w.n, x, self.bias)
         } else if m <= MAX_ROWS {
             self.few_rows(x, m)
         } else {

@@ -128,9 +128,9 @@ impl LowPrecision {
         k: usize,
         n: usize,
         x: &[f32],
-        m: usize,
         bias: Option<&[f32]>,
     ) -> Vec<f32> {
+        let m = x.len() / k;
         match precision {
             Precision::Int8 => self.int8(w, k, n).matmul(x, m, bias),
             Precision::Bf16 => self.bf16(w, k, n).matmul(x, m, bias),
@@ -341,7 +341,7 @@ unsafe fn quantize_row_avx512(row: &[f32], groups: &mut [u32]) -> (f32, i32) {
             _mm512_cvtps_epi32(q)
         };
         let dst = groups.as_mut_ptr() as *mut u8;
-        if row.len() % 4 != 0 {
+        if !row.len().is_multiple_of(4) {
             groups[row.len() / 4] = 0;
         }
         for i in 0..whole {
