@@ -8,7 +8,7 @@ use recall::domain::{
     DocumentCommand, DocumentContent, DocumentEvent, DocumentId, DocumentKey, DomainError, Limits, Metadata, Scope,
     Text, Title,
 };
-use recall::event_store::EventStore;
+use recall::event_store::{EventStore, EventStoreError};
 
 fn key(scope: &str, id: &str) -> DocumentKey {
     DocumentKey::new(Scope::parse(scope).unwrap(), DocumentId::parse(id).unwrap())
@@ -277,4 +277,62 @@ async fn concurrent_commands_on_one_document_serialise_cleanly() {
     }
     assert_eq!(ok, 1);
     assert_eq!(h.store().head().await.unwrap(), 2);
+}
+
+/// A command that waits on a lock longer than the server's `lock_timeout` (the server's request deadline)
+/// is refused as retryable, 503 and not an internal error, and appends nothing; once the lock is free the
+/// same command goes through. Likewise any statement cut off by `statement_timeout`.
+#[tokio::test]
+async fn a_command_cut_off_by_the_servers_timeouts_is_retryable_and_appends_nothing() {
+    use axum::http::StatusCode;
+    let (pool, options) = common::fresh_database().await;
+    let impatient = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options.options([("lock_timeout", "200"), ("statement_timeout", "2000")]))
+        .await
+        .unwrap();
+    let h = CommandHandler::new(EventStore::new(impatient.clone()));
+    // A transaction that has not ended (a client gone quiet mid-append) holds the log's head.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT position FROM log_head FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let k = key("default", "locked.md");
+    let refused = h.execute(&k, add("behind a lock"), &CommandContext::default()).await;
+    let Err(error) = refused else {
+        panic!("appended past a held lock: {refused:?}")
+    };
+    assert!(
+        matches!(error, CommandError::Store(EventStoreError::Unavailable(_))),
+        "{error:?}"
+    );
+    let answer = recall::api::ApiError::from(error);
+    assert_eq!(
+        (answer.status, answer.code),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
+    holder.rollback().await.unwrap();
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 0, "a refused command left an event behind");
+
+    assert_eq!(
+        h.execute(&k, add("behind a lock"), &CommandContext::default())
+            .await
+            .unwrap(),
+        CommandOutcome::Appended {
+            version: 1,
+            position: 1
+        }
+    );
+
+    let cancelled = sqlx::query("SELECT pg_sleep(5)").execute(&impatient).await.unwrap_err();
+    let answer = recall::api::ApiError::database(&cancelled);
+    assert_eq!(
+        (answer.status, answer.code),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
 }

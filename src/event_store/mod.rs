@@ -89,7 +89,7 @@ fn hex_bytes<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error
 
 #[derive(Debug, Error)]
 pub enum EventStoreError {
-    #[error("the database is unavailable ({0}); check that PostgreSQL is running and retry")]
+    #[error("the database is unavailable or too slow ({0}); check that PostgreSQL is running and retry")]
     Unavailable(#[source] sqlx::Error),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -100,9 +100,11 @@ pub enum EventStoreError {
 }
 
 impl EventStoreError {
-    /// Connection-level failures become `Unavailable`, which callers may retry; the rest stay as they are.
+    /// Connection-level failures and statements cut off by the server's timeouts (its lock held by a
+    /// transaction that has not ended yet, say) become `Unavailable`, which callers may retry: either way
+    /// nothing was appended. The rest stay as they are.
     fn classify(error: sqlx::Error) -> Self {
-        if crate::postgres::is_unavailable(&error) {
+        if crate::postgres::is_unavailable(&error) || crate::postgres::is_timeout(&error) {
             EventStoreError::Unavailable(error)
         } else {
             EventStoreError::Database(error)

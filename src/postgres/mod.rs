@@ -142,6 +142,15 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether the server cut a statement off by its own timeouts (`statement_timeout`, `lock_timeout`): the
+/// database was too slow for the caller's deadline, or another transaction held what the statement needed.
+/// Nothing the statement's transaction did is kept, and a retry may well succeed. (The projector, which runs
+/// without these timeouts, treats a cancelled statement as caused by its events instead.)
+pub fn is_timeout(error: &sqlx::Error) -> bool {
+    // 57014: query_canceled, 55P03: lock_not_available.
+    matches!(error, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("57014" | "55P03")))
+}
+
 /// Connection options for a target, starting the embedded server (and creating its database) if needed.
 pub async fn connect_options(target: &DatabaseTarget) -> Result<PgConnectOptions, PostgresError> {
     match target {

@@ -28,13 +28,54 @@ pub async fn admin_options() -> PgConnectOptions {
         .await
         .unwrap()
         .expect("the test server starts");
-    server.connect_options("postgres")
+    let admin = server.connect_options("postgres");
+    if !SWEPT.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        sweep_dead_databases(&admin).await;
+    }
+    admin
+}
+
+/// Set once this process has swept the shared server.
+static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Drops the test databases of test processes that have ended. A test's database lives as long as its
+/// process may still read it (a failed test's stays until the next test process starts); without this
+/// sweep, every run of the suite left hundreds of databases (~10 MB each) on the shared server.
+async fn sweep_dead_databases(admin: &PgConnectOptions) {
+    use sqlx::Connection;
+    let Ok(mut conn) = sqlx::PgConnection::connect_with(admin).await else {
+        return;
+    };
+    let names: Vec<String> = sqlx::query_scalar(r"SELECT datname FROM pg_database WHERE datname LIKE 't\_%'")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default();
+    for name in names.into_iter().filter(|name| !owner_alive(name)) {
+        // A database someone is still connected to refuses the drop; it is left for a later sweep.
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+            .execute(&mut conn)
+            .await;
+    }
+}
+
+/// Whether the process that named a test database `t_<pid>_<uuid>` still runs.
+fn owner_alive(name: &str) -> bool {
+    let pid = name
+        .strip_prefix("t_")
+        .and_then(|rest| rest.split_once('_'))
+        .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok());
+    // SAFETY: kill with signal 0 sends nothing; it only asks whether the process exists (EPERM: it does,
+    // under another user).
+    pid.is_some_and(|pid| {
+        let sent = unsafe { libc::kill(pid, 0) };
+        sent == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    })
 }
 
 /// A fresh, migrated database of its own, with its connection options.
 pub async fn fresh_database() -> (PgPool, PgConnectOptions) {
     let admin = admin_options().await;
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let name = format!("t_{}_{}", std::process::id(), uuid::Uuid::new_v4().simple());
     postgres::create_database_if_missing(&admin, &name)
         .await
         .expect("create the test database");
@@ -290,8 +331,13 @@ pub fn spawn_serve_with(url: &str, token: Option<&str>, args: &[&str]) -> (std::
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
-    // Keep draining stderr so that the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    // Keep draining stderr so that the server never blocks on a full pipe; the lines go to the test's own
+    // output (spawned threads share its capture), shown when the test fails.
+    std::thread::spawn(move || {
+        lines
+            .map_while(Result::ok)
+            .for_each(|line| eprintln!("recall serve: {line}"))
+    });
     (child, base)
 }
 
