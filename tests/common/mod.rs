@@ -64,9 +64,9 @@ fn owner_alive(name: &str) -> bool {
         .strip_prefix("t_")
         .and_then(|rest| rest.split_once('_'))
         .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok());
-    // SAFETY: kill with signal 0 sends nothing; it only asks whether the process exists (EPERM: it does,
-    // under another user).
     pid.is_some_and(|pid| {
+        // SAFETY: kill with signal 0 sends nothing; it only asks whether the process exists (EPERM: it
+        // does, under another user).
         let sent = unsafe { libc::kill(pid, 0) };
         sent == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
     })
