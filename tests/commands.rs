@@ -281,7 +281,8 @@ async fn concurrent_commands_on_one_document_serialise_cleanly() {
 
 /// A command that waits on a lock longer than the server's `lock_timeout` (the server's request deadline)
 /// is refused as retryable, 503 and not an internal error, and appends nothing; once the lock is free the
-/// same command goes through. Likewise any statement cut off by `statement_timeout`.
+/// same command goes through. Likewise a statement cut off by `statement_timeout`, or failed to break a
+/// deadlock.
 #[tokio::test]
 async fn a_command_cut_off_by_the_servers_timeouts_is_retryable_and_appends_nothing() {
     use axum::http::StatusCode;
@@ -330,9 +331,31 @@ async fn a_command_cut_off_by_the_servers_timeouts_is_retryable_and_appends_noth
     );
 
     let cancelled = sqlx::query("SELECT pg_sleep(5)").execute(&impatient).await.unwrap_err();
-    let answer = recall::api::ApiError::database(&cancelled);
+    assert_retryable(&cancelled);
+
+    // Two transactions that each wait for the other: the server breaks the deadlock by failing one.
+    sqlx::raw_sql("CREATE TABLE pair (id int PRIMARY KEY); INSERT INTO pair VALUES (1), (2)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (mut a, mut b) = (pool.begin().await.unwrap(), pool.begin().await.unwrap());
+    let touch = |id: i32| sqlx::query("UPDATE pair SET id = id WHERE id = $1").bind(id);
+    touch(1).execute(&mut *a).await.unwrap();
+    touch(2).execute(&mut *b).await.unwrap();
+    let (first, second) = tokio::join!(touch(2).execute(&mut *a), touch(1).execute(&mut *b));
+    let deadlocked = first
+        .err()
+        .or(second.err())
+        .expect("one of two deadlocked transactions fails");
+    assert_retryable(&deadlocked);
+}
+
+/// The API answers `error` with a 503 the client may retry, not an internal error.
+fn assert_retryable(error: &sqlx::Error) {
+    let answer = recall::api::ApiError::database(error);
     assert_eq!(
         (answer.status, answer.code),
-        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        "{error}"
     );
 }

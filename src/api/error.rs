@@ -9,7 +9,7 @@ use crate::commands::CommandError;
 use crate::domain::DomainError;
 use crate::event_store::EventStoreError;
 use crate::extract::ExtractError;
-use crate::postgres::{is_timeout, is_unavailable};
+use crate::postgres::{is_transient, is_unavailable};
 use crate::projector::ProjectorError;
 use crate::read_model::ReadModelError;
 use crate::search::SearchError;
@@ -45,15 +45,19 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
-    /// A database failure: "retry later" when the server is unreachable or cut the statement off at the
-    /// request deadline, else an internal error whose details go to the log only.
+    /// A database failure: "retry later" when the server is unreachable or gave the statement up for a
+    /// reason of the moment (the request deadline, a conflicting transaction), else an internal error whose
+    /// details go to the log only.
     pub fn database(error: &sqlx::Error) -> Self {
         if is_unavailable(error) {
             tracing::warn!(%error, "database unavailable");
             Self::unavailable("the database is unavailable; retry shortly")
-        } else if is_timeout(error) {
-            tracing::warn!(%error, "database too slow for the request deadline");
-            Self::unavailable("the database did not answer within the request deadline; retry shortly")
+        } else if is_transient(error) {
+            tracing::warn!(%error, "database gave up on the request for now");
+            Self::unavailable(
+                "the database could not finish the request in time (too slow for the request deadline, or a \
+                 conflicting transaction); retry shortly",
+            )
         } else {
             Self::internal(error)
         }

@@ -100,11 +100,11 @@ pub enum EventStoreError {
 }
 
 impl EventStoreError {
-    /// Connection-level failures and statements cut off by the server's timeouts (its lock held by a
-    /// transaction that has not ended yet, say) become `Unavailable`, which callers may retry: either way
-    /// nothing was appended. The rest stay as they are.
+    /// Connection-level failures and statements the server gave up for a reason of the moment (its timeout
+    /// while a transaction that has not ended yet holds the log's head, say) become `Unavailable`, which
+    /// callers may retry: either way nothing was appended. The rest stay as they are.
     fn classify(error: sqlx::Error) -> Self {
-        if crate::postgres::is_unavailable(&error) || crate::postgres::is_timeout(&error) {
+        if crate::postgres::is_unavailable(&error) || crate::postgres::is_transient(&error) {
             EventStoreError::Unavailable(error)
         } else {
             EventStoreError::Database(error)

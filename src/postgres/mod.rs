@@ -142,13 +142,15 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
-/// Whether the server cut a statement off by its own timeouts (`statement_timeout`, `lock_timeout`): the
-/// database was too slow for the caller's deadline, or another transaction held what the statement needed.
+/// Whether the server gave a statement up for a reason of the moment rather than of the statement: its own
+/// timeouts (`statement_timeout`, `lock_timeout`: too slow for the caller's deadline, or another transaction
+/// held what it needed) or a conflict with a concurrent transaction (serialization failure, deadlock).
 /// Nothing the statement's transaction did is kept, and a retry may well succeed. (The projector, which runs
 /// without these timeouts, treats a cancelled statement as caused by its events instead.)
-pub fn is_timeout(error: &sqlx::Error) -> bool {
-    // 57014: query_canceled, 55P03: lock_not_available.
-    matches!(error, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("57014" | "55P03")))
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    // 57014: query_canceled, 55P03: lock_not_available, 40: transaction rollback.
+    matches!(error, sqlx::Error::Database(db)
+        if db.code().is_some_and(|c| c == "57014" || c == "55P03" || c.starts_with("40")))
 }
 
 /// Connection options for a target, starting the embedded server (and creating its database) if needed.
