@@ -359,3 +359,29 @@ fn assert_retryable(error: &sqlx::Error) {
         "{error}"
     );
 }
+
+/// A connection handed back to the pool inside a transaction that sqlx does not know of (a BEGIN dropped
+/// while in flight, by a request's deadline or a client going away) is closed, not handed to the next
+/// user: a command there would run inside a search's read-only snapshot and fail.
+#[tokio::test]
+async fn a_connection_handed_back_inside_a_transaction_is_not_handed_out_again() {
+    let (_, options) = common::fresh_database().await;
+    let pool = recall::postgres::open_with(options, 1).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let h = CommandHandler::new(EventStore::new(pool));
+    let k = key("default", "after-a-cancelled-begin.md");
+    assert_eq!(
+        h.execute(&k, add("written after a cancelled BEGIN"), &CommandContext::default())
+            .await
+            .unwrap(),
+        CommandOutcome::Appended {
+            version: 1,
+            position: 1
+        }
+    );
+}

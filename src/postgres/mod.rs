@@ -320,8 +320,28 @@ pub fn open_replica(options: PgConnectOptions, max_connections: u32) -> PgPool {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .test_before_acquire(false)
+        .after_release(outside_a_transaction)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_lazy_with(options)
+}
+
+/// Whether a connection handed back to its pool is outside any transaction, and so may be handed out
+/// again (else the pool closes it). sqlx queues a ROLLBACK for a transaction whose future is dropped, but
+/// not for a BEGIN dropped while in flight (a request cut off by its deadline or its client): the server
+/// then holds the transaction open, and the connection's next user ran inside it, a command inside a
+/// search's read-only snapshot ("cannot execute SELECT FOR UPDATE in a read-only transaction"). Outside a
+/// transaction block a statement is a transaction of its own, started with it; inside one, the block
+/// started with an earlier statement. The check costs a round trip after the connection is released, not
+/// on any request's path.
+fn outside_a_transaction(
+    conn: &mut sqlx::PgConnection,
+    _: sqlx::pool::PoolConnectionMetadata,
+) -> futures_util::future::BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        sqlx::query_scalar("SELECT transaction_timestamp() = statement_timestamp()")
+            .fetch_one(conn)
+            .await
+    })
 }
 
 /// A pool on the target with migrations applied.
@@ -408,6 +428,7 @@ async fn open_pool(
         // A ping before every checkout costs a round trip per query; a dead connection shows up as an
         // error on first use instead, which callers already handle.
         .test_before_acquire(false)
+        .after_release(outside_a_transaction)
         // Under an API request's deadline (5 s by default), so that a database that cannot be reached
         // is reported as such ("nothing was written") before the deadline has to say "outcome unknown".
         .acquire_timeout(ACQUIRE_TIMEOUT)
