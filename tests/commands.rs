@@ -362,11 +362,21 @@ fn assert_retryable(error: &sqlx::Error) {
 
 /// A connection handed back to the pool inside a transaction that sqlx does not know of (a BEGIN dropped
 /// while in flight, by a request's deadline or a client going away) is closed, not handed to the next
-/// user: a command there would run inside a search's read-only snapshot and fail.
+/// user: a command there would run inside a search's read-only snapshot and fail. A clean one is reused.
 #[tokio::test]
 async fn a_connection_handed_back_inside_a_transaction_is_not_handed_out_again() {
     let (_, options) = common::fresh_database().await;
     let pool = recall::postgres::open_with(options, 1).await.unwrap();
+    // A connection handed back outside a transaction is handed out again, every time.
+    let mut backends = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        backends.insert(pid);
+    }
+    assert_eq!(backends.len(), 1, "clean connections were closed: {backends:?}");
     let mut conn = pool.acquire().await.unwrap();
     sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *conn)

@@ -330,17 +330,21 @@ pub fn open_replica(options: PgConnectOptions, max_connections: u32) -> PgPool {
 /// not for a BEGIN dropped while in flight (a request cut off by its deadline or its client): the server
 /// then holds the transaction open, and the connection's next user ran inside it, a command inside a
 /// search's read-only snapshot ("cannot execute SELECT FOR UPDATE in a read-only transaction"). Outside a
-/// transaction block a statement is a transaction of its own, started with it; inside one, the block
-/// started with an earlier statement. The check costs a round trip after the connection is released, not
-/// on any request's path.
+/// transaction block a simple-protocol query is a transaction of its own, stamped with the query's own
+/// start time; inside one, the block started with an earlier statement. (Not the extended protocol, whose
+/// Bind and Execute messages each restamp the statement.) The check costs a round trip after the
+/// connection is released, not on any request's path.
 fn outside_a_transaction(
     conn: &mut sqlx::PgConnection,
     _: sqlx::pool::PoolConnectionMetadata,
 ) -> futures_util::future::BoxFuture<'_, Result<bool, sqlx::Error>> {
+    use sqlx::{Executor, Row};
     Box::pin(async move {
-        sqlx::query_scalar("SELECT transaction_timestamp() = statement_timestamp()")
-            .fetch_one(conn)
-            .await
+        // A bare string has no arguments: sqlx sends it as a simple query.
+        let row = conn
+            .fetch_one("SELECT transaction_timestamp() = statement_timestamp()")
+            .await?;
+        row.try_get(0)
     })
 }
 
