@@ -360,31 +360,38 @@ fn assert_retryable(error: &sqlx::Error) {
     );
 }
 
-/// A `BEGIN` dropped while in flight (a search cut off by a request's deadline, or by its client going
-/// away) leaves no transaction open on the connection the pool hands out next: a command there would run
-/// inside the search's read-only snapshot and fail.
+/// A connection handed back to the pool inside a transaction that sqlx does not know of (a BEGIN dropped
+/// while in flight, by a request's deadline or a client going away) is closed, not handed to the next
+/// user: a command there would run inside a search's read-only snapshot and fail. A clean one is reused.
 #[tokio::test]
-async fn a_begin_dropped_in_flight_leaves_the_next_user_outside_any_transaction() {
+async fn a_connection_handed_back_inside_a_transaction_is_not_handed_out_again() {
     let (_, options) = common::fresh_database().await;
     let pool = recall::postgres::open_with(options, 1).await.unwrap();
-    let h = CommandHandler::new(EventStore::new(pool.clone()));
-    for i in 1..=20 {
-        let mut begin = Box::pin(recall::postgres::begin(
-            &pool,
-            Some("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
-        ));
-        // One poll sends the BEGIN; then its caller is gone.
-        assert!(futures_util::poll!(&mut begin).is_pending());
-        drop(begin);
-        let k = key("default", &format!("after-a-dropped-begin-{i}.md"));
-        assert_eq!(
-            h.execute(&k, add("written after a dropped BEGIN"), &CommandContext::default())
-                .await
-                .unwrap(),
-            CommandOutcome::Appended {
-                version: 1,
-                position: i
-            }
-        );
+    // A connection handed back outside a transaction is handed out again, every time.
+    let mut backends = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        backends.insert(pid);
     }
+    assert_eq!(backends.len(), 1, "clean connections were closed: {backends:?}");
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let h = CommandHandler::new(EventStore::new(pool));
+    let k = key("default", "after-a-cancelled-begin.md");
+    assert_eq!(
+        h.execute(&k, add("written after a cancelled BEGIN"), &CommandContext::default())
+            .await
+            .unwrap(),
+        CommandOutcome::Appended {
+            version: 1,
+            position: 1
+        }
+    );
 }

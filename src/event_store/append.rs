@@ -128,9 +128,7 @@ pub(super) async fn append_transaction(
     paths.slow.fetch_add(1, Ordering::Relaxed);
     let attempt = |look_up_event_ids| async move {
         let started = Instant::now();
-        let mut tx = crate::postgres::begin(pool, None)
-            .await
-            .map_err(EventStoreError::classify)?;
+        let mut tx = pool.begin().await.map_err(EventStoreError::classify)?;
         let connected = Instant::now();
         timings.connect.observe(connected - started);
         let (results, after) = append_in(&mut tx, requests, look_up_event_ids).await?;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::runtime::{self, CpuSet};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool, Postgres, Transaction};
+use sqlx::{ConnectOptions, PgPool};
 use thiserror::Error;
 
 pub use embedded::{EmbeddedError, EmbeddedServer, ServerStatus};
@@ -320,33 +320,32 @@ pub fn open_replica(options: PgConnectOptions, max_connections: u32) -> PgPool {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .test_before_acquire(false)
+        .after_release(outside_a_transaction)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_lazy_with(options)
 }
 
-/// Begins a transaction that its caller may drop at any moment (a request cut off by its deadline or its
-/// client). sqlx queues a ROLLBACK for a transaction whose future is dropped, but not for a `BEGIN` dropped
-/// while in flight: the server then holds the transaction open and the pool hands the connection on, and
-/// its next user ran inside it (a command inside a search's read-only snapshot: "cannot execute SELECT
-/// FOR UPDATE in a read-only transaction"). So the `BEGIN` runs in a task of its own, to completion; a
-/// caller gone by then drops the transaction it began, which rolls back as usual.
-pub async fn begin(
-    pool: &PgPool,
-    statement: Option<&'static str>,
-) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    let pool = pool.clone();
-    let begun = tokio::spawn(async move {
-        match statement {
-            Some(statement) => pool.begin_with(statement).await,
-            None => pool.begin().await,
-        }
-    });
-    match begun.await {
-        Ok(began) => began,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        // The runtime is shutting down.
-        Err(_) => Err(sqlx::Error::PoolClosed),
-    }
+/// Whether a connection handed back to its pool is outside any transaction, and so may be handed out
+/// again (else the pool closes it). sqlx queues a ROLLBACK for a transaction whose future is dropped, but
+/// not for a BEGIN dropped while in flight (a request cut off by its deadline or its client): the server
+/// then holds the transaction open, and the connection's next user ran inside it, a command inside a
+/// search's read-only snapshot ("cannot execute SELECT FOR UPDATE in a read-only transaction"). Outside a
+/// transaction block a simple-protocol query is a transaction of its own, stamped with the query's own
+/// start time; inside one, the block started with an earlier statement. (Not the extended protocol, whose
+/// Bind and Execute messages each restamp the statement.) The check costs a round trip after the
+/// connection is released, not on any request's path.
+fn outside_a_transaction(
+    conn: &mut sqlx::PgConnection,
+    _: sqlx::pool::PoolConnectionMetadata,
+) -> futures_util::future::BoxFuture<'_, Result<bool, sqlx::Error>> {
+    use sqlx::{Executor, Row};
+    Box::pin(async move {
+        // A bare string has no arguments: sqlx sends it as a simple query.
+        let row = conn
+            .fetch_one("SELECT transaction_timestamp() = statement_timestamp()")
+            .await?;
+        row.try_get(0)
+    })
 }
 
 /// A pool on the target with migrations applied.
@@ -433,6 +432,7 @@ async fn open_pool(
         // A ping before every checkout costs a round trip per query; a dead connection shows up as an
         // error on first use instead, which callers already handle.
         .test_before_acquire(false)
+        .after_release(outside_a_transaction)
         // Under an API request's deadline (5 s by default), so that a database that cannot be reached
         // is reported as such ("nothing was written") before the deadline has to say "outcome unknown".
         .acquire_timeout(ACQUIRE_TIMEOUT)

@@ -710,7 +710,7 @@ impl Projector {
         for (position,) in parked {
             let events = self.store.read_all(position - 1, 1).await?;
             let prepared = self.prepare(events).await?;
-            let mut tx = crate::postgres::begin(&self.pool, None).await?;
+            let mut tx = self.pool.begin().await?;
             let effect = prepared.effects.into_iter().next();
             let resolved = match &effect {
                 Some(prepare::Effect::Failed { .. }) | None => false,

@@ -305,7 +305,7 @@ pub(crate) async fn write_batch(
     advance: &Advance,
     batch: &PreparedBatch,
 ) -> Result<i64, ProjectorError> {
-    let mut tx = crate::postgres::begin(pool, None).await?;
+    let mut tx = pool.begin().await?;
     // The read model is derived: a crash that loses this commit only means re-projecting its events from
     // the older checkpoint. Not waiting for the flush keeps the projector's large WAL writes from
     // delaying the command path's own commits, which do wait.

@@ -237,11 +237,11 @@ pub async fn create_building(
 /// check and the switch, and a receipt never goes back. Returns false when it is not caught up yet.
 pub async fn activate_if_caught_up(log: &PgPool, pool: &PgPool, generation: i64) -> Result<bool, ReadModelError> {
     // Two transactions even in one database: the head's lock is held until the switch has committed.
-    let mut head_lock = crate::postgres::begin(log, None).await?;
+    let mut head_lock = log.begin().await?;
     let head: i64 = sqlx::query_scalar("SELECT position FROM log_head FOR SHARE")
         .fetch_one(&mut *head_lock)
         .await?;
-    let mut tx = crate::postgres::begin(pool, None).await?;
+    let mut tx = pool.begin().await?;
     // Shards only move forward, and nothing can be appended while the head is locked.
     let checkpoint: i64 =
         sqlx::query_scalar("SELECT projection_watermark(generation) FROM projections WHERE generation = $1 FOR UPDATE")

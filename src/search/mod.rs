@@ -285,7 +285,9 @@ impl Snapshot {
         // Each round trip to the server is a wake-up that can wait for a CPU under load, so the
         // transaction's options go with its BEGIN, and its settings with the first read (the snapshot is
         // taken there).
-        let mut tx = crate::postgres::begin(pool, Some("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")).await?;
+        let mut tx = pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
         // Settings for this transaction only, applied by the statement that reads the checkpoint:
         // - the HNSW scan keeps going past rows that scopes and filters drop (iterative scan), and looks
         //   at HNSW_EF_SEARCH candidates (at 112k chunks, pgvector's default of 40 gave recall@10 0.91;
